@@ -1,0 +1,31 @@
+"""URL map: the REST API at the root (paths as in the original service), admin, OpenAPI docs and health."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from core.api import health
+
+admin.site.site_header = "BudCluster"
+admin.site.site_title = "BudCluster admin"
+admin.site.index_title = "Clusters, deployments and runs"
+
+urlpatterns = [
+    path("health", health.health, name="health"),
+    path("health/db", health.health_db, name="health-db"),
+    path("health/broker", health.health_broker, name="health-broker"),
+    path("admin/", admin.site.urls),
+    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("", include("core.api.urls")),
+    path("", include("clusters.api.urls")),
+    path("", include("hardware.api.urls")),
+    path("", include("deployments.api.urls")),
+    path("", include("provisioning.api.urls")),
+]
+
+handler400 = "core.api.errors.bad_request"
+handler403 = "core.api.errors.permission_denied"
+handler404 = "core.api.errors.not_found"
+handler500 = "core.api.errors.server_error"

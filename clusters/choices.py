@@ -1,0 +1,1 @@
+"""Status and type choices of the clusters app."""

@@ -1,0 +1,1 @@
+"""Domain functions of the clusters app: the only place its business rules live."""

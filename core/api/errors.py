@@ -1,0 +1,49 @@
+"""JSON errors everywhere: DRF's handler plus Django's 400/403/404/500 views.
+
+Clients of an API never get an HTML page or a stack trace: every error is ``{"detail": ...}`` with the right
+status, and unexpected exceptions are logged server-side with their traceback and answered with a plain 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, ValidationError):
+        exc = exceptions.ValidationError(
+            detail=exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        )
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        view = context.get("view")
+        logger.exception("unhandled error in %s", type(view).__name__ if view else "view", exc_info=exc)
+        return Response({"detail": "Internal server error."}, status=status.HTTP_500_INTERNAL_SERVER_ERROR)
+    return response
+
+
+def bad_request(request, exception=None) -> JsonResponse:
+    return JsonResponse({"detail": "Bad request."}, status=400)
+
+
+def permission_denied(request, exception=None) -> JsonResponse:
+    return JsonResponse({"detail": "You do not have permission to perform this action."}, status=403)
+
+
+def not_found(request, exception=None) -> JsonResponse:
+    return JsonResponse({"detail": f"Not found: {request.path}"}, status=404)
+
+
+def server_error(request) -> JsonResponse:
+    return JsonResponse({"detail": "Internal server error."}, status=500)
+
+
+__all__ = ["Http404", "PermissionDenied", "bad_request", "exception_handler", "not_found", "server_error"]

@@ -1,0 +1,57 @@
+"""Run endpoints: list, detail (steps, progress, ETA, events) and cancel."""
+
+from __future__ import annotations
+
+from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from .. import workflow
+from ..models import Run, RunEvent, RunStep
+from .serializers import RunCancelSerializer, RunDetailSerializer, RunSerializer
+
+
+class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = Run.objects.select_related("subject_type", "created_by")
+    filterset_fields = ("kind", "status", "subject_id")
+    search_fields = ("kind", "title")
+    ordering_fields = ("created_at", "finished_at", "status", "kind")
+    permission_map = {"cancel": ["core.cancel_run"]}
+
+    def get_queryset(self):
+        qs = super().get_queryset()
+        if self.action != "list":
+            qs = qs.prefetch_related(
+                Prefetch("steps", queryset=RunStep.objects.order_by("order")),
+                Prefetch("events", queryset=RunEvent.objects.order_by("id")),
+            )
+        return qs
+
+    def get_serializer_class(self):
+        if self.action == "list":
+            return RunSerializer
+        if self.action == "cancel":
+            return RunCancelSerializer
+        return RunDetailSerializer
+
+    @extend_schema(
+        request=RunCancelSerializer,
+        responses={
+            202: OpenApiResponse(RunDetailSerializer, description="Cancel requested"),
+            409: OpenApiResponse(description="The run has already ended"),
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Ask the run to stop at its next step boundary; its cleanup steps then run."""
+        run = self.get_object()
+        body = RunCancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if not workflow.request_cancel(run, reason=body.validated_data["reason"]):
+            return Response({"detail": f"Run already {run.status}; nothing to cancel."}, status=409)
+        run = self.get_queryset().get(pk=run.pk)
+        return Response(
+            RunDetailSerializer(run, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )

@@ -1,0 +1,114 @@
+"""The workflow engine's records: a Run, its ordered RunSteps, and an append-only RunEvent log.
+
+The database is the truth; Celery messages only say "look at step N of run R now". See ``core/workflow.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+
+from .choices import RunStatus, StepPhase, StepStatus
+
+
+class Run(models.Model):
+    """One execution of a declared workflow (``kind``) on a subject (a cluster, a deployment, ...)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=100, db_index=True, help_text="Workflow name, e.g. cluster.register")
+    title = models.CharField(max_length=200, blank=True)
+    subject_type = models.ForeignKey(ContentType, null=True, blank=True, on_delete=models.SET_NULL)
+    subject_id = models.CharField(max_length=64, blank=True, db_index=True)
+    subject = GenericForeignKey("subject_type", "subject_id")
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=20, choices=RunStatus.choices, default=RunStatus.PENDING, db_index=True
+    )
+    cancel_requested = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    progress = models.FloatField(default=0.0, help_text="Percent complete, 0-100")
+    eta = models.DateTimeField(null=True, blank=True, help_text="Estimated completion time")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life from a worker")
+    wake_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a waiting step's next check is due (the reaper allows for it)"
+    )
+    resumed_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat")]
+        permissions = [
+            ("cancel_run", "Can cancel a run"),
+            ("approve_run", "Can approve a run waiting for it"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} ({self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("run-detail", kwargs={"pk": self.pk})
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in RunStatus.active()
+
+
+class RunStep(models.Model):
+    """A step of a run. ``order`` is the position in the declared workflow (cleanup steps follow main ones)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    order = models.PositiveIntegerField()
+    name = models.CharField(max_length=100)
+    title = models.CharField(max_length=200)
+    phase = models.CharField(max_length=10, choices=StepPhase.choices, default=StepPhase.MAIN)
+    status = models.CharField(max_length=20, choices=StepStatus.choices, default=StepStatus.PENDING)
+    attempt = models.PositiveIntegerField(default=0)
+    progress = models.FloatField(default=0.0, help_text="0-1 within the step")
+    message = models.TextField(blank=True)
+    output = models.JSONField(default=dict, blank=True)
+    eta_seconds = models.FloatField(
+        default=1.0, help_text="Estimated duration, used for run progress and ETA"
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    deadline = models.DateTimeField(null=True, blank=True, help_text="A waiting step fails after this")
+
+    class Meta:
+        ordering = ("run", "order")
+        constraints = [
+            models.UniqueConstraint(fields=["run", "order"], name="runstep_unique_order"),
+            models.UniqueConstraint(fields=["run", "name"], name="runstep_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.order}. {self.title} ({self.status})"
+
+
+class RunEvent(models.Model):
+    """Append-only log of what happened in a run; the API's event list and later webhooks read it."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="events")
+    step = models.CharField(max_length=100, blank=True)
+    status = models.CharField(max_length=20, blank=True)
+    message = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ("run", "id")
+
+    def __str__(self) -> str:
+        return f"[{self.created_at:%H:%M:%S}] {self.step or 'run'} {self.status}: {self.message}"

@@ -1,0 +1,31 @@
+"""Celery tasks of the workflow engine: thin wrappers; the logic is in ``core.workflow``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from . import workflow
+
+_STEP_OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "max_retries": None}
+
+
+@shared_task(name="core.execute_step", **_STEP_OPTIONS)
+def execute_step(self, run_id: str, step_name: str) -> Any:
+    return workflow.execute_step(self, run_id, step_name)
+
+
+@shared_task(name="core.execute_fanout_item", **_STEP_OPTIONS)
+def execute_fanout_item(self, run_id: str, step_name: str, index: int) -> dict:
+    return workflow.execute_fanout_item(run_id, step_name, index)
+
+
+@shared_task(name="core.join_fanout", **_STEP_OPTIONS)
+def join_fanout(self, results: list[dict], run_id: str, step_name: str) -> Any:
+    return workflow.finish_fanout(self, run_id, step_name, results)
+
+
+@shared_task(name="core.reap_stale_runs", acks_late=True)
+def reap_stale_runs() -> list[str]:
+    return workflow.reap_stale_runs()

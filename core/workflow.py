@@ -1,0 +1,678 @@
+"""The workflow engine: every long operation of BudCluster is a declared list of steps run by Celery.
+
+Design (after pulpcore's tasking and AWX's job events):
+
+* A ``Workflow`` is declared in code (``<app>/workflows.py``) as ordered ``Step``\\ s plus compensating
+  ``cleanup`` steps. ``Workflow.launch()`` writes a ``Run`` with one ``RunStep`` row per step and, once the
+  transaction commits, sends a Celery **chain** of ``core.execute_step(run_id, step_name)`` messages.
+* The database is the truth; a message only says "look at this step now". On entry a step task claims its row
+  with a compare-and-set UPDATE (pending/waiting → running, attempt + 1). A message for a step that is done, or that
+  another live worker is running, is a no-op that also drops the rest of its chain (the owner carries the chain on).
+  Hence redelivery (``acks_late`` + ``task_reject_on_worker_lost``) is safe and each step body runs once.
+* Poll steps (``Step(poll=Poll(...))``) never sleep in a worker: the body checks once and returns ``NotYet``; the
+  engine marks the step WAITING and re-sends the same message with a countdown (``Task.retry``, which keeps the
+  chain) until the step's deadline, when it fails with a clear message.
+* Fan-out steps (``Step(each=...)``) replace themselves by a **chord**: one ``execute_fanout_item`` per item in
+  parallel, joined by ``join_fanout`` which finishes the step; the chain then goes on.
+* Cancel is cooperative: ``request_cancel()`` sets ``Run.cancel_requested``; a step boundary (or a body calling
+  ``ctx.check_cancel()``) stops there. A waiting step is cancelled at once. Failure and cancel run the cleanup
+  steps (best effort, each recorded) before the run ends FAILED or CANCELLED.
+* Liveness: while a body runs, a heartbeat thread stamps the step and the run. ``reap_stale_runs`` (beat) finds
+  active runs silent for ``WORKFLOW_STALE_AFTER`` seconds (a worker killed mid-step, a lost message) and re-sends
+  the chain from the first unfinished step; the stale step is taken over (attempt + 1).
+* Every transition appends a ``RunEvent``; run progress (percent) and ETA are derived from the steps' estimated
+  durations and recomputed on each transition.
+
+Step bodies must be idempotent (create-or-get, apply): after a worker dies mid-step, the body runs again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import TaskPredicate
+from django.apps import apps
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from .choices import RunStatus, StepPhase, StepStatus
+from .models import Run, RunEvent, RunStep
+
+if TYPE_CHECKING:
+    from celery import Task
+    from django.db.models import Model
+
+logger = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, Workflow] = {}
+
+
+# --- declarations -------------------------------------------------------------------------------------------------
+
+
+class StepFailed(Exception):
+    """Raise from a step body to fail the step with a message an operator can act on."""
+
+
+class TransientError(Exception):
+    """Raise from a step body for a failure worth retrying (``Step.retries`` times, ``retry_delay`` apart)."""
+
+
+class Cancelled(Exception):
+    """Raised by ``StepContext.check_cancel()`` when the run has been asked to stop."""
+
+
+@dataclass(frozen=True)
+class NotYet:
+    """Returned by a poll step's body: not done yet; check again after the poll interval."""
+
+    message: str = ""
+    progress: float | None = None
+
+
+Number = float | int
+DurationSpec = Number | Callable[["StepContext"], Number]
+
+
+@dataclass(frozen=True)
+class Poll:
+    """A waiting step: re-checked every ``interval`` seconds; fails after ``timeout`` seconds (both may be
+    callables of the context, e.g. a transfer timeout scaled by model size)."""
+
+    interval: DurationSpec = 5.0
+    timeout: DurationSpec = 600.0
+    what: str = "the condition"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    title: str
+    func: Callable[[StepContext], Any]
+    eta: float | Callable[[dict], float] = 5.0
+    poll: Poll | None = None
+    each: Callable[[StepContext, Any], Any] | None = None
+    join: Callable[[StepContext, list], Any] | None = None
+    retries: int = 0
+    retry_delay: float = 5.0
+
+
+@dataclass
+class Workflow:
+    kind: str
+    title: str
+    steps: list[Step]
+    cleanup: list[Step] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in [*self.steps, *self.cleanup]]
+        if len(names) != len(set(names)):
+            raise ValueError(f"workflow {self.kind}: step names must be unique: {names}")
+        if not self.steps:
+            raise ValueError(f"workflow {self.kind}: no steps")
+        if self.kind in _REGISTRY and _REGISTRY[self.kind].steps != self.steps:
+            raise ValueError(f"workflow {self.kind} declared twice")
+        _REGISTRY[self.kind] = self
+
+    def step(self, name: str) -> Step:
+        for step in (*self.steps, *self.cleanup):
+            if step.name == name:
+                return step
+        raise KeyError(f"workflow {self.kind} has no step {name!r}")
+
+    def launch(
+        self,
+        *,
+        subject: Model | None = None,
+        params: dict | None = None,
+        user: Any = None,
+        title: str | None = None,
+    ) -> Run:
+        """Create the run and its steps; the first message goes out when the surrounding transaction commits."""
+        from django.contrib.contenttypes.models import ContentType
+
+        params = dict(params or {})
+        with transaction.atomic():
+            run = Run.objects.create(
+                kind=self.kind,
+                title=title or self.title,
+                subject_type=ContentType.objects.get_for_model(subject) if subject is not None else None,
+                subject_id=str(subject.pk) if subject is not None else "",
+                params=params,
+                created_by=user if getattr(user, "is_authenticated", False) else None,
+            )
+            rows = []
+            for order, (phase, step) in enumerate(
+                [(StepPhase.MAIN, s) for s in self.steps] + [(StepPhase.CLEANUP, s) for s in self.cleanup]
+            ):
+                eta = step.eta(params) if callable(step.eta) else step.eta
+                rows.append(
+                    RunStep(
+                        run=run, order=order, name=step.name, title=step.title, phase=phase, eta_seconds=eta
+                    )
+                )
+            RunStep.objects.bulk_create(rows)
+            total = sum(r.eta_seconds for r in rows if r.phase == StepPhase.MAIN)
+            Run.objects.filter(pk=run.pk).update(eta=timezone.now() + timedelta(seconds=total))
+            _event(run.pk, "", RunStatus.PENDING, f"{run.title}: queued")
+            transaction.on_commit(lambda: send_chain(run.pk, [s.name for s in self.steps]))
+        run.refresh_from_db()
+        return run
+
+
+def get_workflow(kind: str) -> Workflow:
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise KeyError(f"no workflow named {kind!r} is declared (is its module imported?)") from None
+
+
+def autodiscover() -> None:
+    """Import ``<app>.workflows`` of every installed app, plus ``WORKFLOW_EXTRA_MODULES``."""
+    for config in apps.get_app_configs():
+        try:
+            importlib.import_module(f"{config.name}.workflows")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{config.name}.workflows":
+                raise
+    for module in getattr(settings, "WORKFLOW_EXTRA_MODULES", []):
+        importlib.import_module(module)
+
+
+def send_chain(run_id: Any, step_names: Iterable[str]) -> None:
+    from celery import chain
+
+    from .tasks import execute_step
+
+    names = list(step_names)
+    if names:
+        chain(*[execute_step.si(str(run_id), name) for name in names]).apply_async()
+
+
+# --- context passed to step bodies ----------------------------------------------------------------------------------
+
+
+class StepContext:
+    """What a step body sees: its run, params, earlier outputs, and ways to report progress."""
+
+    _THROTTLE = 1.0
+
+    def __init__(self, run: Run, step: RunStep) -> None:
+        self.run = run
+        self.step = step
+        self.params: dict = run.params
+        self._outputs: dict | None = None
+        self._last_progress = 0.0
+        self._last_cancel_check = 0.0
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Outputs of the run's finished steps, by step name."""
+        if self._outputs is None:
+            self._outputs = dict(
+                RunStep.objects.filter(run_id=self.run.pk, status=StepStatus.SUCCEEDED).values_list(
+                    "name", "output"
+                )
+            )
+        return self._outputs
+
+    @property
+    def subject(self) -> Any:
+        return self.run.subject
+
+    def progress(self, fraction: float, message: str | None = None, *, force: bool = False) -> None:
+        """Report progress within the step (0-1); writes at most once a second unless ``force``."""
+        now = time.monotonic()
+        if not force and now - self._last_progress < self._THROTTLE:
+            return
+        self._last_progress = now
+        fields: dict[str, Any] = {"progress": max(0.0, min(1.0, fraction)), "heartbeat_at": timezone.now()}
+        if message is not None:
+            fields["message"] = message
+        RunStep.objects.filter(pk=self.step.pk).update(**fields)
+        self.step.progress = fields["progress"]
+        _refresh_run_progress(self.run.pk)
+
+    def event(self, message: str, **data: Any) -> None:
+        _event(self.run.pk, self.step.name, self.step.status, message, data)
+
+    def check_cancel(self) -> None:
+        """Raise ``Cancelled`` if the run was asked to stop (reads the flag at most once a second)."""
+        now = time.monotonic()
+        if now - self._last_cancel_check < self._THROTTLE:
+            return
+        self._last_cancel_check = now
+        if Run.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+            raise Cancelled("cancel requested")
+
+
+# --- helpers --------------------------------------------------------------------------------------------------------
+
+
+def _event(run_id: Any, step: str, status: str, message: str, data: dict | None = None) -> None:
+    RunEvent.objects.create(
+        run_id=run_id, step=step, status=str(status), message=message[:4000], data=data or {}
+    )
+
+
+def _stale_after() -> timedelta:
+    return timedelta(seconds=float(settings.WORKFLOW_STALE_AFTER))
+
+
+def _duration(spec: DurationSpec, ctx: StepContext) -> float:
+    return float(spec(ctx) if callable(spec) else spec)
+
+
+def _refresh_run_progress(run_id: Any, *, now: datetime | None = None) -> None:
+    """Recompute percent and ETA from the main steps' estimates (one read, one write)."""
+    now = now or timezone.now()
+    rows = RunStep.objects.filter(run_id=run_id, phase=StepPhase.MAIN).values_list(
+        "status", "eta_seconds", "progress"
+    )
+    total = done = 0.0
+    for status, eta, progress in rows:
+        total += eta
+        if status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+            done += eta
+        elif status in (StepStatus.RUNNING, StepStatus.WAITING):
+            done += eta * progress
+    percent = 100.0 * done / total if total else 100.0
+    Run.objects.filter(pk=run_id, status__in=RunStatus.active()).update(
+        progress=round(percent, 2), eta=now + timedelta(seconds=max(0.0, total - done))
+    )
+
+
+class _Heartbeat:
+    """Stamps the step and run every WORKFLOW_HEARTBEAT_INTERVAL seconds while a body runs."""
+
+    def __init__(self, run_id: Any, step_pk: int) -> None:
+        self.run_id = run_id
+        self.step_pk = step_pk
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"heartbeat-{step_pk}", daemon=True)
+
+    def _loop(self) -> None:
+        interval = float(settings.WORKFLOW_HEARTBEAT_INTERVAL)
+        try:
+            while not self.stop_event.wait(interval):
+                now = timezone.now()
+                RunStep.objects.filter(pk=self.step_pk).update(heartbeat_at=now)
+                Run.objects.filter(pk=self.run_id).update(heartbeat_at=now)
+        except Exception:  # a heartbeat must never kill the step it watches
+            logger.exception("heartbeat for step %s failed", self.step_pk)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> _Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+
+
+def _drop_chain(task: Task | None) -> None:
+    """Stop the rest of this message's chain: another owner carries it, or the run is ending."""
+    if task is not None:
+        task.request.chain = None
+        task.request.callbacks = None
+
+
+# --- step execution -------------------------------------------------------------------------------------------------
+
+
+def _claim(step: RunStep, now: datetime) -> bool:
+    """Compare-and-set this step to RUNNING for this worker. False: someone else owns it, or it is done."""
+    if step.status in StepStatus.terminal():
+        return False
+    if step.status == StepStatus.RUNNING:
+        if step.heartbeat_at and step.heartbeat_at > now - _stale_after():
+            return False  # a live worker is on it: this message is a duplicate
+        logger.warning("taking over stale step %s of run %s", step.name, step.run_id)
+    updated = RunStep.objects.filter(pk=step.pk, status=step.status, attempt=step.attempt).update(
+        status=StepStatus.RUNNING,
+        attempt=F("attempt") + 1,
+        heartbeat_at=now,
+        started_at=step.started_at or now,
+    )
+    return updated == 1
+
+
+def execute_step(task: Task, run_id: str, step_name: str) -> Any:
+    """Body of the ``core.execute_step`` task."""
+    close_old_connections()
+    try:
+        step = RunStep.objects.select_related("run").get(run_id=run_id, name=step_name)
+    except RunStep.DoesNotExist:
+        logger.warning("run %s has no step %s (deleted?)", run_id, step_name)
+        _drop_chain(task)
+        return None
+    run = step.run
+    now = timezone.now()
+    allowed_run_status = (
+        {RunStatus.PENDING, RunStatus.RUNNING} if step.phase == StepPhase.MAIN else {RunStatus.CLEANING_UP}
+    )
+    if run.status not in allowed_run_status:
+        _drop_chain(task)
+        return None
+    previous_status = step.status
+    if not _claim(step, now):
+        _drop_chain(task)
+        return None
+    step.refresh_from_db()
+    workflow = get_workflow(run.kind)
+    spec = workflow.step(step_name)
+
+    if run.status == RunStatus.PENDING:
+        if Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
+            status=RunStatus.RUNNING, started_at=now, heartbeat_at=now
+        ):
+            _event(run.pk, "", RunStatus.RUNNING, f"{run.title}: started")
+        run.refresh_from_db()
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=now, wake_at=None)
+
+    if step.phase == StepPhase.MAIN and run.cancel_requested:
+        _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
+        _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
+        return None
+
+    if previous_status == StepStatus.PENDING:
+        _event(run.pk, step.name, StepStatus.RUNNING, f"{step.title}: started")
+    elif previous_status == StepStatus.RUNNING:
+        _event(
+            run.pk,
+            step.name,
+            StepStatus.RUNNING,
+            f"{step.title}: resumed on a new worker (attempt {step.attempt})",
+        )
+        Run.objects.filter(pk=run.pk).update(resumed_count=F("resumed_count") + 1)
+    if step.phase == StepPhase.MAIN:
+        _refresh_run_progress(run.pk, now=now)
+
+    ctx = StepContext(run, step)
+    if spec.poll and step.deadline is None:
+        step.deadline = now + timedelta(seconds=_duration(spec.poll.timeout, ctx))
+        RunStep.objects.filter(pk=step.pk).update(deadline=step.deadline)
+
+    try:
+        with _Heartbeat(run.pk, step.pk):
+            if spec.each is not None:
+                return _start_fanout(task, ctx, spec)
+            result = spec.func(ctx)
+    except TaskPredicate:  # Retry/Ignore/Reject from task.replace and friends are control flow, not failures
+        raise
+    except Cancelled:
+        _finish_step(step, StepStatus.CANCELLED, "cancelled while running")
+        if step.phase == StepPhase.MAIN:
+            _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
+        return None
+    except TransientError as exc:
+        if step.attempt <= spec.retries:
+            _wait(
+                step,
+                f"{exc} (retry {step.attempt}/{spec.retries} in {spec.retry_delay:g}s)",
+                spec.retry_delay,
+            )
+            raise task.retry(countdown=spec.retry_delay, max_retries=None) from None
+        return _step_failed(task, run, step, f"{exc} (gave up after {step.attempt} attempts)")
+    except StepFailed as exc:
+        return _step_failed(task, run, step, str(exc))
+    except Exception as exc:
+        logger.exception("step %s of run %s raised", step.name, run.pk)
+        return _step_failed(task, run, step, f"{type(exc).__name__}: {exc}")
+
+    if isinstance(result, NotYet):
+        if timezone.now() >= step.deadline:
+            waited = (timezone.now() - (step.started_at or now)).total_seconds()
+            last = f" (last check: {result.message})" if result.message else ""
+            return _step_failed(
+                task, run, step, f"timed out after {waited:.0f}s waiting for {spec.poll.what}{last}"
+            )
+        interval = _duration(spec.poll.interval, ctx)
+        _wait(step, result.message, interval, result.progress)
+        raise task.retry(countdown=interval, max_retries=None)
+    return _step_succeeded(task, run, step, result)
+
+
+def _wait(step: RunStep, message: str, interval: float, progress: float | None = None) -> None:
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": StepStatus.WAITING, "message": message, "heartbeat_at": now}
+    if progress is not None:
+        fields["progress"] = max(0.0, min(1.0, progress))
+    RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING).update(**fields)
+    Run.objects.filter(pk=step.run_id).update(heartbeat_at=now, wake_at=now + timedelta(seconds=interval))
+    if step.phase == StepPhase.MAIN:
+        _refresh_run_progress(step.run_id, now=now)
+
+
+def _finish_step(step: RunStep, status: str, message: str, output: Any = None) -> bool:
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": status, "message": message, "finished_at": now, "heartbeat_at": now}
+    if status == StepStatus.SUCCEEDED:
+        fields["progress"] = 1.0
+    if output is not None:
+        fields["output"] = output if isinstance(output, dict) else {"result": output}
+    updated = RunStep.objects.filter(
+        pk=step.pk, status__in=[StepStatus.RUNNING, StepStatus.WAITING, StepStatus.PENDING]
+    ).update(**fields)
+    if updated:
+        _event(
+            step.run_id,
+            step.name,
+            status,
+            f"{step.title}: {message}" if message else f"{step.title}: {status}",
+        )
+    return bool(updated)
+
+
+def _step_succeeded(task: Task, run: Run, step: RunStep, result: Any) -> Any:
+    if not _finish_step(step, StepStatus.SUCCEEDED, "done", result):
+        _drop_chain(task)
+        return None
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+    if step.phase == StepPhase.MAIN:
+        _refresh_run_progress(run.pk)
+        if not RunStep.objects.filter(
+            run_id=run.pk, phase=StepPhase.MAIN, status__in=StepStatus.active()
+        ).exists():
+            _finish_run(run, succeeded=True)
+    else:
+        _maybe_finish_cleanup(run)
+    return None
+
+
+def _step_failed(task: Task, run: Run, step: RunStep, message: str) -> None:
+    if not _finish_step(step, StepStatus.FAILED, message):
+        _drop_chain(task)
+        return None
+    if step.phase == StepPhase.MAIN:
+        _begin_cleanup(task, run, cancelled=False, reason=f"{step.title} failed: {message}")
+    else:
+        # Cleanup is best effort: record the failure and let the chain go on to the next cleanup step.
+        Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
+        _maybe_finish_cleanup(run)
+    return None
+
+
+def _begin_cleanup(task: Task | None, run: Run, *, cancelled: bool, reason: str) -> None:
+    """Skip the remaining main steps; run the cleanup steps (if any), then end FAILED or CANCELLED."""
+    _drop_chain(task)
+    now = timezone.now()
+    RunStep.objects.filter(run_id=run.pk, phase=StepPhase.MAIN, status=StepStatus.PENDING).update(
+        status=StepStatus.SKIPPED, finished_at=now
+    )
+    cleanup = list(
+        RunStep.objects.filter(run_id=run.pk, phase=StepPhase.CLEANUP, status=StepStatus.PENDING).order_by(
+            "order"
+        )
+    )
+    if cancelled:
+        Run.objects.filter(pk=run.pk).update(cancel_requested=True)
+    if not cleanup:
+        _finish_run(run, succeeded=False, cancelled=cancelled, error=reason)
+        return
+    if Run.objects.filter(pk=run.pk, status__in=[RunStatus.PENDING, RunStatus.RUNNING]).update(
+        status=RunStatus.CLEANING_UP, error=reason, heartbeat_at=now, wake_at=None
+    ):
+        _event(run.pk, "", RunStatus.CLEANING_UP, f"{reason}; running cleanup")
+        transaction.on_commit(lambda: send_chain(run.pk, [s.name for s in cleanup]))
+
+
+def _maybe_finish_cleanup(run: Run) -> None:
+    if RunStep.objects.filter(
+        run_id=run.pk, phase=StepPhase.CLEANUP, status__in=StepStatus.active()
+    ).exists():
+        return
+    run.refresh_from_db(fields=["cancel_requested", "error"])
+    _finish_run(run, succeeded=False, cancelled=run.cancel_requested, error=run.error)
+
+
+def _finish_run(run: Run, *, succeeded: bool, cancelled: bool = False, error: str = "") -> None:
+    now = timezone.now()
+    status = RunStatus.SUCCEEDED if succeeded else RunStatus.CANCELLED if cancelled else RunStatus.FAILED
+    fields: dict[str, Any] = {"status": status, "finished_at": now, "wake_at": None, "heartbeat_at": now}
+    if succeeded:
+        fields.update(progress=100.0, eta=now, error="")
+    else:
+        fields["error"] = error
+    if Run.objects.filter(pk=run.pk, status__in=RunStatus.active()).update(**fields):
+        if succeeded:
+            RunStep.objects.filter(run_id=run.pk, phase=StepPhase.CLEANUP, status=StepStatus.PENDING).update(
+                status=StepStatus.SKIPPED
+            )
+        message = {
+            RunStatus.SUCCEEDED: f"{run.title}: succeeded",
+            RunStatus.FAILED: f"{run.title}: failed: {error}",
+            RunStatus.CANCELLED: f"{run.title}: cancelled",
+        }[status]
+        _event(run.pk, "", status, message)
+        from .signals import run_finished
+
+        run.status = status
+        run_finished.send(sender=Run, run=run)
+
+
+# --- fan-out --------------------------------------------------------------------------------------------------------
+
+
+def _start_fanout(task: Task, ctx: StepContext, spec: Step) -> Any:
+    from celery import chord
+
+    from .tasks import execute_fanout_item, join_fanout
+
+    items = list(spec.func(ctx) or [])
+    RunStep.objects.filter(pk=ctx.step.pk).update(output={"items": items})
+    _event(
+        ctx.run.pk, ctx.step.name, StepStatus.RUNNING, f"{ctx.step.title}: fanning out to {len(items)} items"
+    )
+    if not items:
+        return finish_fanout(task, str(ctx.run.pk), ctx.step.name, [])
+    header = [execute_fanout_item.si(str(ctx.run.pk), ctx.step.name, i) for i in range(len(items))]
+    raise task.replace(chord(header, join_fanout.s(str(ctx.run.pk), ctx.step.name)))
+
+
+def execute_fanout_item(run_id: str, step_name: str, index: int) -> dict:
+    """One branch of a fan-out: returns {"ok": result} or {"error": message}; never raises, so the chord joins."""
+    close_old_connections()
+    step = RunStep.objects.select_related("run").get(run_id=run_id, name=step_name)
+    spec = get_workflow(step.run.kind).step(step_name)
+    item = step.output.get("items", [])[index]
+    ctx = StepContext(step.run, step)
+    try:
+        with _Heartbeat(run_id, step.pk):
+            return {"ok": spec.each(ctx, item)}
+    except Exception as exc:
+        logger.exception("fan-out item %s of step %s failed", index, step_name)
+        return {"error": f"item {index}: {type(exc).__name__}: {exc}"}
+
+
+def finish_fanout(task: Task, run_id: str, step_name: str, results: list[dict]) -> Any:
+    close_old_connections()
+    step = RunStep.objects.select_related("run").get(run_id=run_id, name=step_name)
+    run = step.run
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        return _step_failed(
+            task, run, step, f"{len(errors)} of {len(results)} failed: " + "; ".join(errors[:5])
+        )
+    values = [r.get("ok") for r in results]
+    spec = get_workflow(run.kind).step(step_name)
+    ctx = StepContext(run, step)
+    try:
+        output = spec.join(ctx, values) if spec.join else {"results": values}
+    except Exception as exc:
+        return _step_failed(task, run, step, f"{type(exc).__name__}: {exc}")
+    if isinstance(output, dict):
+        output = {"items": step.output.get("items", []), **output}
+    return _step_succeeded(task, run, step, output)
+
+
+# --- cancel and reaper -------------------------------------------------------------------------------------------
+
+
+def request_cancel(run: Run, *, reason: str = "cancelled by request") -> bool:
+    """Ask a run to stop. Returns False if it had already ended. Waiting steps are cancelled right away."""
+    if run.status == RunStatus.PENDING and Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
+        status=RunStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(), error=reason
+    ):
+        RunStep.objects.filter(run_id=run.pk, status=StepStatus.PENDING).update(status=StepStatus.SKIPPED)
+        _event(run.pk, "", RunStatus.CANCELLED, f"{run.title}: cancelled before it started")
+        return True
+    if not Run.objects.filter(pk=run.pk, status__in=[RunStatus.RUNNING, RunStatus.PENDING]).update(
+        cancel_requested=True
+    ):
+        return Run.objects.filter(pk=run.pk, status=RunStatus.CLEANING_UP).exists()
+    _event(run.pk, "", "cancel_requested", reason)
+    waiting = RunStep.objects.filter(run_id=run.pk, phase=StepPhase.MAIN, status=StepStatus.WAITING).first()
+    if waiting and _finish_step(waiting, StepStatus.CANCELLED, "cancelled while waiting"):
+        # No message is being processed here, so there is no chain to drop; the waiting step's pending retry
+        # message will find the step terminal and do nothing.
+        run.refresh_from_db()
+        _begin_cleanup(None, run, cancelled=True, reason=reason)
+    return True
+
+
+def reap_stale_runs() -> list[str]:
+    """Resume active runs whose worker went silent; returns the ids of runs resumed."""
+    now = timezone.now()
+    stale_before = now - _stale_after()
+    candidates = Run.objects.filter(
+        Q(status__in=[RunStatus.RUNNING, RunStatus.CLEANING_UP], heartbeat_at__lt=stale_before)
+        | Q(status=RunStatus.PENDING, created_at__lt=stale_before),
+    ).filter(Q(wake_at__isnull=True) | Q(wake_at__lt=stale_before))
+    resumed = []
+    for run in candidates.only("id", "status", "heartbeat_at", "created_at", "kind")[:500]:
+        claimed = Run.objects.filter(pk=run.pk, status=run.status, heartbeat_at=run.heartbeat_at).update(
+            heartbeat_at=now, resumed_count=F("resumed_count") + 1
+        )
+        if not claimed:
+            continue
+        phase = StepPhase.CLEANUP if run.status == RunStatus.CLEANING_UP else StepPhase.MAIN
+        remaining = list(
+            RunStep.objects.filter(run_id=run.pk, phase=phase, status__in=StepStatus.active())
+            .order_by("order")
+            .values_list("name", flat=True)
+        )
+        silent = (now - (run.heartbeat_at or run.created_at)).total_seconds()
+        if not remaining:
+            full = Run.objects.get(pk=run.pk)
+            if phase == StepPhase.MAIN:
+                _finish_run(full, succeeded=True)
+            else:
+                _maybe_finish_cleanup(full)
+            continue
+        _event(
+            run.pk, remaining[0], "resumed", f"no sign of life for {silent:.0f}s; resuming at {remaining[0]}"
+        )
+        send_chain(run.pk, remaining)
+        resumed.append(str(run.pk))
+    return resumed

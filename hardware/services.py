@@ -1,0 +1,1 @@
+"""Domain functions of the hardware app: the only place its business rules live."""

@@ -1,0 +1,182 @@
+"""The workflow engine on a real Celery worker and Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from core import workflow
+from core.choices import RunStatus, StepStatus
+from core.models import Run, RunEvent
+from core.tasks import execute_step
+from tests.worker import WorkerProcess, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _finished(run: Run, timeout: float = 40.0) -> Run:
+    def done():
+        run.refresh_from_db()
+        return run.status in RunStatus.terminal()
+
+    wait_for(done, timeout=timeout, what=f"run {run.kind} to finish (status {run.status})")
+    return run
+
+
+def _bodies(run: Run, step: str) -> int:
+    return RunEvent.objects.filter(run=run, step=step, message="body executed").count()
+
+
+def _steps(run: Run) -> dict[str, str]:
+    return dict(run.steps.values_list("name", "status"))
+
+
+def test_chain_completes_with_events_and_progress(worker):
+    run = workflow.get_workflow("demo.chain").launch(params={})
+    assert run.status == RunStatus.PENDING
+    _finished(run)
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.progress == 100.0
+    assert _steps(run) == {
+        "first": StepStatus.SUCCEEDED,
+        "second": StepStatus.SUCCEEDED,
+        "third": StepStatus.SUCCEEDED,
+        "undo": StepStatus.SKIPPED,
+    }
+    messages = list(run.events.values_list("message", flat=True))
+    # Steps ran in order, each reported start and end.
+    starts = [m for m in messages if m.endswith(": started") and m != "Demo chain: started"]
+    assert starts == ["First step: started", "Second step: started", "Third step: started"]
+    assert messages[-1] == "Demo chain: succeeded"
+    assert run.started_at and run.finished_at and run.finished_at >= run.started_at
+
+
+def test_failure_runs_cleanup_and_reports_reason(worker):
+    run = workflow.get_workflow("demo.chain").launch(params={"fail": True})
+    _finished(run)
+    assert run.status == RunStatus.FAILED
+    assert "the demo was told to fail here" in run.error
+    assert _steps(run) == {
+        "first": StepStatus.SUCCEEDED,
+        "second": StepStatus.FAILED,
+        "third": StepStatus.SKIPPED,
+        "undo": StepStatus.SUCCEEDED,
+    }
+    assert _bodies(run, "undo") == 1
+
+
+def test_chord_fans_out_and_joins(worker):
+    run = workflow.get_workflow("demo.fanout").launch(params={"n": 6})
+    _finished(run)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    square = run.steps.get(name="square")
+    assert square.output["sum"] == sum(i * i for i in range(1, 7))
+    assert run.steps.get(name="report").output == {"sum_seen": 91}
+
+
+def test_duplicate_delivery_runs_each_body_once(worker):
+    run = workflow.get_workflow("demo.chain").launch(params={})
+    # The same messages again, as a broker redelivery would send them, while the chain is in flight.
+    for name in ("first", "second", "third"):
+        execute_step.apply_async((str(run.pk), name))
+        execute_step.apply_async((str(run.pk), name))
+    _finished(run)
+    assert run.status == RunStatus.SUCCEEDED
+    time.sleep(1.0)  # let the duplicates drain
+    for name in ("first", "second", "third"):
+        assert _bodies(run, name) == 1, name
+    run.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED
+
+
+def test_cancel_stops_at_next_step_boundary_and_runs_cleanup(worker):
+    run = workflow.get_workflow("demo.slow").launch(params={"sleep": 2.0})
+    wait_for(lambda: run.steps.filter(name="work", status=StepStatus.RUNNING).exists(), what="work to start")
+    assert workflow.request_cancel(Run.objects.get(pk=run.pk))
+    _finished(run)
+    assert run.status == RunStatus.CANCELLED
+    statuses = _steps(run)
+    assert statuses["work"] == StepStatus.SUCCEEDED  # not cooperative: it finishes its own work
+    assert statuses["after"] == StepStatus.CANCELLED  # stopped at the boundary
+    assert statuses["undo"] == StepStatus.SUCCEEDED
+    assert _bodies(run, "after") == 0
+
+
+def test_cooperative_cancel_interrupts_a_long_step(worker):
+    run = workflow.get_workflow("demo.slow").launch(params={"sleep": 30.0, "cooperative": True})
+    wait_for(lambda: run.steps.filter(name="work", status=StepStatus.RUNNING).exists(), what="work to start")
+    workflow.request_cancel(Run.objects.get(pk=run.pk))
+    _finished(run, timeout=15)
+    assert run.status == RunStatus.CANCELLED
+    assert _steps(run)["work"] == StepStatus.CANCELLED
+
+
+def test_wait_step_polls_until_condition(worker, tmp_path):
+    path = tmp_path / "ready.flag"
+    run = workflow.get_workflow("demo.wait").launch(params={"path": str(path), "timeout": 20})
+    wait_for(lambda: run.steps.filter(name="wait_file", status=StepStatus.WAITING).exists(), what="waiting")
+    path.write_text("go")
+    _finished(run)
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.steps.get(name="wait_file").output == {"found": str(path)}
+
+
+def test_wait_step_times_out_with_clear_error(worker, tmp_path):
+    run = workflow.get_workflow("demo.wait").launch(params={"path": str(tmp_path / "never"), "timeout": 1.5})
+    _finished(run)
+    assert run.status == RunStatus.FAILED
+    assert "timed out after" in run.error
+    assert "waiting for the demo file" in run.error
+    assert "never not there yet" in run.error
+    assert _steps(run)["undo"] == StepStatus.SUCCEEDED
+
+
+def test_cancel_while_waiting_is_immediate(worker, tmp_path):
+    run = workflow.get_workflow("demo.wait").launch(params={"path": str(tmp_path / "never"), "timeout": 60})
+    wait_for(lambda: run.steps.filter(name="wait_file", status=StepStatus.WAITING).exists(), what="waiting")
+    workflow.request_cancel(Run.objects.get(pk=run.pk))
+    _finished(run, timeout=10)
+    assert run.status == RunStatus.CANCELLED
+    assert _steps(run)["wait_file"] == StepStatus.CANCELLED
+
+
+def test_worker_killed_mid_step_run_finishes_after_new_worker(celery_worker_process, transactional_db):
+    # Stop the shared worker so the doomed one is the only consumer.
+    celery_worker_process.stop()
+    doomed = WorkerProcess(name="doomed").start()
+    replacement = None
+    try:
+        run = workflow.get_workflow("demo.slow").launch(params={"sleep": 3.0})
+        wait_for(
+            lambda: run.steps.filter(name="work", status=StepStatus.RUNNING).exists(),
+            what="the work step to start on the doomed worker",
+        )
+        time.sleep(0.5)
+        doomed.kill()
+        replacement = WorkerProcess(name="replacement").start()
+        # The step is silent now; after WORKFLOW_STALE_AFTER the reaper resumes the run.
+        wait_for(
+            lambda: workflow.reap_stale_runs(), timeout=30, interval=0.5, what="the reaper to resume the run"
+        )
+        _finished(run, timeout=40)
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        work = run.steps.get(name="work")
+        assert work.attempt == 2
+        assert _bodies(run, "work") == 2  # the body ran again after the crash (bodies are idempotent)
+        assert _bodies(run, "after") == 1
+        assert run.events.filter(status="resumed").exists()
+    finally:
+        doomed.kill()
+        if replacement:
+            replacement.stop()
+        celery_worker_process.start()
+
+
+def test_reaper_ignores_healthy_runs(worker):
+    run = workflow.get_workflow("demo.slow").launch(params={"sleep": 2.0})
+    wait_for(lambda: run.steps.filter(name="work", status=StepStatus.RUNNING).exists(), what="work to start")
+    assert str(run.pk) not in workflow.reap_stale_runs()
+    _finished(run)
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.resumed_count == 0

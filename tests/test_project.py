@@ -1,0 +1,108 @@
+"""Project-level checks: deploy checks, migrations, OpenAPI schema, docs pages, compose file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _manage(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_deploy_has_no_issues_with_production_env():
+    result = _manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        env={
+            "DJANGO_SECURE": "1",
+            "DJANGO_SECRET_KEY": "x" * 20 + "-production-like-secret-key-with-enough-entropy-0123456789",
+            "DJANGO_ALLOWED_HOSTS": "budcluster.example.com",
+        },
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_missing_migrations():
+    result = _manage("makemigrations", "--check", "--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_openapi_schema_validates_without_warnings(tmp_path):
+    out = tmp_path / "schema.yaml"
+    result = _manage("spectacular", "--validate", "--fail-on-warn", "--file", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    schema = yaml.safe_load(out.read_text())
+    assert "/runs/{id}/cancel" in schema["paths"]
+    assert "tokenAuth" in schema["components"]["securitySchemes"]
+
+
+@pytest.mark.django_db
+def test_docs_pages_render(client):
+    for path in ("/docs", "/redoc"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert b"<html" in response.content.lower()
+    schema = client.get("/schema")
+    assert schema.status_code == 200
+
+
+def test_compose_file_matches_settings():
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"postgres", "redis", "web", "worker", "beat"} <= set(services)
+    for name in ("postgres", "redis", "web"):
+        assert "healthcheck" in services[name], name
+    from budcluster_site import settings as project_settings
+
+    documented = set((ROOT / ".env.sample").read_text().split())
+    for name in ("web", "worker", "beat"):
+        service = services[name]
+        env = service.get("environment", {})
+        for var in (
+            "DATABASE_URL",
+            "CELERY_BROKER_URL",
+            "CRYPTO_PRIVATE_KEY_PATH",
+            "CRYPTO_SYMMETRIC_KEY_PATH",
+        ):
+            assert var in env, (name, var)
+            assert any(line.startswith(var + "=") for line in documented), var
+        assert env["DATABASE_URL"].startswith("postgresql://")
+        assert env["CELERY_BROKER_URL"].startswith("redis://")
+        mounts = " ".join(service.get("volumes", []))
+        assert "crypto-keys" in mounts, name
+        assert service.get("depends_on"), name
+    assert "9082" in " ".join(services["web"]["ports"])
+    assert "celery" in " ".join(services["worker"]["command"]) and "worker" in services["worker"]["command"]
+    assert "beat" in services["beat"]["command"]
+    assert str(project_settings.PORT) == "9082"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "python:3.11" in dockerfile and "requirements.txt" in dockerfile
+
+
+def test_env_sample_documents_every_setting_read_from_environment():
+    import re
+
+    names = set()
+    for path in [ROOT / "budcluster_site" / "settings.py"]:
+        names |= set(re.findall(r'env_\w+\("([A-Z0-9_]+)"', path.read_text()))
+    sample = (ROOT / ".env.sample").read_text()
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(n for n in names if n not in sample or n not in readme)
+    assert not missing, f"undocumented settings: {missing}"
