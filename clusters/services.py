@@ -1,1 +1,402 @@
-"""Domain functions of the clusters app: the only place its business rules live."""
+"""Cluster domain functions: registration, duplicate detection, live health, the periodic sweep, deletion.
+
+The API, the admin, the management commands and the Celery tasks all call these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import yaml
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core import crypto
+from core.gateway import ClusterGateway, GatewayError
+from core.models import Run
+
+from .choices import ClusterStatus
+from .kubeconfig import KubeconfigError, ValidatedKubeconfig, validate_kubeconfig
+from .models import Cluster, ClusterEvent
+
+logger = logging.getLogger(__name__)
+
+STALE_REGISTRATION = timedelta(minutes=15)
+ERROR_AFTER = timedelta(hours=24)
+ERROR_RETRY_EVERY = timedelta(hours=24)
+
+
+class RegistrationRefused(Exception):
+    """The registration request is refused; the message says why (answered as 400/409)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- kubeconfig in and out -------------------------------------------------------------------------------------
+
+
+def read_kubeconfig_upload(*, text: str | bytes | None = None, envelope: Any = None) -> bytes:
+    """The kubeconfig bytes from a plaintext upload or an RSA envelope (``core.crypto.decrypt_envelope``)."""
+    if envelope is not None:
+        try:
+            return crypto.decrypt_envelope(envelope)
+        except crypto.CryptoError as exc:
+            raise RegistrationRefused(f"encrypted kubeconfig could not be decrypted: {exc}") from None
+    if text is None:
+        raise RegistrationRefused("a kubeconfig is required")
+    return text.encode("utf-8") if isinstance(text, str) else text
+
+
+def validate(raw: bytes, context: str | None = None) -> ValidatedKubeconfig:
+    try:
+        return validate_kubeconfig(raw, context)
+    except KubeconfigError as exc:
+        raise RegistrationRefused(f"kubeconfig refused: {exc}") from None
+
+
+def kubeconfig_dict(cluster: Cluster) -> dict:
+    """The decrypted kubeconfig of a cluster (in memory only)."""
+    if not cluster.kubeconfig:
+        raise GatewayError(f"cluster {cluster.name} has no kubeconfig")
+    return yaml.safe_load(cluster.kubeconfig)
+
+
+def gateway_for(
+    cluster: Cluster, *, timeout: float = 10.0, connect_timeout: float | None = None
+) -> ClusterGateway:
+    return ClusterGateway(kubeconfig_dict(cluster), timeout=timeout, connect_timeout=connect_timeout)
+
+
+# --- registration ------------------------------------------------------------------------------------------------
+
+
+def find_duplicate(server_url: str, *, exclude_pk: int | None = None) -> tuple[Cluster | None, bool]:
+    """Duplicate detection on server URL, as the original service did.
+
+    Returns (existing cluster, replaceable). An AVAILABLE (or recently REGISTERING, or DELETING) cluster with the
+    same server blocks registration; a NOT_AVAILABLE or ERROR one, or a REGISTERING one older than 15 minutes,
+    is replaced by the new registration.
+    """
+    qs = Cluster.objects.filter(server_url=server_url)
+    if exclude_pk:
+        qs = qs.exclude(pk=exclude_pk)
+    existing = qs.first()
+    if existing is None:
+        return None, False
+    stale_registering = (
+        existing.status == ClusterStatus.REGISTERING
+        and existing.created_at < timezone.now() - STALE_REGISTRATION
+    )
+    replaceable = existing.status in (ClusterStatus.NOT_AVAILABLE, ClusterStatus.ERROR) or stale_registering
+    return existing, replaceable
+
+
+def record_event(cluster: Cluster, kind: str, message: str, old: str = "", new: str = "") -> None:
+    ClusterEvent.objects.create(cluster=cluster, kind=kind, message=message, old_status=old, new_status=new)
+
+
+def register_cluster(
+    *,
+    name: str,
+    kubeconfig: bytes,
+    context: str | None = None,
+    ingress_url: str = "",
+    labels: dict | None = None,
+    user: Any = None,
+) -> tuple[Cluster, Run]:
+    """Validate, store (encrypted) and start the registration run. Raises RegistrationRefused."""
+    from .workflows import REGISTER
+
+    checked = validate(kubeconfig, context)
+    with transaction.atomic():
+        if Cluster.objects.filter(name=name).exists():
+            raise RegistrationRefused(f"a cluster named {name!r} already exists", status=409)
+        existing, replaceable = find_duplicate(checked.server)
+        if existing is not None:
+            if not replaceable:
+                raise RegistrationRefused(
+                    f"cluster {existing.name!r} is already registered with server {checked.server} "
+                    f"(status {existing.status})",
+                    status=409,
+                )
+            logger.info("registration of %s replaces %s (%s)", name, existing.name, existing.status)
+            existing.delete()
+        cluster = Cluster.objects.create(
+            name=name,
+            server_url=checked.server,
+            context_name=checked.context_name,
+            kubeconfig=checked.normalized_yaml(),
+            ingress_url=ingress_url,
+            labels=labels or {},
+            status=ClusterStatus.REGISTERING,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+        )
+        record_event(cluster, "registration", "registration requested", new=ClusterStatus.REGISTERING)
+        run = REGISTER.launch(subject=cluster, params={"cluster_id": cluster.pk}, user=user)
+    return cluster, run
+
+
+def replace_kubeconfig(
+    cluster: Cluster, kubeconfig: bytes, context: str | None = None, user: Any = None
+) -> Run:
+    """Store a new kubeconfig and re-run verification (the registration workflow)."""
+    from .workflows import REGISTER
+
+    checked = validate(kubeconfig, context)
+    with transaction.atomic():
+        existing, _ = find_duplicate(checked.server, exclude_pk=cluster.pk)
+        if existing is not None:
+            raise RegistrationRefused(
+                f"cluster {existing.name!r} is already registered with server {checked.server}", status=409
+            )
+        old = cluster.status
+        cluster.kubeconfig = checked.normalized_yaml()
+        cluster.server_url = checked.server
+        cluster.context_name = checked.context_name
+        cluster.status = ClusterStatus.REGISTERING
+        cluster.reason = "kubeconfig replaced; verifying"
+        cluster.save()
+        record_event(cluster, "kubeconfig", "kubeconfig replaced; verifying", old=old, new=cluster.status)
+        return REGISTER.launch(
+            subject=cluster, params={"cluster_id": cluster.pk}, user=user, title="Re-verify cluster"
+        )
+
+
+REQUIRED_PERMISSIONS = [
+    ("list", "nodes", ""),
+    ("create", "namespaces", ""),
+    ("create", "deployments", "apps"),
+    ("create", "daemonsets", "apps"),
+    ("create", "services", ""),
+    ("create", "secrets", ""),
+    ("create", "persistentvolumeclaims", ""),
+    ("create", "jobs", "batch"),
+]
+
+
+def verify_connection(gateway: ClusterGateway) -> dict:
+    """Reach the API, list nodes and check the permissions BudCluster needs; raise GatewayError if not."""
+    version = gateway.version()
+    nodes = gateway.list("v1", "Node")
+    missing = [
+        f"{verb} {group + '/' if group else ''}{resource}"
+        for verb, resource, group in REQUIRED_PERMISSIONS
+        if not gateway.can_i(verb, resource, group)
+    ]
+    if missing:
+        raise GatewayError("the credentials lack permissions BudCluster needs: " + ", ".join(missing))
+    return {"version": version.get("gitVersion", ""), "nodes": len(nodes)}
+
+
+def set_status(cluster: Cluster, status: str, reason: str = "", *, kind: str = "status") -> bool:
+    """Compare-and-set a cluster's status with an event; False if it was already there."""
+    old = cluster.status
+    if old == status and cluster.reason == reason:
+        return False
+    now = timezone.now()
+    fields: dict[str, Any] = {"status": status, "reason": reason, "updated_at": now}
+    if status == ClusterStatus.NOT_AVAILABLE and old != ClusterStatus.NOT_AVAILABLE:
+        fields["not_available_since"] = now
+    if status == ClusterStatus.AVAILABLE:
+        fields["not_available_since"] = None
+    if not Cluster.objects.filter(pk=cluster.pk, status=old).update(**fields):
+        return False
+    for key, value in fields.items():
+        setattr(cluster, key, value)
+    if old != status:
+        record_event(cluster, kind, reason or f"{old} → {status}", old=old, new=status)
+    return True
+
+
+# --- health --------------------------------------------------------------------------------------------------
+
+HEALTH_CHECKS = ("api", "nodes", "gpu", "storage")
+
+
+def check_health(cluster: Cluster, checks: list[str] | None = None, *, timeout: float = 10.0) -> dict:
+    """Live health of one cluster (the ``/clusters/{id}/health`` endpoint)."""
+    checks = checks or list(HEALTH_CHECKS)
+    unknown = sorted(set(checks) - set(HEALTH_CHECKS))
+    if unknown:
+        raise ValueError(f"unknown checks: {', '.join(unknown)} (choose from {', '.join(HEALTH_CHECKS)})")
+    result: dict[str, Any] = {"cluster": cluster.name, "healthy": True, "checks": {}}
+    started = time.monotonic()
+    try:
+        with gateway_for(cluster, timeout=timeout) as gw:
+            version = gw.version()
+            result["checks"]["api"] = {"ok": True, "version": version.get("gitVersion", "")}
+            nodes = gw.list("v1", "Node") if {"nodes", "gpu"} & set(checks) else []
+            if "nodes" in checks:
+                ready = sum(1 for n in nodes if _node_ready(n))
+                result["checks"]["nodes"] = {"ok": ready > 0, "total": len(nodes), "ready": ready}
+            if "gpu" in checks:
+                gpus = {}
+                for node in nodes:
+                    for resource, value in (node.get("status", {}).get("allocatable") or {}).items():
+                        if resource in ("nvidia.com/gpu", "amd.com/gpu", "habana.ai/gaudi"):
+                            gpus[resource] = gpus.get(resource, 0) + int(value)
+                result["checks"]["gpu"] = {"ok": True, "allocatable": gpus}
+            if "storage" in checks:
+                classes = gw.list("storage.k8s.io/v1", "StorageClass")
+                default = [
+                    c["metadata"]["name"]
+                    for c in classes
+                    if (c["metadata"].get("annotations") or {}).get(
+                        "storageclass.kubernetes.io/is-default-class"
+                    )
+                    == "true"
+                ]
+                result["checks"]["storage"] = {
+                    "ok": bool(default),
+                    "storage_classes": [c["metadata"]["name"] for c in classes],
+                    "default": default[0] if default else None,
+                }
+    except GatewayError as exc:
+        result["checks"].setdefault("api", {"ok": False, "error": str(exc), "reason": exc.reason})
+        if result["checks"]["api"].get("ok"):
+            result["error"] = str(exc)
+    result["healthy"] = all(c.get("ok") for c in result["checks"].values()) and "error" not in result
+    result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return result
+
+
+def _node_ready(node: dict) -> bool:
+    for cond in node.get("status", {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+@dataclass
+class SweepReport:
+    checked: int = 0
+    transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"checked": self.checked, "transitions": self.transitions, "seconds": round(self.seconds, 3)}
+
+
+def _probe(cluster: Cluster, timeout: float) -> tuple[bool, str]:
+    try:
+        with gateway_for(cluster, timeout=timeout, connect_timeout=min(timeout, 3.0)) as gw:
+            gw.version()
+        return True, ""
+    except GatewayError as exc:
+        return False, str(exc)
+    except Exception as exc:  # a broken row must not stop the sweep of the others
+        logger.exception("health probe of %s crashed", cluster.name)
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def sweep(
+    *, timeout: float | None = None, workers: int | None = None, cluster_ids: list[int] | None = None
+) -> SweepReport:
+    """Check every cluster concurrently and apply the status transitions in bulk.
+
+    AVAILABLE → NOT_AVAILABLE (``not_available_since`` set); NOT_AVAILABLE → AVAILABLE (recovered);
+    NOT_AVAILABLE for more than 24 h → ERROR; ERROR clusters are retried once a day. One dead cluster costs only
+    its own timeout: probes run in a thread pool, each with its own connect/read timeout.
+    """
+    timeout = timeout or float(getattr(settings, "CLUSTER_HEALTH_TIMEOUT", 5.0))
+    workers = workers or int(getattr(settings, "CLUSTER_HEALTH_CONCURRENCY", 64))
+    started = time.monotonic()
+    now = timezone.now()
+    qs = Cluster.objects.filter(status__in=ClusterStatus.checked_by_sweep())
+    if cluster_ids is not None:
+        qs = qs.filter(pk__in=cluster_ids)
+    clusters = [
+        c
+        for c in qs
+        if c.status != ClusterStatus.ERROR or not c.last_retry_at or c.last_retry_at < now - ERROR_RETRY_EVERY
+    ]
+    results: dict[int, tuple[bool, str]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(clusters) or 1))) as pool:
+        futures = {pool.submit(_probe, c, timeout): c for c in clusters}
+        for future in as_completed(futures):
+            results[futures[future].pk] = future.result()
+
+    report = SweepReport(checked=len(clusters))
+    changed: list[Cluster] = []
+    events: list[ClusterEvent] = []
+    for cluster in clusters:
+        ok, error = results[cluster.pk]
+        old = cluster.status
+        cluster.last_checked = now
+        if cluster.status == ClusterStatus.ERROR:
+            cluster.last_retry_at = now
+        if ok:
+            if old != ClusterStatus.AVAILABLE:
+                cluster.status = ClusterStatus.AVAILABLE
+                cluster.reason = ""
+                cluster.not_available_since = None
+        elif old == ClusterStatus.AVAILABLE:
+            cluster.status = ClusterStatus.NOT_AVAILABLE
+            cluster.not_available_since = now
+            cluster.reason = error
+        elif old == ClusterStatus.NOT_AVAILABLE:
+            cluster.reason = error
+            if cluster.not_available_since and cluster.not_available_since < now - ERROR_AFTER:
+                cluster.status = ClusterStatus.ERROR
+                cluster.reason = f"not available for more than 24 h: {error}"
+        else:
+            cluster.reason = error
+        if cluster.status != old:
+            message = "recovered" if cluster.status == ClusterStatus.AVAILABLE else cluster.reason
+            events.append(
+                ClusterEvent(
+                    cluster=cluster, kind="health", old_status=old, new_status=cluster.status, message=message
+                )
+            )
+            report.transitions.append((cluster.name, old, cluster.status))
+        changed.append(cluster)
+    with transaction.atomic():
+        Cluster.objects.bulk_update(
+            changed,
+            ["status", "reason", "not_available_since", "last_checked", "last_retry_at"],
+            batch_size=500,
+        )
+        ClusterEvent.objects.bulk_create(events, batch_size=500)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# --- deletion ------------------------------------------------------------------------------------------------
+
+
+def request_delete(cluster: Cluster, *, force: bool = False, user: Any = None) -> Run:
+    """Start the deletion run; refuses while deployments are active unless ``force``."""
+    from .workflows import DELETE
+
+    active = active_deployment_count(cluster)
+    if active and not force:
+        raise RegistrationRefused(
+            f"cluster {cluster.name} has {active} active deployment(s); delete them first or pass force=true",
+            status=409,
+        )
+    with transaction.atomic():
+        old = cluster.status
+        Cluster.objects.filter(pk=cluster.pk).update(
+            status=ClusterStatus.DELETING, reason="deletion requested"
+        )
+        cluster.status = ClusterStatus.DELETING
+        record_event(cluster, "deletion", "deletion requested", old=old, new=ClusterStatus.DELETING)
+        return DELETE.launch(subject=cluster, params={"cluster_id": cluster.pk, "force": force}, user=user)
+
+
+def active_deployment_count(cluster: Cluster) -> int:
+    from django.apps import apps
+
+    try:
+        deployment = apps.get_model("deployments", "Deployment")
+    except LookupError:
+        return 0
+    return deployment.objects.filter(cluster=cluster).exclude(status__in=["deleted", "failed"]).count()

@@ -9,6 +9,9 @@ from rest_framework.test import APIClient
 
 from tests.worker import WorkerProcess
 
+# Worker subprocesses may talk to the loopback devcluster (the API process checks it per test via settings).
+WORKER_ENV = {"BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS": "1"}
+
 
 @pytest.fixture
 def admin_user(django_user_model):
@@ -34,6 +37,19 @@ def api_noperm(django_user_model) -> APIClient:
     return client
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_keys():
+    """Crypto keys for the suite (var/test-keys), shared with worker subprocesses through the environment."""
+    from core import crypto
+
+    if not crypto.symmetric_key_path().exists():
+        crypto.write_secret_file(crypto.symmetric_key_path(), crypto.generate_symmetric_key())
+    if not crypto.private_key_path().exists():
+        # 2048 bits keeps the suite quick; generate_keys writes 4096-bit keys for real use.
+        crypto.write_secret_file(crypto.private_key_path(), crypto.generate_rsa_private_key_pem(2048))
+    crypto.clear_keyring_cache()
+
+
 @pytest.fixture(scope="session")
 def _clean_broker():
     """Start every session with an empty test broker database."""
@@ -47,7 +63,7 @@ def _clean_broker():
 def celery_worker_process(django_db_setup, django_db_blocker, _clean_broker):
     """One real worker subprocess for the session (tests that kill workers start their own)."""
     with django_db_blocker.unblock():
-        worker = WorkerProcess(name="session").start()
+        worker = WorkerProcess(name="session", extra_env=WORKER_ENV).start()
     yield worker
     worker.stop()
 

@@ -38,6 +38,8 @@ class WorkerProcess:
         self.log_path = ROOT / "var" / "test-logs" / f"worker-{name}-{os.getpid()}.log"
 
     def start(self) -> WorkerProcess:
+        if self.proc and self.proc.poll() is None:
+            return self
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "DATABASE_URL": test_database_url(), **self.extra_env}
         env["CELERY_BROKER_URL"] = settings.CELERY_BROKER_URL

@@ -1,1 +1,117 @@
-"""API serializers of the clusters app."""
+"""Cluster serializers. The kubeconfig is write-only everywhere: no response ever contains it."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from ..choices import ClusterStatus, Platform
+from ..models import Cluster, ClusterEvent
+
+
+class EncryptedKubeconfigSerializer(serializers.Serializer):
+    """A kubeconfig encrypted to ``GET /crypto/public-key``: RSA-OAEP-SHA256 wrapping an AES-256-GCM key."""
+
+    encrypted_key = serializers.CharField(help_text="base64 RSA-OAEP-SHA256 ciphertext of a 32-byte AES key")
+    nonce = serializers.CharField(help_text="base64 12-byte GCM nonce")
+    ciphertext = serializers.CharField(help_text="base64 AES-256-GCM ciphertext with its tag appended")
+
+
+def _labels(value: dict) -> dict:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise serializers.ValidationError("labels must be an object of string keys and string values")
+    return value
+
+
+class ClusterRegisterSerializer(serializers.Serializer):
+    name = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        help_text="Unique name (letters, digits, '.', '_', '-'; up to 100)",
+        error_messages={"invalid": "name may hold letters, digits, '.', '_' and '-' (up to 100 characters)"},
+    )
+    kubeconfig = serializers.CharField(
+        required=False, write_only=True, trim_whitespace=False, help_text="kubeconfig YAML text"
+    )
+    kubeconfig_file = serializers.FileField(
+        required=False, write_only=True, help_text="kubeconfig file (multipart upload)"
+    )
+    encrypted_kubeconfig = EncryptedKubeconfigSerializer(required=False, write_only=True)
+    context = serializers.CharField(required=False, allow_blank=True, help_text="Context to use")
+    ingress_url = serializers.URLField(required=False, allow_blank=True, default="")
+    labels = serializers.JSONField(required=False, default=dict, validators=[_labels])
+
+    def validate(self, attrs: dict) -> dict:
+        given = [k for k in ("kubeconfig", "kubeconfig_file", "encrypted_kubeconfig") if attrs.get(k)]
+        if len(given) != 1:
+            raise serializers.ValidationError(
+                "send exactly one of kubeconfig (text), kubeconfig_file (upload) or encrypted_kubeconfig"
+            )
+        return attrs
+
+
+class ClusterSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="cluster-detail")
+    credentials = serializers.SerializerMethodField(
+        help_text="How the kubeconfig is stored (never the value)"
+    )
+    summary = serializers.SerializerMethodField(help_text="Nodes, ready nodes, GPUs by model, free GPUs")
+    status = serializers.ChoiceField(choices=ClusterStatus.choices, read_only=True)
+    platform = serializers.ChoiceField(choices=Platform.choices, read_only=True)
+    labels = serializers.JSONField(required=False, validators=[_labels])
+
+    class Meta:
+        model = Cluster
+        fields = (
+            "id", "url", "name", "platform", "server_url", "status", "reason", "ingress_url", "labels",
+            "kubernetes_version", "credentials", "summary", "not_available_since", "last_checked",
+            "created_at", "updated_at",
+        )  # fmt: skip
+        read_only_fields = (
+            "server_url", "reason", "kubernetes_version", "not_available_since", "last_checked", "created_at",
+            "updated_at",
+        )  # fmt: skip
+
+    def get_credentials(self, obj: Cluster) -> str:
+        from core.fields import describe
+
+        return (
+            describe(getattr(obj, "kubeconfig_token", None))
+            if hasattr(obj, "kubeconfig_token")
+            else "encrypted"
+        )
+
+    def get_summary(self, obj: Cluster) -> dict | None:
+        summaries = self.context.get("summaries")
+        if summaries is not None:
+            return summaries.get(obj.pk)
+        try:
+            from hardware.services import cluster_summaries
+        except ImportError:
+            return None
+        return cluster_summaries([obj.pk]).get(obj.pk)
+
+
+class ClusterUpdateSerializer(serializers.ModelSerializer):
+    kubeconfig = serializers.CharField(
+        required=False,
+        write_only=True,
+        trim_whitespace=False,
+        help_text="Replace the kubeconfig (re-verified)",
+    )
+    context = serializers.CharField(required=False, write_only=True, allow_blank=True)
+    labels = serializers.JSONField(required=False, validators=[_labels])
+
+    class Meta:
+        model = Cluster
+        fields = ("name", "ingress_url", "labels", "kubeconfig", "context")
+
+
+class ClusterEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ClusterEvent
+        fields = ("kind", "old_status", "new_status", "message", "created_at")
+
+
+class HealthCheckQuerySerializer(serializers.Serializer):
+    checks = serializers.CharField(required=False, default="api,nodes,gpu,storage")

@@ -1,5 +1,9 @@
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-router = SimpleRouter(trailing_slash=False)
+from .views import ClusterViewSet, PublicKeyView
 
-urlpatterns = router.urls
+router = SimpleRouter(trailing_slash=False)
+router.register("clusters", ClusterViewSet, basename="cluster")
+
+urlpatterns = [path("crypto/public-key", PublicKeyView.as_view(), name="crypto-public-key"), *router.urls]

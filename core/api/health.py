@@ -8,9 +8,9 @@ import uuid
 
 from django.conf import settings
 from django.db import connection
-from kombu import Connection
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
+from kombu import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,9 @@ def health_broker(request) -> JsonResponse:
     queue_name = f"budcluster.health.{token[:12]}"
     try:
         # A fresh connection each time (not the pool): the check must see the broker as it is now.
-        with Connection(settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS) as conn:
+        with Connection(
+            settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS
+        ) as conn:
             conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
             queue = conn.SimpleQueue(queue_name, queue_opts={"auto_delete": True, "durable": False})
             try:

@@ -1,0 +1,738 @@
+"""Validation of uploaded kubeconfigs, which are hostile until checked.
+
+:func:`validate_kubeconfig` is the one static check used by the API, the admin and ``manage.py
+check_kubeconfig``; :func:`check_host_at_connect` is the dynamic check the cluster gateway runs before every
+connection. Both raise :class:`KubeconfigError` whose message names the problem and is safe to return to the
+client (it may name clusters, users, contexts and hosts, never tokens, keys or certificates).
+
+What is refused, and why
+------------------------
+* Size over ``KUBECONFIG_MAX_BYTES`` (1 MiB), text that is not UTF-8, YAML that is not one mapping, duplicate
+  keys (parsers disagree on which copy wins).
+* YAML anchors and aliases, all of them: a few nested aliases expand exponentially ("billion laughs"), and
+  real kubeconfigs (written by kubectl and cloud CLIs) never use them, so refusing outright is simpler and
+  safer than bounding the expansion.
+* In ANY user (not only the selected one): ``exec`` and ``auth-provider`` (they run commands or reach token
+  endpoints on this server), and file references ``tokenFile``, ``client-certificate``, ``client-key``; in ANY
+  cluster ``certificate-authority`` (a path on this server). Only the inline ``*-data`` forms are accepted.
+  ``token`` and ``username``/``password`` are accepted: they are static credentials sent to the API server
+  over TLS, nothing runs or is read locally (basic auth is rejected by modern API servers, which verification
+  will report as "unauthorized"). Impersonation fields (``as``, ``as-groups``...) are accepted; the server
+  decides.
+* Every cluster's ``server`` must be ``https://host[:port][/path]`` without user info, query or fragment;
+  ``proxy-url`` (http, https or socks5) must pass the same host rules.
+* Hosts that are unspecified (0.0.0.0/8, ::), link-local (169.254.0.0/16, fe80::/10), cloud metadata
+  (169.254.169.254, fd00:ec2::254, 100.100.100.200, 168.63.129.16, 192.0.0.192, metadata.google.internal,
+  metadata, ...), multicast/broadcast/reserved, and loopback (127.0.0.0/8, ::1, localhost, *.localhost) unless
+  loopback clusters are allowed (``BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS``; the devcluster needs it). IPv4
+  embedded in IPv6 (``::ffff:127.0.0.1``, NAT64 ``64:ff9b::/96``, ``::a.b.c.d``) is judged by its IPv4
+  address.
+* Host spellings are normalised the way the HTTP client stack would before judging them: case, one trailing
+  dot, IPv6 zone ids (``%25eth0``), IDNA (full-width characters), and the ``inet_aton`` numeric forms
+  (``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``127.1``) which ``getaddrinfo`` resolves to addresses. A
+  host whose last label is numeric but is no valid address is refused rather than guessed at.
+* ``insecure-skip-tls-verify: true``: without verification anyone on the path can impersonate the API server
+  and receive the credentials; refused unless the server is loopback and loopback is allowed.
+* No resolvable context: no contexts; ``current-context`` missing while there are several contexts (unless the
+  caller names one); a named or current context that does not exist; a context whose cluster or user is
+  missing.
+
+The result, :class:`ValidatedKubeconfig`, carries a ``normalized`` kubeconfig holding only the selected
+context, cluster and user, with only known fields copied. Store and use that, never the upload: whatever the
+parser of another client would make of odd input, it only ever sees what was checked here.
+
+Connect-time checks (DNS rebinding)
+-----------------------------------
+A name that passed the static check may resolve to a forbidden address later. Before each connection the
+gateway calls :func:`check_host_at_connect` (host, port), which resolves the name once, refuses if ANY
+resolved address is forbidden, and returns one address to pin. The gateway then connects to that IP and keeps
+the name for TLS: with the ``kubernetes`` client set ``configuration.host = "https://<ip>:<port>"`` (IPv6 in
+brackets) and ``configuration.tls_server_name = <name>`` (SNI and certificate verification against the name);
+with httpx use the IP in the URL, ``headers={"Host": name}`` and ``extensions={"sni_hostname": name}``. When a
+``proxy-url`` is set, the proxy's host is what is pinned; the target name is then resolved by the proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import concurrent.futures
+import ipaddress
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+__all__ = [
+    "KubeconfigError",
+    "ValidatedKubeconfig",
+    "check_host_at_connect",
+    "classify_host",
+    "max_bytes",
+    "validate_kubeconfig",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class KubeconfigError(ValueError):
+    """The kubeconfig (or a host) is refused; the message names the problem and carries no secret."""
+
+
+def _setting(name: str, default: Any) -> Any:
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return getattr(settings, name, default)
+    except ImproperlyConfigured:
+        return default
+
+
+def max_bytes() -> int:
+    return int(_setting("KUBECONFIG_MAX_BYTES", 1024 * 1024))
+
+
+def _allow_loopback(value: bool | None) -> bool:
+    return bool(_setting("BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS", False)) if value is None else value
+
+
+# --- YAML ---------------------------------------------------------------------------------------------------
+
+_Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+MAX_DEPTH = 32  # real kubeconfigs nest about 6 levels deep
+
+
+def _prescan(text: str) -> None:
+    """Walk the YAML events (iterative, nothing constructed) before loading.
+
+    Refuses any anchor or alias (billion laughs; see the module docstring) and nesting deeper than
+    ``MAX_DEPTH``: composing a deeply nested document recurses, and a few kilobytes of brackets are enough to
+    overflow the C stack of the YAML library and crash the process.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise KubeconfigError(
+                f"kubeconfig uses YAML anchors/aliases (line {mark.line + 1}), which are refused: nested "
+                "aliases can expand exponentially (a 'billion laughs' YAML bomb)"
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise KubeconfigError(
+                    f"kubeconfig nests deeper than {MAX_DEPTH} levels (line {event.start_mark.line + 1})"
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+class _StrictLoader(_Loader):  # type: ignore[misc, valid-type]
+    """Safe loader that refuses duplicate mapping keys (YAML parsers disagree on which one wins)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise KubeconfigError(
+                    f"kubeconfig has a mapping key that is not a scalar (line {key_node.start_mark.line + 1})"
+                ) from None
+            if duplicate:
+                raise KubeconfigError(
+                    f"kubeconfig has a duplicate key {str(key)[:64]!r} (line {key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    try:
+        _prescan(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        # str(exc) quotes the offending line, which may hold a token: keep only the problem and the position.
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise KubeconfigError(f"kubeconfig is not valid YAML: {exc.problem or exc.context}{where}") from None
+    except yaml.YAMLError:
+        raise KubeconfigError("kubeconfig is not valid YAML") from None
+    except RecursionError:  # belt and braces: _prescan bounds the depth far below the recursion limit
+        raise KubeconfigError("kubeconfig nests too deeply") from None
+
+
+# --- hosts --------------------------------------------------------------------------------------------------
+
+METADATA_HOSTNAMES = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.azure.internal",
+        "metadata.tencentyun.com",
+        "metadata.platformequinix.com",
+    }
+)
+LOOPBACK_HOSTNAMES = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "ip6-localhost",
+        "ip6-loopback",
+        "localhost6",
+        "localhost6.localdomain6",
+    }
+)
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
+        "169.254.170.2",  # AWS ECS task metadata
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+        "168.63.129.16",  # Azure WireServer
+        "192.0.0.192",  # Oracle Cloud (legacy)
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    # Deprecated IPv4-compatible form ::a.b.c.d (not :: and ::1, which are IPv6 themselves).
+    if int(addr) >> 32 == 0 and int(addr) > 1:
+        return ipaddress.IPv4Address(int(addr))
+    return None
+
+
+def _parse_ipv4_loose(host: str) -> ipaddress.IPv4Address | None:
+    """``inet_aton`` semantics (what ``getaddrinfo`` accepts): 1-4 parts, each decimal, 0x-hex or 0-octal.
+
+    Hand-written rather than ``socket.inet_aton`` so the result does not depend on the platform's libc (glibc
+    also ignores anything after a space, for example). Returns None when ``host`` is not such a number.
+    """
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values: list[int] = []
+    for part in parts:
+        if re.fullmatch(r"0[xX][0-9a-fA-F]*", part):
+            values.append(int(part[2:] or "0", 16))
+        elif re.fullmatch(r"0[0-7]+", part):
+            values.append(int(part, 8))
+        elif re.fullmatch(r"[0-9]+", part):
+            if len(part) > 1 and part.startswith("0"):
+                return None  # "08", "09": invalid octal
+            values.append(int(part))
+        else:
+            return None
+    *head, last = values
+    if any(v > 255 for v in head) or last >= 256 ** (5 - len(values)):
+        return None
+    number = 0
+    for v in head:
+        number = number << 8 | v
+    number = number << 8 * (5 - len(values)) | last
+    return ipaddress.IPv4Address(number)
+
+
+def _looks_numeric(label: str) -> bool:
+    return bool(re.fullmatch(r"(0[xX][0-9a-fA-F]*|[0-9]+)", label))
+
+
+@dataclass(frozen=True)
+class HostVerdict:
+    """How a host is judged: ``kind`` is one of ok, loopback, unspecified, link-local, metadata, multicast,
+    reserved; ``address`` is the IP when the host is (or normalises to) a literal address."""
+
+    host: str
+    kind: str
+    address: IPAddress | None = None
+
+    @property
+    def allowed_without_loopback(self) -> bool:
+        return self.kind == "ok"
+
+
+def _classify_ip(addr: IPAddress) -> str:
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:
+            addr = ipaddress.IPv6Address(addr.compressed.split("%", 1)[0])
+        if addr in METADATA_ADDRESSES:
+            return "metadata"
+        if addr.is_unspecified:
+            return "unspecified"
+        if addr.is_loopback:
+            return "loopback"
+        embedded = _embedded_ipv4(addr)
+        if embedded is not None:
+            return _classify_ip(embedded)
+    if addr in METADATA_ADDRESSES:
+        return "metadata"
+    if isinstance(addr, ipaddress.IPv4Address) and addr in _THIS_NETWORK:
+        return "unspecified"
+    if addr.is_unspecified:
+        return "unspecified"
+    if addr.is_loopback:
+        return "loopback"
+    if addr.is_link_local:
+        return "link-local"
+    if addr.is_multicast:
+        return "multicast"
+    if addr.is_reserved:
+        return "reserved"
+    return "ok"
+
+
+def classify_host(host: str) -> HostVerdict:
+    """Normalise a URL host (no brackets, no port) the way the client stack would, and judge it.
+
+    Raises :class:`KubeconfigError` for hosts that are malformed or ambiguous.
+    """
+    if not host:
+        raise KubeconfigError("host is empty")
+    h = host
+    if "%" in h:
+        # Only an IPv6 zone id may carry "%" (percent-encoded as %25 in URLs); strip it for judging.
+        addr_part, _, zone = unquote(h).partition("%")
+        if ":" not in addr_part or not re.fullmatch(r"[A-Za-z0-9_.\-]+", zone):
+            raise KubeconfigError(f"host {host!r} contains percent-encoding, which is refused")
+        h = addr_part
+    if not h.isascii():
+        try:
+            h = h.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise KubeconfigError(f"host {host!r} is not a valid internationalised name") from None
+    h = h.lower()
+    if h.endswith(".") and not h.endswith(".."):
+        h = h[:-1]
+    if ":" in h:
+        try:
+            v6 = ipaddress.IPv6Address(h)
+        except ValueError:
+            raise KubeconfigError(f"host {host!r} is not a valid IPv6 address") from None
+        return HostVerdict(h, _classify_ip(v6), v6)
+    if not re.fullmatch(r"[a-z0-9_\-.]+", h) or ".." in h or h.startswith("."):
+        raise KubeconfigError(f"host {host!r} contains characters not allowed in a host name")
+    v4 = _parse_ipv4_loose(h)
+    if v4 is not None:
+        return HostVerdict(h, _classify_ip(v4), v4)
+    if _looks_numeric(h.rsplit(".", 1)[-1]):
+        raise KubeconfigError(f"host {host!r} looks numeric but is not a valid IPv4 address")
+    if h in METADATA_HOSTNAMES:
+        return HostVerdict(h, "metadata")
+    if h in LOOPBACK_HOSTNAMES or h.endswith(".localhost"):
+        return HostVerdict(h, "loopback")
+    return HostVerdict(h, "ok")
+
+
+_KIND_TEXT = {
+    "unspecified": "an unspecified address",
+    "link-local": "a link-local address",
+    "metadata": "a cloud metadata endpoint",
+    "multicast": "a multicast/broadcast address",
+    "reserved": "a reserved address",
+    "loopback": "a loopback address",
+}
+
+
+def _describe(verdict: HostVerdict, original: str) -> str:
+    # Show the address an IPv4 trick stands for (2130706433 = 127.0.0.1); IPv6 spellings speak for themselves.
+    address = verdict.address
+    if isinstance(address, ipaddress.IPv4Address) and str(address) != original:
+        shown = f"{original} (= {address})"
+    else:
+        shown = original
+    return f"{shown} is {_KIND_TEXT[verdict.kind]}"
+
+
+def _refuse_verdict(verdict: HostVerdict, original: str, what: str, allow_loopback: bool) -> None:
+    if verdict.kind == "ok":
+        return
+    if verdict.kind == "loopback":
+        if allow_loopback:
+            return
+        raise KubeconfigError(
+            f"{what} host {_describe(verdict, original)}; loopback clusters are allowed only when "
+            "BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS is set"
+        )
+    raise KubeconfigError(f"{what} host {_describe(verdict, original)}, which is refused")
+
+
+@dataclass(frozen=True)
+class _Url:
+    scheme: str
+    host: str
+    port: int
+    verdict: HostVerdict
+
+
+_DEFAULT_PORTS = {"https": 443, "http": 80, "socks5": 1080}
+
+
+def _check_url(url: Any, what: str, schemes: tuple[str, ...], allow_loopback: bool) -> _Url:
+    if not isinstance(url, str) or not url:
+        raise KubeconfigError(f"{what} is missing or not a string")
+    # Refused outright: parsers (urllib3, Go net/url, WHATWG) disagree on these, which is how SSRF filters
+    # are bypassed.
+    if re.search(r"[\s\\\x00-\x1f\x7f]", url):
+        raise KubeconfigError(f"{what} contains whitespace, backslashes or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise KubeconfigError(f"{what} is not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower() if "://" in url else ""
+    if scheme not in schemes:
+        if schemes == ("https",):
+            raise KubeconfigError(
+                f"{what} must use https:// (got {scheme + '://' if scheme else 'no scheme'})"
+            )
+        raise KubeconfigError(f"{what} scheme must be one of {', '.join(schemes)} (got {scheme or 'none'})")
+    netloc = parts.netloc
+    hostport = netloc.rpartition("@")[2]
+    if hostport.startswith("["):
+        host = hostport[1 : hostport.find("]")] if "]" in hostport else ""
+    else:
+        host = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
+    if not host:
+        raise KubeconfigError(f"{what} has no host")
+    try:
+        verdict = classify_host(host)
+    except KubeconfigError as exc:
+        raise KubeconfigError(f"{what} {exc}") from None
+    _refuse_verdict(verdict, host, what, allow_loopback)
+    if "@" in netloc:
+        raise KubeconfigError(f"{what} must not contain user info (user@host)")
+    if parts.query or parts.fragment:
+        raise KubeconfigError(f"{what} must not have a query or fragment")
+    if port == 0:
+        raise KubeconfigError(f"{what} has port 0")
+    return _Url(scheme, verdict.host, port or _DEFAULT_PORTS[scheme], verdict)
+
+
+# --- structure ----------------------------------------------------------------------------------------------
+
+USER_FILE_KEYS = ("tokenFile", "client-certificate", "client-key")
+USER_KEEP_KEYS = (
+    "client-certificate-data",
+    "client-key-data",
+    "token",
+    "username",
+    "password",
+    "as",
+    "as-uid",
+    "as-groups",
+    "as-user-extra",
+)
+CLUSTER_KEEP_KEYS = (
+    "server",
+    "certificate-authority-data",
+    "tls-server-name",
+    "proxy-url",
+    "disable-compression",
+)
+
+
+def _named_list(config: dict[str, Any], section: str, inner: str) -> dict[str, dict[str, Any]]:
+    """``clusters``/``users``/``contexts`` as name -> body, refusing malformed and duplicate entries."""
+    items = config.get(section)
+    if items is None:
+        return {}
+    if not isinstance(items, list):
+        raise KubeconfigError(f"{section} must be a list")
+    out: dict[str, dict[str, Any]] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise KubeconfigError(f"{section}[{i}] must be a mapping")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise KubeconfigError(f"{section}[{i}] has no name (a non-empty string)")
+        if name in out:
+            raise KubeconfigError(f"{section} has two entries named {name!r}")
+        body = item.get(inner)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise KubeconfigError(f"{section[:-1]} {name!r}: {inner} must be a mapping")
+        out[name] = body
+    return out
+
+
+def _check_pem_data(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise KubeconfigError(f"{what} must be a non-empty base64 string")
+    try:
+        decoded = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise KubeconfigError(f"{what} is not valid base64") from None
+    if b"-----BEGIN " not in decoded:
+        raise KubeconfigError(f"{what} does not hold a PEM block (base64 of '-----BEGIN ...')")
+
+
+def _check_user(name: str, user: dict[str, Any]) -> None:
+    what = f"user {name!r}"
+    if "exec" in user:
+        raise KubeconfigError(f"{what} uses exec (runs a command on this server), which is refused")
+    if "auth-provider" in user:
+        raise KubeconfigError(
+            f"{what} uses auth-provider, which is refused; use a token or client certificate"
+        )
+    for key in USER_FILE_KEYS:
+        if key in user:
+            raise KubeconfigError(
+                f"{what} references a file ({key}); only inline data is accepted (token, client-*-data)"
+            )
+    for key in ("client-certificate-data", "client-key-data"):
+        if key in user:
+            _check_pem_data(user[key], f"{what} {key}")
+    if ("client-certificate-data" in user) != ("client-key-data" in user):
+        raise KubeconfigError(f"{what} needs both client-certificate-data and client-key-data")
+    for key in ("token", "username", "password"):
+        if key in user and not isinstance(user[key], str):
+            raise KubeconfigError(f"{what} {key} must be a string")
+
+
+@dataclass(frozen=True)
+class _ClusterCheck:
+    server: str
+    url: _Url
+    insecure: bool
+
+
+def _check_cluster(name: str, cluster: dict[str, Any], allow_loopback: bool) -> _ClusterCheck:
+    what = f"cluster {name!r}"
+    if "certificate-authority" in cluster:
+        raise KubeconfigError(
+            f"{what} references a file (certificate-authority); use certificate-authority-data instead"
+        )
+    url = _check_url(cluster.get("server"), f"{what} server", ("https",), allow_loopback)
+    if "proxy-url" in cluster:
+        _check_url(cluster["proxy-url"], f"{what} proxy-url", ("http", "https", "socks5"), allow_loopback)
+    if "certificate-authority-data" in cluster:
+        _check_pem_data(cluster["certificate-authority-data"], f"{what} certificate-authority-data")
+    insecure = cluster.get("insecure-skip-tls-verify", False)
+    if not isinstance(insecure, bool):
+        raise KubeconfigError(f"{what} insecure-skip-tls-verify must be true or false")
+    if insecure and not (allow_loopback and url.verdict.kind == "loopback"):
+        raise KubeconfigError(
+            f"{what} sets insecure-skip-tls-verify, which is refused: without certificate verification "
+            "anyone on the network path can impersonate the API server; provide certificate-authority-data"
+        )
+    return _ClusterCheck(cluster["server"], url, insecure)
+
+
+# --- entry points -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValidatedKubeconfig:
+    """A kubeconfig that passed every static check.
+
+    ``config`` is the whole parsed upload (for reference only); ``normalized`` is the minimal kubeconfig with
+    only the selected context, which is what should be stored and used.
+    """
+
+    config: dict[str, Any] = field(repr=False)
+    context_name: str
+    cluster_name: str
+    user_name: str
+    server: str
+    host: str
+    port: int
+    namespace: str | None
+    is_loopback: bool
+    normalized: dict[str, Any] = field(repr=False)
+
+    def normalized_yaml(self) -> str:
+        return yaml.safe_dump(self.normalized, sort_keys=False, default_flow_style=False)
+
+
+def validate_kubeconfig(
+    raw: bytes | str, context: str | None = None, *, allow_loopback: bool | None = None
+) -> ValidatedKubeconfig:
+    """Check an uploaded kubeconfig; raise :class:`KubeconfigError` naming the first problem found.
+
+    ``context`` selects a context (otherwise ``current-context``, or the only context). ``allow_loopback``
+    defaults to ``settings.BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS``.
+    """
+    loopback_ok = _allow_loopback(allow_loopback)
+    limit = max_bytes()
+    size = len(raw) if isinstance(raw, bytes | bytearray) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise KubeconfigError(f"kubeconfig is {size} bytes, more than the {limit} bytes allowed")
+    if isinstance(raw, bytes | bytearray):
+        try:
+            text = bytes(raw).decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise KubeconfigError("kubeconfig is not valid UTF-8 text") from None
+    elif isinstance(raw, str):
+        text = raw
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise KubeconfigError("kubeconfig is not valid UTF-8 text") from None
+    else:
+        raise KubeconfigError("kubeconfig must be text or bytes")
+    if not text.strip():
+        raise KubeconfigError("kubeconfig is empty")
+
+    config = _parse_yaml(text)
+    if not isinstance(config, dict):
+        raise KubeconfigError(f"kubeconfig must be a YAML mapping, got {type(config).__name__}")
+    kind = config.get("kind")
+    if kind is not None and kind != "Config":
+        raise KubeconfigError(f"kubeconfig kind must be Config, got {str(kind)[:64]!r}")
+
+    clusters = _named_list(config, "clusters", "cluster")
+    users = _named_list(config, "users", "user")
+    contexts = _named_list(config, "contexts", "context")
+
+    # Every user and cluster, selected or not: the whole file is hostile until checked.
+    for name, user in users.items():
+        _check_user(name, user)
+    cluster_checks = {name: _check_cluster(name, body, loopback_ok) for name, body in clusters.items()}
+
+    ctx_name = _select_context(config, contexts, context)
+    ctx = contexts[ctx_name]
+    cluster_name, user_name = ctx.get("cluster"), ctx.get("user")
+    if not isinstance(cluster_name, str) or not cluster_name:
+        raise KubeconfigError(f"context {ctx_name!r} names no cluster")
+    if cluster_name not in clusters:
+        raise KubeconfigError(
+            f"context {ctx_name!r} names cluster {cluster_name!r}, which is not in the kubeconfig"
+        )
+    if not isinstance(user_name, str) or not user_name:
+        raise KubeconfigError(f"context {ctx_name!r} names no user (credentials are required)")
+    if user_name not in users:
+        raise KubeconfigError(
+            f"context {ctx_name!r} names user {user_name!r}, which is not in the kubeconfig"
+        )
+    namespace = ctx.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        raise KubeconfigError(f"context {ctx_name!r} namespace must be a string")
+
+    chosen = cluster_checks[cluster_name]
+    cluster_body = {k: clusters[cluster_name][k] for k in CLUSTER_KEEP_KEYS if k in clusters[cluster_name]}
+    if chosen.insecure:
+        cluster_body["insecure-skip-tls-verify"] = True
+    user_body = {k: users[user_name][k] for k in USER_KEEP_KEYS if k in users[user_name]}
+    ctx_body: dict[str, Any] = {"cluster": cluster_name, "user": user_name}
+    if namespace:
+        ctx_body["namespace"] = namespace
+    normalized = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": ctx_name,
+        "clusters": [{"name": cluster_name, "cluster": cluster_body}],
+        "users": [{"name": user_name, "user": user_body}],
+        "contexts": [{"name": ctx_name, "context": ctx_body}],
+        "preferences": {},
+    }
+    return ValidatedKubeconfig(
+        config=config,
+        context_name=ctx_name,
+        cluster_name=cluster_name,
+        user_name=user_name,
+        server=chosen.server,
+        host=chosen.url.host,
+        port=chosen.url.port,
+        namespace=namespace or None,
+        is_loopback=chosen.url.verdict.kind == "loopback",
+        normalized=normalized,
+    )
+
+
+def _select_context(
+    config: dict[str, Any], contexts: dict[str, dict[str, Any]], requested: str | None
+) -> str:
+    if not contexts:
+        raise KubeconfigError("kubeconfig has no contexts")
+    available = ", ".join(sorted(contexts)[:20])
+    if requested:
+        if requested not in contexts:
+            raise KubeconfigError(f"context {requested!r} not found in kubeconfig (available: {available})")
+        return requested
+    current = config.get("current-context")
+    if current not in (None, ""):
+        if not isinstance(current, str) or current not in contexts:
+            raise KubeconfigError(
+                f"current-context {str(current)[:64]!r} does not exist in kubeconfig (available: {available})"
+            )
+        return current
+    if len(contexts) == 1:
+        return next(iter(contexts))
+    raise KubeconfigError(
+        f"kubeconfig has {len(contexts)} contexts and no current-context: name the context to use "
+        f"(available: {available})"
+    )
+
+
+_resolver: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _resolver_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """A small per-process pool for lookups; rebuilt after fork (prefork workers), whose threads do not survive."""
+    global _resolver
+    pid = os.getpid()
+    if _resolver is None or _resolver[0] != pid:
+        _resolver = (pid, concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns"))
+    return _resolver[1]
+
+
+def check_host_at_connect(
+    host: str, port: int, *, allow_loopback: bool | None = None, timeout: float = 10.0
+) -> str:
+    """Resolve ``host`` once, refuse if ANY address is forbidden, and return the IP to connect to (pin).
+
+    The same rules as the static check, applied to what DNS says now, so a name cannot be re-pointed at
+    a forbidden address after registration (DNS rebinding). See the module docstring for how to pin.
+    Raises :class:`KubeconfigError` (forbidden address, unresolvable name, resolver timeout).
+    """
+    loopback_ok = _allow_loopback(allow_loopback)
+    verdict = classify_host(host.strip("[]"))
+    _refuse_verdict(verdict, host, "server", loopback_ok)
+    if verdict.address is not None:
+        return str(verdict.address)
+    # getaddrinfo has no timeout of its own; bound the wait (the lookup itself ends with the resolver's
+    # timeout).
+    future = _resolver_pool().submit(socket.getaddrinfo, verdict.host, port, 0, socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        raise KubeconfigError(f"host {host!r} did not resolve within {timeout:g} s") from None
+    except OSError as exc:
+        raise KubeconfigError(f"host {host!r} does not resolve ({exc.strerror or exc})") from None
+    addresses: list[IPAddress] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if addr not in addresses:
+            addresses.append(addr)
+    if not addresses:
+        raise KubeconfigError(f"host {host!r} does not resolve")
+    for addr in addresses:
+        kind = _classify_ip(addr)
+        if kind == "ok" or (kind == "loopback" and loopback_ok):
+            continue
+        suffix = (
+            "; loopback clusters are allowed only when BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS is set"
+            if kind == "loopback"
+            else ", which is refused"
+        )
+        raise KubeconfigError(f"host {host!r} resolves to {addr}, {_KIND_TEXT[kind]}{suffix}")
+    return str(addresses[0])

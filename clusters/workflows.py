@@ -1,0 +1,155 @@
+"""Cluster workflows: registration and deletion (declared steps, run by the workflow engine)."""
+
+from __future__ import annotations
+
+from core import crypto
+from core.gateway import GatewayError
+from core.workflow import Step, StepContext, StepFailed, Workflow
+
+from .choices import ClusterStatus, Platform
+from .models import Cluster, Release
+from .services import gateway_for, record_event, set_status, verify_connection
+
+
+def _cluster(ctx: StepContext) -> Cluster:
+    try:
+        return Cluster.objects.get(pk=ctx.params["cluster_id"])
+    except Cluster.DoesNotExist:
+        raise StepFailed(f"cluster {ctx.params['cluster_id']} no longer exists") from None
+
+
+def verify(ctx: StepContext) -> dict:
+    cluster = _cluster(ctx)
+    try:
+        with gateway_for(cluster) as gw:
+            return verify_connection(gw)
+    except GatewayError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+def identify_platform(ctx: StepContext) -> dict:
+    cluster = _cluster(ctx)
+    try:
+        with gateway_for(cluster) as gw:
+            platform = Platform.OPENSHIFT if gw.is_openshift() else Platform.KUBERNETES
+    except GatewayError as exc:
+        raise StepFailed(str(exc)) from None
+    Cluster.objects.filter(pk=cluster.pk).update(platform=platform)
+    return {"platform": platform}
+
+
+def store(ctx: StepContext) -> dict:
+    """Make sure the stored kubeconfig reads back and sits under the current key; record what was learned."""
+    cluster = _cluster(ctx)
+    if crypto.needs_rotation(_raw_token(cluster)):
+        cluster.save(update_fields=["kubeconfig"])  # re-encrypts under the current key
+    Cluster.objects.filter(pk=cluster.pk).update(
+        kubernetes_version=ctx.outputs.get("verify", {}).get("version", "")
+    )
+    return {"key_id": crypto.current_key_id()}
+
+
+def _raw_token(cluster: Cluster) -> str:
+    from core.fields import raw_token
+
+    return (
+        Cluster.objects.filter(pk=cluster.pk)
+        .annotate(token=raw_token("kubeconfig"))
+        .values_list("token", flat=True)[0]
+    )
+
+
+def mark_available(ctx: StepContext) -> dict:
+    cluster = _cluster(ctx)
+    set_status(cluster, ClusterStatus.AVAILABLE, "", kind="registration")
+    return {"status": ClusterStatus.AVAILABLE}
+
+
+def mark_error(ctx: StepContext) -> dict:
+    cluster = Cluster.objects.filter(pk=ctx.params["cluster_id"]).first()
+    if cluster is None:
+        return {"skipped": "cluster gone"}
+    reason = ctx.run.error or "registration did not finish"
+    set_status(cluster, ClusterStatus.ERROR, reason, kind="registration")
+    return {"status": ClusterStatus.ERROR}
+
+
+REGISTER_STEPS = [
+    Step("verify", "Verify connection and permissions", verify, eta=3),
+    Step("identify_platform", "Identify platform", identify_platform, eta=1),
+    Step("store", "Store encrypted credentials", store, eta=1),
+    Step("mark_available", "Mark cluster available", mark_available, eta=1),
+]
+
+
+def register_steps() -> list[Step]:
+    """Registration ends with the hardware collection steps when the hardware app provides them."""
+    try:
+        from hardware.workflows import COLLECT_STEPS
+    except ImportError:
+        return REGISTER_STEPS
+    return [*REGISTER_STEPS, *COLLECT_STEPS]
+
+
+REGISTER = Workflow(
+    kind="cluster.register",
+    title="Register cluster",
+    steps=register_steps(),
+    cleanup=[Step("mark_error", "Record why registration failed", mark_error)],
+)
+
+
+# --- deletion ----------------------------------------------------------------------------------------------------
+
+
+def teardown(ctx: StepContext) -> dict:
+    """Remove what BudCluster installed on the cluster (every recorded release), newest first."""
+    from .releases import uninstall
+
+    cluster = _cluster(ctx)
+    releases = list(
+        Release.objects.filter(cluster=cluster).exclude(status="uninstalled").order_by("-created_at")
+    )
+    if not releases:
+        return {"releases": 0}
+    try:
+        with gateway_for(cluster) as gw:
+            deleted = 0
+            for release in releases:
+                ctx.check_cancel()
+                deleted += uninstall(gw, release)
+                ctx.event(f"uninstalled {release.namespace}/{release.name}")
+            namespaces = {r.namespace for r in releases}
+            for namespace in sorted(namespaces):
+                gw.delete("v1", "Namespace", namespace)
+    except GatewayError as exc:
+        if not ctx.params.get("force"):
+            raise StepFailed(f"{exc}; retry, or delete with force=true to drop the record anyway") from None
+        record_event(cluster, "deletion", f"cluster unreachable, nothing removed from it: {exc}")
+        return {"skipped": str(exc)}
+    return {"releases": len(releases), "objects_deleted": deleted, "namespaces": sorted(namespaces)}
+
+
+def delete_record(ctx: StepContext) -> dict:
+    cluster = _cluster(ctx)
+    name = cluster.name
+    cluster.delete()
+    return {"deleted": name}
+
+
+def deletion_failed(ctx: StepContext) -> dict:
+    cluster = Cluster.objects.filter(pk=ctx.params["cluster_id"]).first()
+    if cluster is not None:
+        set_status(cluster, ClusterStatus.ERROR, f"deletion failed: {ctx.run.error}", kind="deletion")
+    return {}
+
+
+DELETE = Workflow(
+    kind="cluster.delete",
+    title="Delete cluster",
+    steps=[
+        Step("teardown", "Remove what BudCluster installed", teardown, eta=10),
+        Step("delete_record", "Delete the cluster record", delete_record, eta=1),
+    ],
+    cleanup=[Step("deletion_failed", "Record why deletion failed", deletion_failed)],
+)

@@ -1,0 +1,430 @@
+"""The cluster gateway: the one way in and out of a Kubernetes cluster.
+
+Every read and write BudCluster makes to a cluster goes through :class:`ClusterGateway`, built from a kubeconfig
+that already passed ``clusters.kubeconfig.validate_kubeconfig`` (its normalized form, decrypted in memory).
+
+Why httpx instead of the official ``kubernetes`` client here: the official client's kubeconfig loader writes
+``client-key-data`` and CA data to temporary files and builds a heavy object graph per cluster, which matters when a
+health sweep touches thousands of clusters. httpx gives us an in-memory ``ssl.SSLContext`` (the CA from
+``cadata``; a client certificate/key pair goes through a 0600 temp file that is deleted as soon as it is loaded,
+because Python's ``ssl`` can only load a key from a file), connection reuse, and per-call timeouts. The API
+surface we need is small and JSON: get/list/apply/delete by apiVersion+kind, resolved through discovery.
+
+Safety:
+* Connect-time host check: the server's host name is resolved once per gateway by ``check_host_at_connect``
+  (same rules as the static check) and the connection is pinned to that IP, with the name kept for SNI and
+  certificate verification and the Host header, so a DNS answer cannot be re-pointed after validation.
+* Every call has a timeout; errors are mapped to a few typed exceptions with messages an operator can act on.
+  No exception or log line carries a token, key or kubeconfig.
+* Writes are server-side apply with field manager ``budcluster`` (idempotent: applying twice changes nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+FIELD_MANAGER = "budcluster"
+DEFAULT_TIMEOUT = 10.0
+
+
+class GatewayError(Exception):
+    """A cluster call failed; ``str()`` is safe to show to an operator."""
+
+    reason = "error"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unreachable(GatewayError):
+    reason = "unreachable"
+
+
+class Unauthorized(GatewayError):
+    reason = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    reason = "forbidden"
+
+
+class NotFound(GatewayError):
+    reason = "not_found"
+
+
+class Conflict(GatewayError):
+    reason = "conflict"
+
+
+class Invalid(GatewayError):
+    reason = "invalid"
+
+
+@dataclass(frozen=True)
+class ResourceInfo:
+    plural: str
+    namespaced: bool
+    group_version: str  # "v1" or "apps/v1"
+
+    def base(self) -> str:
+        return (
+            f"/api/{self.group_version}" if "/" not in self.group_version else f"/apis/{self.group_version}"
+        )
+
+    def path(self, namespace: str | None = None, name: str | None = None) -> str:
+        parts = [self.base()]
+        if self.namespaced and namespace:
+            parts.append(f"namespaces/{quote(namespace, safe='')}")
+        parts.append(self.plural)
+        if name:
+            parts.append(quote(name, safe=""))
+        return "/".join(parts)
+
+
+# Discovery answers per (server, group/version), kept a few minutes: kinds do not move between calls.
+_DISCOVERY_TTL = 300.0
+_discovery_cache: dict[tuple[str, str], tuple[float, dict[str, ResourceInfo]]] = {}
+_discovery_lock = threading.Lock()
+
+
+def _pem(data_b64: str) -> str:
+    return base64.b64decode(data_b64).decode("ascii")
+
+
+class ClusterGateway:
+    """A connection to one cluster. Cheap to build; use as a context manager (or call ``close()``)."""
+
+    def __init__(
+        self,
+        kubeconfig: dict,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
+        allow_loopback: bool | None = None,
+    ) -> None:
+        from clusters.kubeconfig import KubeconfigError, check_host_at_connect
+
+        context_name = kubeconfig.get("current-context")
+        contexts = {c["name"]: c["context"] for c in kubeconfig.get("contexts", [])}
+        context = contexts.get(context_name) or next(iter(contexts.values()))
+        cluster = next(c["cluster"] for c in kubeconfig["clusters"] if c["name"] == context["cluster"])
+        user = next(u["user"] for u in kubeconfig["users"] if u["name"] == context["user"])
+        self.server = cluster["server"].rstrip("/")
+        self.namespace = context.get("namespace") or "default"
+        self.timeout = timeout
+        url = urlsplit(self.server)
+        self.host = url.hostname or ""
+        port = url.port or 443
+        try:
+            ip = check_host_at_connect(self.host, port, allow_loopback=allow_loopback, timeout=timeout)
+        except KubeconfigError as exc:
+            raise Unreachable(str(exc)) from None
+        netloc_ip = f"[{ip}]" if ":" in ip else ip
+        self._base = f"https://{netloc_ip}:{port}{url.path.rstrip('/')}"
+        self._host_header = url.netloc.rsplit("@", 1)[-1]
+        headers = {"Accept": "application/json", "User-Agent": "budcluster/1.0", "Host": self._host_header}
+        if user.get("token"):
+            headers["Authorization"] = f"Bearer {user['token']}"
+        elif user.get("username") and user.get("password"):
+            raw = f"{user['username']}:{user['password']}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        self._ssl = self._ssl_context(cluster, user)
+        self._client = httpx.Client(
+            verify=self._ssl,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout or timeout),
+            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+            trust_env=False,
+        )
+        self._sni = self.host
+        self._resources: dict[str, dict[str, ResourceInfo]] = {}
+
+    @staticmethod
+    def _ssl_context(cluster: dict, user: dict) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        if cluster.get("insecure-skip-tls-verify"):
+            # Only reachable for loopback dev clusters; the kubeconfig guard refuses it everywhere else.
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif cluster.get("certificate-authority-data"):
+            ctx.load_verify_locations(cadata=_pem(cluster["certificate-authority-data"]))
+        if user.get("client-certificate-data") and user.get("client-key-data"):
+            # ssl can load a key only from a file: write it 0600, load, delete at once.
+            with tempfile.TemporaryDirectory(prefix="budcluster-") as tmp:
+                os.chmod(tmp, 0o700)
+                cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+                for path, data in ((cert, user["client-certificate-data"]), (key, user["client-key-data"])):
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(base64.b64decode(data))
+                ctx.load_cert_chain(cert, key)
+        return ctx
+
+    # --- plumbing ---------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ClusterGateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+        raw: bool = False,
+    ) -> Any:
+        url = self._base + path
+        content = None
+        headers = {}
+        if body is not None:
+            content = body if isinstance(body, str | bytes) else json.dumps(body)
+            headers["Content-Type"] = content_type
+        try:
+            response = self._client.request(
+                method,
+                url,
+                params=params,
+                content=content,
+                headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                extensions={"sni_hostname": self._sni},
+            )
+        except httpx.TimeoutException:
+            raise Unreachable(
+                f"{self.server} did not answer within {timeout or self.timeout:g}s ({method} {path})"
+            ) from None
+        except httpx.ConnectError as exc:
+            message = str(exc)
+            if "CERTIFICATE_VERIFY_FAILED" in message:
+                raise Unreachable(
+                    f"TLS verification of {self.server} failed: the certificate-authority-data does not match "
+                    "the server's certificate"
+                ) from None
+            raise Unreachable(f"cannot connect to {self.server}: {message or type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            raise Unreachable(f"connection to {self.server} failed: {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 400:
+            raise self._error(response, method, path)
+        if raw:
+            return response.text
+        if not response.content:
+            return {}
+        try:
+            return response.json()
+        except ValueError:
+            raise Invalid(f"{self.server} answered {method} {path} with something that is not JSON") from None
+
+    def _error(self, response: httpx.Response, method: str, path: str) -> GatewayError:
+        status = response.status_code
+        try:
+            detail = response.json().get("message") or response.text[:300]
+        except ValueError:
+            detail = response.text[:300]
+        where = f"{method} {path}"
+        if status == 401:
+            return Unauthorized(
+                f"unauthorized: the API server at {self.server} rejected the credentials (401)", status=status
+            )
+        if status == 403:
+            return Forbidden(
+                f"forbidden: {where} is not permitted for these credentials: {detail}", status=status
+            )
+        if status == 404:
+            return NotFound(f"not found: {where}: {detail}", status=status)
+        if status == 409:
+            return Conflict(f"conflict: {where}: {detail}", status=status)
+        if status in (400, 415, 422):
+            return Invalid(f"invalid request {where}: {detail}", status=status)
+        return Unreachable(f"{self.server} answered {status} to {where}: {detail}", status=status)
+
+    # --- discovery ------------------------------------------------------------------------------------------
+
+    def resource(self, api_version: str, kind: str) -> ResourceInfo:
+        resources = self._group_version(api_version)
+        try:
+            return resources[kind]
+        except KeyError:
+            raise NotFound(f"the cluster does not serve kind {kind} in {api_version}") from None
+
+    def _group_version(self, api_version: str) -> dict[str, ResourceInfo]:
+        if api_version in self._resources:
+            return self._resources[api_version]
+        key = (self.server, api_version)
+        now = time.monotonic()
+        with _discovery_lock:
+            cached = _discovery_cache.get(key)
+        if cached and now - cached[0] < _DISCOVERY_TTL:
+            self._resources[api_version] = cached[1]
+            return cached[1]
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        listing = self.request("GET", base)
+        resources = {
+            r["kind"]: ResourceInfo(r["name"], bool(r.get("namespaced")), api_version)
+            for r in listing.get("resources", [])
+            if "/" not in r["name"]
+        }
+        with _discovery_lock:
+            _discovery_cache[key] = (now, resources)
+        self._resources[api_version] = resources
+        return resources
+
+    # --- reads ----------------------------------------------------------------------------------------------
+
+    def version(self) -> dict:
+        return self.request("GET", "/version")
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict:
+        return self.request("GET", self.resource(api_version, kind).path(namespace, name))
+
+    def get_or_none(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None
+    ) -> dict | None:
+        try:
+            return self.get(api_version, kind, name, namespace)
+        except NotFound:
+            return None
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout: float | None = None,
+    ) -> list[dict]:
+        params = {}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
+        body = self.request(
+            "GET", self.resource(api_version, kind).path(namespace), params=params or None, timeout=timeout
+        )
+        return body.get("items", [])
+
+    def pod_logs(
+        self, namespace: str, name: str, *, tail_lines: int = 200, container: str | None = None
+    ) -> str:
+        params: dict[str, Any] = {"tailLines": tail_lines}
+        if container:
+            params["container"] = container
+        return self.request(
+            "GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/log", params=params, raw=True
+        )
+
+    def can_i(self, verb: str, resource: str, group: str = "", namespace: str | None = None) -> bool:
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "group": group}},
+        }
+        if namespace:
+            review["spec"]["resourceAttributes"]["namespace"] = namespace
+        answer = self.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review)
+        return bool(answer.get("status", {}).get("allowed"))
+
+    def is_openshift(self) -> bool:
+        """OpenShift clusters serve config.openshift.io ClusterVersion (as the original service checked)."""
+        try:
+            versions = self.request("GET", "/apis/config.openshift.io/v1/clusterversions")
+        except NotFound:
+            return False
+        return bool(versions.get("items"))
+
+    # --- writes ---------------------------------------------------------------------------------------------
+
+    def apply(self, obj: dict, *, force: bool = True) -> dict:
+        """Server-side apply one object (create or update) as field manager ``budcluster``."""
+        meta = obj.get("metadata", {})
+        info = self.resource(obj["apiVersion"], obj["kind"])
+        namespace = meta.get("namespace") if info.namespaced else None
+        if info.namespaced and not namespace:
+            namespace = self.namespace
+            obj = {**obj, "metadata": {**meta, "namespace": namespace}}
+        params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
+        return self.request(
+            "PATCH",
+            info.path(namespace, meta["name"]),
+            params=params,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def apply_all(self, objects: Iterable[dict]) -> list[dict]:
+        return [self.apply(obj) for obj in sort_for_apply(objects)]
+
+    def delete(
+        self, api_version: str, kind: str, name: str, namespace: str | None = None, *, missing_ok: bool = True
+    ) -> bool:
+        """Delete one object (background cascading). Returns False if it was already gone."""
+        info = self.resource(api_version, kind)
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            self.request("DELETE", info.path(namespace, name), body=body)
+        except NotFound:
+            if not missing_ok:
+                raise
+            return False
+        return True
+
+    def create_secret(
+        self, namespace: str, name: str, data: dict[str, str], *, labels: dict | None = None
+    ) -> None:
+        """Create or update an Opaque Secret (values given in clear, sent base64 as the API requires)."""
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+        self.apply(secret)
+
+
+# Create order: what other objects need comes first (Helm's install order, trimmed to what our charts use).
+_KIND_ORDER = [
+    "Namespace", "CustomResourceDefinition", "ServiceAccount", "Secret", "ConfigMap", "StorageClass",
+    "PersistentVolume", "PersistentVolumeClaim", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+    "Service", "DaemonSet", "Pod", "ReplicaSet", "Deployment", "StatefulSet", "Job", "CronJob", "Ingress",
+]  # fmt: skip
+
+
+def sort_for_apply(objects: Iterable[dict]) -> list[dict]:
+    order = {kind: i for i, kind in enumerate(_KIND_ORDER)}
+    return sorted(objects, key=lambda o: order.get(o.get("kind", ""), len(order)))
+
+
+def object_ref(obj: dict) -> dict:
+    """The identity of an object, as stored in a release revision's object list."""
+    meta = obj.get("metadata", {})
+    ref = {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": meta["name"]}
+    if meta.get("namespace"):
+        ref["namespace"] = meta["namespace"]
+    return ref
