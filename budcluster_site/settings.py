@@ -234,6 +234,9 @@ CRYPTO_RETIRED_KEYS_DIR = env_str("CRYPTO_RETIRED_KEYS_DIR", str(BASE_DIR / "cry
 # --- clusters ---------------------------------------------------------------------------------------------------
 BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS = env_bool("BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS", False)
 KUBECONFIG_MAX_BYTES = env_int("KUBECONFIG_MAX_BYTES", 1024 * 1024)
+# The health sweep probes clusters in parallel, each with its own timeout, so one dead cluster costs only that.
+CLUSTER_HEALTH_TIMEOUT = env_float("CLUSTER_HEALTH_TIMEOUT", 5.0)
+CLUSTER_HEALTH_CONCURRENCY = env_int("CLUSTER_HEALTH_CONCURRENCY", 64)
 
 # --- logging ----------------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

@@ -347,6 +347,7 @@ def sweep(
             if cluster.not_available_since and cluster.not_available_since < now - ERROR_AFTER:
                 cluster.status = ClusterStatus.ERROR
                 cluster.reason = f"not available for more than 24 h: {error}"
+                cluster.last_retry_at = now  # next retry in a day
         else:
             cluster.reason = error
         if cluster.status != old:

@@ -1,0 +1,119 @@
+"""Command line: `python -m devcluster serve --port 6443 --nodes gpu-mixed --kubeconfig OUT.yaml [--clusters N]`.
+
+Kubeconfig files (0600): OUT.yaml is the first cluster's; with N > 1 every cluster also gets
+OUT.d/<name>.yaml (names c0001, c0002, ...).  The admin token for `/_devcluster/...` is written to
+OUT.admin-token.  The process serves until interrupted (SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+
+import yaml
+
+from devcluster.server import DevCluster
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m devcluster", description="Local Kubernetes API emulator")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve virtual clusters over HTTPS")
+    s.add_argument("--port", type=int, default=6443, help="TCP port (0 = any free port)")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (keep it on loopback)")
+    s.add_argument("--nodes", default="cpu-small", help="node preset name or YAML file of Node objects")
+    s.add_argument("--kubeconfig", required=True, help="kubeconfig file to write for the first cluster")
+    s.add_argument("--clusters", type=int, default=1, help="number of virtual clusters")
+    s.add_argument("--openshift", action="store_true", help="add OpenShift API groups and a ClusterVersion")
+    s.add_argument("--pod-start-delay", type=float, help="seconds from a pod's binding to Running")
+    s.add_argument("--pod-ready-delay", type=float, help="seconds from Running to Ready")
+    s.add_argument("--job-duration", type=float, help="seconds a Job's pod runs")
+    s.add_argument("--ttft-ms", type=float, help="inference simulator time to first token, all pods")
+    s.add_argument("--itl-ms", type=float, help="inference simulator inter-token latency, all pods")
+    s.add_argument("--fail-rate", type=float, help="inference simulator error rate 0..1, all pods")
+    s.add_argument("--stall-after-tokens", type=int, help="inference streams stop after this many tokens")
+    s.add_argument(
+        "--sim-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any simulation option (SimConfig field), repeatable",
+    )
+    s.add_argument("--log-level", default="INFO")
+    return p
+
+
+_SIM_FLAGS = (
+    "pod_start_delay",
+    "pod_ready_delay",
+    "job_duration",
+    "ttft_ms",
+    "itl_ms",
+    "fail_rate",
+    "stall_after_tokens",
+)
+
+
+def sim_config(args: argparse.Namespace) -> object | None:
+    """SimConfig from the flags, or None (simulation defaults) when no flag is given or no simulation exists."""
+    try:
+        from devcluster.sim import SimConfig
+    except ImportError:
+        return None
+    values: dict[str, object] = {
+        k: getattr(args, k) for k in _SIM_FLAGS if getattr(args, k, None) is not None
+    }
+    known = {f.name for f in dataclasses.fields(SimConfig)}
+    for item in args.sim_set:
+        key, _, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key not in known:
+            raise SystemExit(f"unknown simulation option {key!r}; known: {', '.join(sorted(known))}")
+        values[key] = yaml.safe_load(raw)  # numbers, booleans and strings as YAML reads them
+    return SimConfig(**{k: v for k, v in values.items() if k in known}) if values else None
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    dc = DevCluster(
+        nodes=args.nodes,
+        clusters=args.clusters,
+        port=args.port,
+        host=args.host,
+        openshift=args.openshift,
+        sim_config=sim_config(args),
+    )
+    dc.loop = asyncio.get_running_loop()
+    await dc.setup()
+    paths = dc.write_kubeconfigs(args.kubeconfig)
+    logging.getLogger("devcluster").info(
+        "serving %d virtual cluster(s) at %s/clusters/<name>; kubeconfig %s%s",
+        len(dc.names),
+        dc.url,
+        paths[0],
+        f" (+{len(paths) - 1} in {paths[1].parent})" if len(paths) > 1 else "",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await dc.server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        return asyncio.run(_serve(args))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

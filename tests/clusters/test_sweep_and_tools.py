@@ -1,0 +1,119 @@
+"""Health sweep isolation, management commands and the admin console for clusters."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+import yaml
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from clusters import services
+from clusters.choices import ClusterStatus
+from clusters.models import Cluster
+from devcluster.testing import devcluster_fixture
+
+dc3 = devcluster_fixture(name="dc3", nodes="cpu-small", clusters=6, scope="module")
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _loopback(settings):
+    settings.BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS = True
+
+
+def _store(dc, name: str, vc: str, status=ClusterStatus.AVAILABLE) -> Cluster:
+    checked = services.validate(dc.kubeconfig_yaml(vc).encode())
+    return Cluster.objects.create(
+        name=name, server_url=checked.server, kubeconfig=checked.normalized_yaml(), status=status
+    )
+
+
+def test_black_holed_cluster_costs_only_its_own_timeout(dc3):
+    clusters = [_store(dc3, f"sweep-{i}", vc) for i, vc in enumerate(dc3.names)]
+    dc3.set_fault(dc3.names[0], "unreachable")
+    try:
+        started = time.monotonic()
+        report = services.sweep(timeout=2.0, workers=8, cluster_ids=[c.pk for c in clusters])
+        elapsed = time.monotonic() - started
+    finally:
+        dc3.set_fault(dc3.names[0], "clear")
+    assert report.checked == 6
+    assert report.transitions == [("sweep-0", "available", "not_available")]
+    # The healthy five answered while the dead one waited out its timeout in parallel.
+    assert elapsed < 2.0 * 2
+    statuses = dict(Cluster.objects.values_list("name", "status"))
+    assert statuses["sweep-0"] == "not_available"
+    assert all(statuses[f"sweep-{i}"] == "available" for i in range(1, 6))
+
+
+def test_not_available_for_a_day_becomes_error_and_is_retried_daily(dc3):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    cluster = _store(dc3, "old-dead", dc3.names[1], status=ClusterStatus.NOT_AVAILABLE)
+    Cluster.objects.filter(pk=cluster.pk).update(not_available_since=timezone.now() - timedelta(hours=25))
+    dc3.set_fault(dc3.names[1], "unreachable")
+    try:
+        services.sweep(timeout=1.0, cluster_ids=[cluster.pk])
+        cluster.refresh_from_db()
+        assert cluster.status == ClusterStatus.ERROR
+        assert "more than 24 h" in cluster.reason
+        # Retried at most once a day: an immediate second sweep skips it.
+        assert services.sweep(timeout=1.0, cluster_ids=[cluster.pk]).checked == 0
+    finally:
+        dc3.set_fault(dc3.names[1], "clear")
+    Cluster.objects.filter(pk=cluster.pk).update(last_retry_at=timezone.now() - timedelta(hours=25))
+    report = services.sweep(timeout=5.0, cluster_ids=[cluster.pk])
+    assert report.transitions == [("old-dead", "error", "available")]
+
+
+def test_sweep_query_count_does_not_grow_with_clusters(dc3, django_assert_max_num_queries):
+    ids = [_store(dc3, f"q-{i}", vc).pk for i, vc in enumerate(dc3.names)]
+    with django_assert_max_num_queries(8):
+        services.sweep(timeout=5.0, cluster_ids=ids)
+
+
+def test_check_kubeconfig_and_list_commands(dc3, tmp_path):
+    path = tmp_path / "kubeconfig.yaml"
+    path.write_text(dc3.kubeconfig_yaml(dc3.names[2]))
+    out = io.StringIO()
+    call_command("check_kubeconfig", str(path), stdout=out)
+    assert out.getvalue().strip() == "OK"
+    config = yaml.safe_load(path.read_text())
+    config["users"][0]["user"] = {"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(CommandError, match="exec"):
+        call_command("check_kubeconfig", str(path))
+    _store(dc3, "listed", dc3.names[3])
+    out = io.StringIO()
+    call_command("list_clusters", stdout=out)
+    assert "listed" in out.getvalue() and "available" in out.getvalue()
+    out = io.StringIO()
+    call_command("check_clusters", stdout=out)
+    assert "checked 1 cluster(s)" in out.getvalue()
+
+
+def test_register_command_follows_the_run(dc3, tmp_path, worker):
+    path = tmp_path / "kubeconfig.yaml"
+    path.write_text(dc3.kubeconfig_yaml(dc3.names[4]))
+    out = io.StringIO()
+    call_command("register_cluster", "cmd-registered", str(path), "--timeout", "60", stdout=out)
+    text = out.getvalue()
+    assert "Verify connection and permissions: started" in text
+    assert "cluster cmd-registered is available" in text
+
+
+def test_admin_masks_credentials_and_lists_status(admin_client, dc3):
+    cluster = _store(dc3, "admin-view", dc3.names[5])
+    listing = admin_client.get("/admin/clusters/cluster/")
+    assert listing.status_code == 200
+    assert b"admin-view" in listing.content and b"Available" in listing.content
+    page = admin_client.get(f"/admin/clusters/cluster/{cluster.pk}/change/")
+    assert page.status_code == 200
+    assert b"encrypted (key id" in page.content
+    assert dc3.token(dc3.names[5]).encode() not in page.content
