@@ -19,10 +19,11 @@ urlpatterns = [
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("", include("core.api.urls")),
-    path("", include("clusters.api.urls")),
-    path("", include("hardware.api.urls")),
-    path("", include("deployments.api.urls")),
+    # Before clusters: its fixed paths (clusters/provision, clusters/{id}/nodes) must win over clusters/{id}.
     path("", include("provisioning.api.urls")),
+    path("", include("hardware.api.urls")),
+    path("", include("clusters.api.urls")),
+    path("", include("deployments.api.urls")),
 ]
 
 handler400 = "core.api.errors.bad_request"

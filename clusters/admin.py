@@ -9,6 +9,7 @@ from django.utils.html import format_html
 
 from core.admin import status_badge
 from core.fields import describe_stored
+from hardware.admin import NodeInline
 
 from . import services
 from .choices import ClusterStatus
@@ -70,18 +71,18 @@ class ClusterAdmin(admin.ModelAdmin):
         "status", "reason", "platform", "server_url", "credentials", "kubernetes_version", "not_available_since",
         "last_checked", "created_by", "created_at", "updated_at",
     )  # fmt: skip
-    inlines = (ClusterEventInline,)
-    actions = ("check_health_now", "rerun_registration", "delete_clusters")
+    inlines = (NodeInline, ClusterEventInline)
+    actions = ("check_health_now", "collect_node_info", "rerun_registration", "delete_clusters")
 
     def get_queryset(self, request):
-        qs = super().get_queryset(request).defer("kubeconfig")
-        try:
-            return qs.annotate(
-                _nodes=Count("nodes", distinct=True),
-                _ready=Count("nodes", filter=Q(nodes__ready=True), distinct=True),
+        return (
+            super()
+            .get_queryset(request)
+            .defer("kubeconfig")
+            .annotate(
+                _nodes=Count("nodes", distinct=True), _ready=Count("nodes", filter=Q(nodes__ready=True))
             )
-        except Exception:  # the hardware app's Node model is optional here
-            return qs
+        )
 
     def get_actions(self, request):
         actions = super().get_actions(request)
@@ -121,6 +122,14 @@ class ClusterAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"Checked {report.checked} cluster(s) in {report.seconds:.1f}s; {changed}."
         )
+
+    @admin.action(description="Collect node information (roll out collectors, refresh inventory)")
+    def collect_node_info(self, request, queryset) -> None:
+        from hardware.workflows import COLLECT
+
+        for cluster in queryset.filter(status=ClusterStatus.AVAILABLE):
+            COLLECT.launch(subject=cluster, params={"cluster_id": cluster.pk}, user=request.user)
+        self.message_user(request, "Node information collection started for the available selected clusters.")
 
     @admin.action(description="Re-run registration (verify again)")
     def rerun_registration(self, request, queryset) -> None:

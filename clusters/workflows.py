@@ -82,13 +82,21 @@ REGISTER_STEPS = [
 ]
 
 
+def _optional_steps(module: str, name: str) -> list[Step]:
+    """Steps another app contributes to cluster workflows (empty when that app does not provide them)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return []
+    return list(getattr(importlib.import_module(module), name, []))
+
+
 def register_steps() -> list[Step]:
-    """Registration ends with the hardware collection steps when the hardware app provides them."""
-    try:
-        from hardware.workflows import COLLECT_STEPS
-    except ImportError:
-        return REGISTER_STEPS
-    return [*REGISTER_STEPS, *COLLECT_STEPS]
+    """Verify, then cluster setup (Ansible, provisioning app), store, available, then hardware collection."""
+    setup = _optional_steps("provisioning.workflows", "SETUP_STEPS")
+    collect = _optional_steps("hardware.workflows", "COLLECT_STEPS")
+    return [*REGISTER_STEPS[:2], *setup, *REGISTER_STEPS[2:], *collect]
 
 
 REGISTER = Workflow(
@@ -149,6 +157,8 @@ DELETE = Workflow(
     title="Delete cluster",
     steps=[
         Step("teardown", "Remove what BudCluster installed", teardown, eta=10),
+        *_optional_steps("provisioning.workflows", "TEARDOWN_STEPS"),
+        *_optional_steps("provisioning.workflows", "DESTROY_STEPS"),
         Step("delete_record", "Delete the cluster record", delete_record, eta=1),
     ],
     cleanup=[Step("deletion_failed", "Record why deletion failed", deletion_failed)],

@@ -1,1 +1,247 @@
-"""Domain functions of the hardware app: the only place its business rules live."""
+"""Hardware domain functions: refresh a cluster's inventory, capacity views for the API and for placement.
+
+``refresh_inventory`` reads every Node and every non-terminated Pod once, parses nodes with the pure
+``hardware.inventory`` parser, subtracts what bound pods request (so "free GPUs" is true), and writes all rows in
+one bulk upsert plus one delete for nodes that left. Query count does not depend on the number of nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from clusters.models import Cluster
+from core.gateway import ClusterGateway
+
+from .inventory import NodeInventory, parse_node, requested_by_pods
+from .models import Node
+
+UPDATE_FIELDS = [
+    "ready", "schedulable", "cordoned", "taints", "internal_ip", "roles", "cpu_vendor", "cpu_model",
+    "cpu_family", "cpu_cores", "cpu_threads", "cpu_flags", "memory_bytes", "accelerator_type",
+    "accelerator_vendor", "accelerator_model", "accelerator_resource", "accelerator_count",
+    "accelerator_memory_mib", "mig", "driver_version", "cuda_version", "kernel_version", "allocatable",
+    "requested", "free_accelerators", "free_cpu_millicores", "free_memory_bytes", "pods", "notes", "fingerprint",
+    "updated_at",
+]  # fmt: skip
+
+
+def row_values(inv: NodeInventory, requested: dict) -> dict[str, Any]:
+    """The stored columns of one node, from its parsed inventory and the requests of the pods bound to it."""
+    alloc = inv.allocatable or {}
+    resource = inv.accelerator_resource
+    held = requested.get("resources", {}).get(resource, 0) if resource else 0
+    alloc_devices = alloc.get("accelerators", inv.accelerator_count) if resource else 0
+    return {
+        "ready": inv.ready,
+        "schedulable": inv.schedulable,
+        "cordoned": inv.cordoned,
+        "taints": inv.taints,
+        "internal_ip": inv.internal_ip or "",
+        "roles": inv.roles,
+        "cpu_vendor": inv.cpu_vendor,
+        "cpu_model": inv.cpu_model,
+        "cpu_family": inv.cpu_family,
+        "cpu_cores": inv.cpu_cores,
+        "cpu_threads": inv.cpu_threads,
+        "cpu_flags": inv.cpu_flags,
+        "memory_bytes": inv.memory_bytes,
+        "accelerator_type": inv.accelerator_type,
+        "accelerator_vendor": inv.accelerator_vendor,
+        "accelerator_model": inv.accelerator_model,
+        "accelerator_resource": resource,
+        "accelerator_count": inv.accelerator_count,
+        "accelerator_memory_mib": inv.accelerator_memory_mib,
+        "mig": inv.mig,
+        "driver_version": inv.driver_version,
+        "cuda_version": inv.cuda_version,
+        "kernel_version": inv.kernel_version,
+        "allocatable": alloc,
+        "requested": {k: v for k, v in requested.items() if k != "skipped"},
+        "free_accelerators": max(0, int(alloc_devices or 0) - int(held)),
+        "free_cpu_millicores": max(
+            0, int(alloc.get("cpu_millicores") or 0) - int(requested.get("cpu_millicores", 0))
+        ),
+        "free_memory_bytes": max(
+            0, int(alloc.get("memory_bytes") or 0) - int(requested.get("memory_bytes", 0))
+        ),
+        "pods": int(requested.get("pods", 0)),
+        "notes": inv.notes,
+    }
+
+
+def _fingerprint(values: dict) -> str:
+    return hashlib.blake2b(
+        json.dumps(values, sort_keys=True, default=str).encode(), digest_size=16
+    ).hexdigest()
+
+
+_NO_PODS = {"pods": 0, "cpu_millicores": 0, "memory_bytes": 0, "resources": {}}
+
+
+def store_inventory(cluster: Cluster, nodes: list[dict], pods: list[dict]) -> dict:
+    """Parse every node; upsert the new and changed ones in bulk; remove nodes that left. Returns counts.
+
+    Unchanged nodes (same fingerprint of the parsed values) are not written at all, so the periodic refresh of
+    a large, quiet cluster costs the parse and one read.
+    """
+    by_node: dict[str, list[dict]] = defaultdict(list)
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if node_name:
+            by_node[node_name].append(pod)
+    now = timezone.now()
+    existing = dict(Node.objects.filter(cluster=cluster).values_list("name", "fingerprint"))
+    seen: set[str] = set()
+    changed: list[Node] = []
+    totals = {"ready": 0, "accelerators": 0, "free_accelerators": 0}
+    for obj in nodes:
+        inv = parse_node(obj)
+        if not inv.node or inv.node in seen:
+            continue
+        seen.add(inv.node)
+        node_pods = by_node.get(inv.node)
+        values = row_values(inv, requested_by_pods(inv.node, node_pods) if node_pods else _NO_PODS)
+        totals["ready"] += values["ready"]
+        totals["accelerators"] += values["accelerator_count"]
+        totals["free_accelerators"] += values["free_accelerators"]
+        fingerprint = _fingerprint(values)
+        if existing.get(inv.node) != fingerprint:
+            changed.append(
+                Node(cluster_id=cluster.pk, name=inv.node, fingerprint=fingerprint, updated_at=now, **values)
+            )
+    removed_names = [name for name in existing if name not in seen]
+    with transaction.atomic():
+        if changed:
+            Node.objects.bulk_create(
+                changed,
+                batch_size=2000,
+                update_conflicts=True,
+                unique_fields=["cluster", "name"],
+                update_fields=UPDATE_FIELDS,
+            )
+        removed = 0
+        if removed_names:
+            removed, _ = Node.objects.filter(cluster=cluster, name__in=removed_names).delete()
+    return {"nodes": len(seen), "changed": len(changed), "removed": removed, **totals}
+
+
+def refresh_inventory(cluster: Cluster, gateway: ClusterGateway) -> dict:
+    """Read the cluster's nodes and running pods through the gateway and store the inventory."""
+    nodes = gateway.list("v1", "Node")
+    pods = gateway.list("v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed")
+    return store_inventory(cluster, nodes, pods)
+
+
+def cluster_summaries(cluster_ids: list[int]) -> dict[int, dict]:
+    """Per cluster: nodes, ready nodes, accelerators by model (total and free). Two queries for any page."""
+    if not cluster_ids:
+        return {}
+    summary: dict[int, dict[str, Any]] = {
+        cid: {"nodes": 0, "ready_nodes": 0, "gpus": {}, "total_gpus": 0, "free_gpus": 0}
+        for cid in cluster_ids
+    }
+    counts = (
+        Node.objects.filter(cluster_id__in=cluster_ids)
+        .values("cluster_id")
+        .annotate(nodes=Count("id"), ready=Count("id", filter=Q(ready=True)))
+    )
+    for row in counts:
+        summary[row["cluster_id"]].update(nodes=row["nodes"], ready_nodes=row["ready"])
+    devices = (
+        Node.objects.filter(cluster_id__in=cluster_ids, accelerator_count__gt=0)
+        .values("cluster_id", "accelerator_type", "accelerator_model")
+        .annotate(total=Sum("accelerator_count"), free=Sum("free_accelerators"))
+    )
+    for row in devices:
+        entry = summary[row["cluster_id"]]
+        model = row["accelerator_model"] or f"unknown {row['accelerator_type']}"
+        entry["gpus"][model] = {"type": row["accelerator_type"], "total": row["total"], "free": row["free"]}
+        entry["total_gpus"] += row["total"]
+        entry["free_gpus"] += row["free"]
+    return summary
+
+
+def device_info(cluster: Cluster) -> list[dict]:
+    """Per node: its devices with total and free counts (the summary placement uses)."""
+    out = []
+    for node in Node.objects.filter(cluster=cluster).order_by("name"):
+        devices = []
+        if node.accelerator_count:
+            devices.append(
+                {
+                    "type": node.accelerator_type,
+                    "vendor": node.accelerator_vendor,
+                    "model": node.accelerator_model,
+                    "memory_mib": node.accelerator_memory_mib,
+                    "total": node.accelerator_count,
+                    "free": node.free_accelerators,
+                }
+            )
+        for profile, count in (node.mig or {}).items():
+            held = (node.requested.get("resources") or {}).get(f"nvidia.com/mig-{profile}", 0)
+            devices.append(
+                {
+                    "type": "cuda-mig",
+                    "vendor": "NVIDIA",
+                    "model": profile,
+                    "total": count,
+                    "free": max(0, count - held),
+                }
+            )
+        out.append(
+            {
+                "node": node.name,
+                "ready": node.ready,
+                "schedulable": node.schedulable,
+                "devices": devices,
+                "cpu": {
+                    "vendor": node.cpu_vendor,
+                    "model": node.cpu_model,
+                    "cores": node.cpu_cores,
+                    "flags": node.cpu_flags,
+                    "free_millicores": node.free_cpu_millicores,
+                },
+                "memory": {"total_bytes": node.memory_bytes, "free_bytes": node.free_memory_bytes},
+            }
+        )
+    return out
+
+
+def node_capacities(cluster: Cluster) -> list:
+    """The stored inventory as placement input (``deployments.placement.NodeCapacity``)."""
+    from deployments.placement import NodeCapacity
+
+    rows = []
+    for node in Node.objects.filter(cluster=cluster):
+        rows.append(
+            NodeCapacity(
+                name=node.name,
+                ready=node.ready,
+                schedulable=node.schedulable,
+                accelerator_type=node.accelerator_type,
+                accelerator_vendor=node.accelerator_vendor or "",
+                accelerator_model=node.accelerator_model or "",
+                device_count=node.accelerator_count,
+                free_devices=node.free_accelerators,
+                device_memory_mib=node.accelerator_memory_mib or 0,
+                cpu_cores=node.cpu_cores or 0,
+                free_cpu_millicores=node.free_cpu_millicores,
+                memory_bytes=node.memory_bytes or 0,
+                free_memory_bytes=node.free_memory_bytes,
+                cpu_flags=frozenset(node.cpu_flags or ()),
+                taints=tuple(_taint_text(t) for t in node.taints or []),
+            )
+        )
+    return rows
+
+
+def _taint_text(taint: dict) -> str:
+    value = f"={taint['value']}" if taint.get("value") else ""
+    return f"{taint.get('key')}{value}:{taint.get('effect')}"

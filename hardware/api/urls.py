@@ -1,5 +1,13 @@
-from rest_framework.routers import SimpleRouter
+from django.urls import path
 
-router = SimpleRouter(trailing_slash=False)
+from .views import ClusterDeviceInfo, ClusterNodeList, CollectNodeInfo
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("clusters/<int:cluster_pk>/nodes", ClusterNodeList.as_view(), name="cluster-nodes"),
+    path("clusters/<int:cluster_pk>/device-info", ClusterDeviceInfo.as_view(), name="cluster-device-info"),
+    path(
+        "clusters/<int:cluster_pk>/collect-node-info",
+        CollectNodeInfo.as_view(),
+        name="cluster-collect-node-info",
+    ),
+]

@@ -1,1 +1,77 @@
-"""API views of the hardware app."""
+"""Node inventory endpoints under a cluster: nodes, device info, and the collection run."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from clusters.choices import ClusterStatus
+from clusters.models import Cluster
+from core.api.responses import RUN_ACCEPTED, run_accepted
+
+from .. import services
+from ..choices import AcceleratorType
+from ..models import Node
+from .serializers import NodeSerializer
+
+
+class NodeFilter(filters.FilterSet):
+    accelerator_type = filters.ChoiceFilter(choices=AcceleratorType.choices)
+    accelerator_vendor = filters.CharFilter(lookup_expr="iexact")
+    accelerator_model = filters.CharFilter(lookup_expr="icontains")
+    ready = filters.BooleanFilter()
+    schedulable = filters.BooleanFilter()
+
+    class Meta:
+        model = Node
+        fields = ("accelerator_type", "accelerator_vendor", "accelerator_model", "ready", "schedulable")
+
+
+class ClusterNodeList(generics.ListAPIView):
+    """The cluster's node inventory (filter by accelerator type/vendor/model, ready, schedulable)."""
+
+    serializer_class = NodeSerializer
+    filterset_class = NodeFilter
+    search_fields = ("name", "accelerator_model", "cpu_model")
+    ordering_fields = ("name", "accelerator_count", "free_accelerators", "memory_bytes")
+    queryset = Node.objects.all()
+
+    def get_queryset(self):
+        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=self.kwargs["cluster_pk"])
+        return Node.objects.filter(cluster=cluster).order_by("name")
+
+
+class ClusterDeviceInfo(APIView):
+    queryset = Node.objects.all()  # for model permissions (view_node)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request, cluster_pk: int):
+        """Per node: devices with total and free counts, CPU and memory (the summary placement uses)."""
+        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=cluster_pk)
+        return Response(
+            {"cluster": cluster.name, "summary": services.cluster_summaries([cluster.pk])[cluster.pk],
+             "nodes": services.device_info(cluster)}
+        )  # fmt: skip
+
+
+class CollectNodeInfo(APIView):
+    queryset = Node.objects.all()
+    permission_map = {None: ["hardware.add_node"]}
+
+    @extend_schema(request=None, responses={202: RUN_ACCEPTED})
+    def post(self, request, cluster_pk: int):
+        """Roll out the collectors, wait for them, and refresh the inventory (202 + run)."""
+        from ..workflows import COLLECT
+
+        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=cluster_pk)
+        if cluster.status not in (ClusterStatus.AVAILABLE, ClusterStatus.NOT_AVAILABLE):
+            return Response(
+                {"detail": f"cluster {cluster.name} is {cluster.status}; it must be available"}, status=409
+            )
+        run = COLLECT.launch(subject=cluster, params={"cluster_id": cluster.pk}, user=request.user)
+        return run_accepted(run, request, cluster_id=cluster.pk)

@@ -1,0 +1,102 @@
+"""Hardware collection: roll out the collectors chart, wait until it runs everywhere, store the inventory.
+
+These steps end cluster registration (``clusters.workflows`` picks up ``COLLECT_STEPS``) and make up the
+``hardware.collect`` workflow behind ``POST /clusters/{id}/collect-node-info``.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from clusters.models import Cluster
+from core.gateway import GatewayError
+from core.workflow import NotYet, Poll, Step, StepContext, StepFailed, Workflow
+
+COLLECTOR_CHART = "node_info_collector"
+COLLECTOR_RELEASE = "bud-node-info"
+
+
+def collector_namespace() -> str:
+    return getattr(settings, "COLLECTOR_NAMESPACE", "bud-system")
+
+
+def _cluster(ctx: StepContext) -> Cluster:
+    try:
+        return Cluster.objects.get(pk=ctx.params["cluster_id"])
+    except Cluster.DoesNotExist:
+        raise StepFailed(f"cluster {ctx.params['cluster_id']} no longer exists") from None
+
+
+def ensure_collectors(ctx: StepContext) -> dict:
+    """Install or upgrade the collectors release (idempotent server-side apply; revision stored)."""
+    from clusters.releases import install_or_upgrade
+    from clusters.services import gateway_for
+    from core.helm import ChartError
+
+    cluster = _cluster(ctx)
+    values = {"namespace": collector_namespace(), **getattr(settings, "COLLECTOR_VALUES", {})}
+    try:
+        with gateway_for(cluster, timeout=30) as gw:
+            revision = install_or_upgrade(
+                gw, cluster, chart=COLLECTOR_CHART, release=COLLECTOR_RELEASE, namespace=values["namespace"],
+                values=values, description="node info collectors",
+            )  # fmt: skip
+    except (GatewayError, ChartError) as exc:
+        raise StepFailed(str(exc)) from None
+    daemonsets = [o["name"] for o in revision.applied if o["kind"] == "DaemonSet"]
+    return {"revision": revision.number, "daemonsets": daemonsets, "namespace": values["namespace"]}
+
+
+def wait_collectors(ctx: StepContext):
+    """Every collector DaemonSet has a ready pod on each node it should run on."""
+    from clusters.services import gateway_for
+
+    cluster = _cluster(ctx)
+    rollout = ctx.outputs["ensure_collectors"]
+    pending = []
+    try:
+        with gateway_for(cluster) as gw:
+            for name in rollout["daemonsets"]:
+                ds = gw.get_or_none("apps/v1", "DaemonSet", name, rollout["namespace"])
+                status = (ds or {}).get("status") or {}
+                desired = status.get("desiredNumberScheduled")
+                ready = status.get("numberReady", 0)
+                if ds is None or desired is None or ready < desired:
+                    pending.append(f"{name} {ready}/{desired if desired is not None else '?'} ready")
+    except GatewayError as exc:
+        return NotYet(f"cluster not answering: {exc}")
+    if pending:
+        return NotYet("; ".join(pending))
+    return {"ready": rollout["daemonsets"]}
+
+
+def read_nodes(ctx: StepContext) -> dict:
+    from clusters.services import gateway_for
+
+    from .services import refresh_inventory
+
+    cluster = _cluster(ctx)
+    try:
+        with gateway_for(cluster, timeout=60) as gw:
+            return refresh_inventory(cluster, gw)
+    except GatewayError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+COLLECT_STEPS = [
+    Step("ensure_collectors", "Roll out hardware collectors", ensure_collectors, eta=5),
+    Step(
+        "wait_collectors",
+        "Wait for collectors on every node",
+        wait_collectors,
+        eta=20,
+        poll=Poll(
+            interval=lambda ctx: float(getattr(settings, "COLLECTOR_POLL_INTERVAL", 3.0)),
+            timeout=lambda ctx: float(getattr(settings, "COLLECTOR_TIMEOUT", 600.0)),
+            what="the collector DaemonSets to be ready on every eligible node",
+        ),
+    ),
+    Step("read_nodes", "Read nodes and store the inventory", read_nodes, eta=3),
+]
+
+COLLECT = Workflow(kind="hardware.collect", title="Collect node information", steps=COLLECT_STEPS)

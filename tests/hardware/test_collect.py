@@ -1,0 +1,141 @@
+"""Hardware collection end to end on the devcluster `gpu-mixed` preset, with a real worker."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from kubernetes import client
+
+from clusters import services as cluster_services
+from clusters.models import Cluster, Release
+from core.choices import RunStatus
+from core.models import Run
+from devcluster.testing import devcluster_fixture, kube_client
+from hardware import services
+from hardware.models import Node
+from tests.worker import wait_for
+
+gpu = devcluster_fixture(name="gpu", nodes="gpu-mixed", scope="module")
+
+pytestmark = pytest.mark.django_db(transaction=True)
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nodes"
+
+
+@pytest.fixture(autouse=True)
+def _loopback(settings):
+    settings.BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS = True
+
+
+def _finished(run_id) -> Run:
+    def done():
+        run = Run.objects.get(pk=run_id)
+        return run if run.status in RunStatus.terminal() else None
+
+    return wait_for(done, timeout=90, what="run to finish")
+
+
+@pytest.fixture
+def registered(api, worker, gpu) -> Cluster:
+    response = api.post("/clusters/register", {"name": "gpu-mixed", "kubeconfig": gpu.kubeconfig_yaml()}, format="json")
+    assert response.status_code == 202, response.json()
+    run = _finished(response.json()["run_id"])
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    return Cluster.objects.get(name="gpu-mixed")
+
+
+def test_registration_rolls_out_collectors_and_inventory_matches_preset(api, registered, gpu):
+    run = Run.objects.filter(subject_id=str(registered.pk), kind="cluster.register").first()
+    names = [s.name for s in run.steps.filter(phase="main")]
+    assert names[-3:] == ["ensure_collectors", "wait_collectors", "read_nodes"]
+    release = Release.objects.get(cluster=registered, name="bud-node-info")
+    assert release.current_revision == 1
+    assert any(o["kind"] == "DaemonSet" for o in release.revisions.get(number=1).applied)
+
+    nodes = {n.name: n for n in Node.objects.filter(cluster=registered)}
+    assert len(nodes) == 7
+    h100 = nodes["gpu-h100-0"]
+    assert (h100.accelerator_type, h100.accelerator_vendor) == ("cuda", "NVIDIA")
+    assert h100.accelerator_model == "NVIDIA-H100-80GB-HBM3"
+    assert h100.accelerator_count == 8 and h100.accelerator_memory_mib == 81559
+    a100 = nodes["gpu-a100-mig-0"]
+    assert a100.accelerator_model == "NVIDIA-A100-SXM4-80GB"
+    assert a100.mig == {"1g.10gb": 7, "3g.40gb": 2}
+    assert nodes["ip-10-0-12-34.ec2.internal"].accelerator_model == "NVIDIA-L4"
+    mi300 = nodes["gpu-mi300x-0"]
+    assert (mi300.accelerator_type, mi300.accelerator_vendor, mi300.accelerator_count) == ("rocm", "AMD", 8)
+    gaudi = nodes["hpu-gaudi2-0"]
+    assert (gaudi.accelerator_type, gaudi.accelerator_count) == ("hpu", 8)
+    xeon = nodes["cpu-xeon-spr-0"]
+    assert xeon.accelerator_type == "cpu"
+    assert {"AMXBF16", "AMXINT8", "AVX512F"} <= set(xeon.cpu_flags)
+    assert not nodes["control-plane-0"].schedulable
+
+    summary = api.get(f"/clusters/{registered.pk}").json()["summary"]
+    assert summary["nodes"] == 7 and summary["ready_nodes"] == 7
+    assert summary["gpus"]["NVIDIA-H100-80GB-HBM3"] == {"type": "cuda", "total": 8, "free": 8}
+
+
+def test_pod_using_two_gpus_lowers_free_count_and_removed_node_disappears(api, registered, gpu):
+    core = client.CoreV1Api(kube_client(gpu))
+    core.create_namespaced_pod(
+        "default",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "two-gpus"},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": "gpu-h100-0"},
+                "containers": [
+                    {"name": "c", "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": "2"}}}
+                ],
+            },
+        },
+    )
+    try:
+        wait_for(lambda: core.read_namespaced_pod("two-gpus", "default").spec.node_name, what="pod bound")
+        response = api.post(f"/clusters/{registered.pk}/collect-node-info")
+        assert response.status_code == 202
+        assert _finished(response.json()["run_id"]).status == RunStatus.SUCCEEDED
+        h100 = Node.objects.get(cluster=registered, name="gpu-h100-0")
+        assert (h100.accelerator_count, h100.free_accelerators) == (8, 6)
+        info = api.get(f"/clusters/{registered.pk}/device-info").json()
+        node = next(n for n in info["nodes"] if n["node"] == "gpu-h100-0")
+        assert node["devices"][0]["free"] == 6
+    finally:
+        core.delete_namespaced_pod("two-gpus", "default")
+
+    core.delete_node("cpu-xeon-spr-0")
+    with cluster_services.gateway_for(registered) as gw:
+        result = services.refresh_inventory(registered, gw)
+    assert result["removed"] == 1
+    assert not Node.objects.filter(cluster=registered, name="cpu-xeon-spr-0").exists()
+
+
+def test_nodes_api_filters_and_constant_queries(api, registered):
+    cuda = api.get(f"/clusters/{registered.pk}/nodes?accelerator_type=cuda").json()
+    assert {n["name"] for n in cuda["results"]} >= {"gpu-h100-0", "gpu-a100-mig-0"}
+    assert all(n["accelerator_type"] == "cuda" for n in cuda["results"])
+    amd = api.get(f"/clusters/{registered.pk}/nodes?accelerator_vendor=amd").json()
+    assert [n["name"] for n in amd["results"]] == ["gpu-mi300x-0"]
+    assert api.get(f"/clusters/{registered.pk}/nodes?accelerator_type=tpu").status_code == 400
+    counts = []
+    for limit in (1, 5):
+        with CaptureQueriesContext(connection) as ctx:
+            assert api.get(f"/clusters/{registered.pk}/nodes?limit={limit}").status_code == 200
+        counts.append(len(ctx.captured_queries))
+    assert counts[0] == counts[1]
+    assert api.get("/clusters/999999/nodes").status_code == 404
+
+
+def test_inspect_nodes_command_prints_json(tmp_path):
+    out = io.StringIO()
+    call_command("inspect_nodes", str(FIXTURES / "h100-xe9680.yaml"), "--json", stdout=out)
+    (node,) = json.loads(out.getvalue())
+    assert node["accelerator_model"].startswith("NVIDIA-H100")
+    assert list(node)[:4] == ["node", "ready", "schedulable", "taints"]
