@@ -238,6 +238,11 @@ KUBECONFIG_MAX_BYTES = env_int("KUBECONFIG_MAX_BYTES", 1024 * 1024)
 CLUSTER_HEALTH_TIMEOUT = env_float("CLUSTER_HEALTH_TIMEOUT", 5.0)
 CLUSTER_HEALTH_CONCURRENCY = env_int("CLUSTER_HEALTH_CONCURRENCY", 64)
 
+# --- hardware collectors ----------------------------------------------------------------------------------------
+COLLECTOR_NAMESPACE = env_str("COLLECTOR_NAMESPACE", "bud-system")
+COLLECTOR_TIMEOUT = env_float("COLLECTOR_TIMEOUT", 600.0)
+COLLECTOR_POLL_INTERVAL = env_float("COLLECTOR_POLL_INTERVAL", 5.0)
+
 # --- logging ----------------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {
