@@ -9,9 +9,12 @@ from celery import shared_task
 from . import workflow
 
 _STEP_OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True, "max_retries": None}
+# The database (Run/RunStep/RunEvent) is the truth, so step tasks keep no Celery result of their own; only
+# fan-out items do, because the chord hands their results to the join.
+_NO_RESULT = {"ignore_result": True, "track_started": False}
 
 
-@shared_task(name="core.execute_step", **_STEP_OPTIONS)
+@shared_task(name="core.execute_step", **_STEP_OPTIONS, **_NO_RESULT)
 def execute_step(self, run_id: str, step_name: str) -> Any:
     return workflow.execute_step(self, run_id, step_name)
 
@@ -21,7 +24,7 @@ def execute_fanout_item(self, run_id: str, step_name: str, index: int) -> dict:
     return workflow.execute_fanout_item(run_id, step_name, index)
 
 
-@shared_task(name="core.join_fanout", **_STEP_OPTIONS)
+@shared_task(name="core.join_fanout", **_STEP_OPTIONS, **_NO_RESULT)
 def join_fanout(self, results: list[dict], run_id: str, step_name: str) -> Any:
     return workflow.finish_fanout(self, run_id, step_name, results)
 

@@ -272,23 +272,27 @@ def _duration(spec: DurationSpec, ctx: StepContext) -> float:
     return float(spec(ctx) if callable(spec) else spec)
 
 
-def _refresh_run_progress(run_id: Any, *, now: datetime | None = None) -> None:
-    """Recompute percent and ETA from the main steps' estimates (one read, one write)."""
+def _refresh_run_progress(run_id: Any, *, now: datetime | None = None, **extra: Any) -> bool:
+    """Recompute percent and ETA from the main steps' estimates (one read, one write; ``extra`` fields are
+    written in the same UPDATE). Returns True while some main step is still pending, running or waiting."""
     now = now or timezone.now()
     rows = RunStep.objects.filter(run_id=run_id, phase=StepPhase.MAIN).values_list(
         "status", "eta_seconds", "progress"
     )
     total = done = 0.0
+    active = False
     for status, eta, progress in rows:
         total += eta
         if status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
             done += eta
         elif status in (StepStatus.RUNNING, StepStatus.WAITING):
             done += eta * progress
+        active = active or status in StepStatus.active()
     percent = 100.0 * done / total if total else 100.0
     Run.objects.filter(pk=run_id, status__in=RunStatus.active()).update(
-        progress=round(percent, 2), eta=now + timedelta(seconds=max(0.0, total - done))
+        progress=round(percent, 2), eta=now + timedelta(seconds=max(0.0, total - done)), **extra
     )
+    return active
 
 
 class _Heartbeat:
@@ -365,38 +369,37 @@ def execute_step(task: Task, run_id: str, step_name: str) -> Any:
         _drop_chain(task)
         return None
     previous_status = step.status
-    if not _claim(step, now):
-        _drop_chain(task)
-        return None
-    step.refresh_from_db()
     workflow = get_workflow(run.kind)
     spec = workflow.step(step_name)
-
-    if run.status == RunStatus.PENDING:
-        if Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
-            status=RunStatus.RUNNING, started_at=now, heartbeat_at=now
-        ):
-            _event(run.pk, "", RunStatus.RUNNING, f"{run.title}: started")
-        run.refresh_from_db()
-    Run.objects.filter(pk=run.pk).update(heartbeat_at=now, wake_at=None)
-
-    if step.phase == StepPhase.MAIN and run.cancel_requested:
-        _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
-        _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
-        return None
-
-    if previous_status == StepStatus.PENDING:
-        _event(run.pk, step.name, StepStatus.RUNNING, f"{step.title}: started")
-    elif previous_status == StepStatus.RUNNING:
-        _event(
-            run.pk,
-            step.name,
-            StepStatus.RUNNING,
-            f"{step.title}: resumed on a new worker (attempt {step.attempt})",
-        )
-        Run.objects.filter(pk=run.pk).update(resumed_count=F("resumed_count") + 1)
-    if step.phase == StepPhase.MAIN:
-        _refresh_run_progress(run.pk, now=now)
+    # Claim, run status and the start event commit together (one commit instead of several fsyncs).
+    with transaction.atomic():
+        if not _claim(step, now):
+            _drop_chain(task)
+            return None
+        step.status, step.attempt, step.heartbeat_at = StepStatus.RUNNING, step.attempt + 1, now
+        step.started_at = step.started_at or now
+        if run.status == RunStatus.PENDING:
+            if Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
+                status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, wake_at=None
+            ):
+                _event(run.pk, "", RunStatus.RUNNING, f"{run.title}: started")
+            run.refresh_from_db()
+        else:
+            Run.objects.filter(pk=run.pk).update(heartbeat_at=now, wake_at=None)
+        if step.phase == StepPhase.MAIN and run.cancel_requested:
+            _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
+            _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
+            return None
+        if previous_status == StepStatus.PENDING:
+            _event(run.pk, step.name, StepStatus.RUNNING, f"{step.title}: started")
+        elif previous_status == StepStatus.RUNNING:
+            _event(
+                run.pk,
+                step.name,
+                StepStatus.RUNNING,
+                f"{step.title}: resumed on a new worker (attempt {step.attempt})",
+            )
+            Run.objects.filter(pk=run.pk).update(resumed_count=F("resumed_count") + 1)
 
     ctx = StepContext(run, step)
     if spec.poll and step.deadline is None:
@@ -443,6 +446,7 @@ def execute_step(task: Task, run_id: str, step_name: str) -> Any:
     return _step_succeeded(task, run, step, result)
 
 
+@transaction.atomic
 def _wait(step: RunStep, message: str, interval: float, progress: float | None = None) -> None:
     now = timezone.now()
     fields: dict[str, Any] = {"status": StepStatus.WAITING, "message": message, "heartbeat_at": now}
@@ -474,22 +478,21 @@ def _finish_step(step: RunStep, status: str, message: str, output: Any = None) -
     return bool(updated)
 
 
+@transaction.atomic
 def _step_succeeded(task: Task, run: Run, step: RunStep, result: Any) -> Any:
     if not _finish_step(step, StepStatus.SUCCEEDED, "done", result):
         _drop_chain(task)
         return None
-    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
     if step.phase == StepPhase.MAIN:
-        _refresh_run_progress(run.pk)
-        if not RunStep.objects.filter(
-            run_id=run.pk, phase=StepPhase.MAIN, status__in=StepStatus.active()
-        ).exists():
+        if not _refresh_run_progress(run.pk, heartbeat_at=timezone.now()):
             _finish_run(run, succeeded=True)
     else:
+        Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
         _maybe_finish_cleanup(run)
     return None
 
 
+@transaction.atomic
 def _step_failed(task: Task, run: Run, step: RunStep, message: str) -> None:
     if not _finish_step(step, StepStatus.FAILED, message):
         _drop_chain(task)
