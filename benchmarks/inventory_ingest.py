@@ -51,7 +51,9 @@ def main() -> None:
     nodes = make_nodes(args.nodes)
     for i, node in enumerate(nodes):  # unique names across the generated set
         node["metadata"]["name"] = f"node-{i:05d}"
-    cluster, _ = Cluster.objects.get_or_create(name="bench-ingest", defaults={"server_url": "https://10.9.9.9:6443"})
+    cluster, _ = Cluster.objects.get_or_create(
+        name="bench-ingest", defaults={"server_url": "https://10.9.9.9:6443"}
+    )
     Node.objects.filter(cluster=cluster).delete()
 
     t0 = time.perf_counter()
@@ -60,9 +62,14 @@ def main() -> None:
     t0 = time.perf_counter()
     store_inventory(cluster, nodes, [])
     second = time.perf_counter() - t0
-    print(f"store_inventory, {result['nodes']:,} nodes: first insert {first:.2f}s, re-upsert {second:.2f}s (target <= 5 s)")
+    print(
+        f"store_inventory, {result['nodes']:,} nodes: first insert {first:.2f}s, "
+        f"re-upsert {second:.2f}s (target <= 5 s)"
+    )
 
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_superuser": True, "is_staff": True})
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench", defaults={"is_superuser": True, "is_staff": True}
+    )
     api = APIClient()
     api.force_authenticate(user)
     print("GET /clusters/{id}/nodes queries by page size:", end="")

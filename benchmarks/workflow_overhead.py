@@ -88,9 +88,8 @@ def main() -> None:
         print(f"worker: prefork x{args.concurrency}; {args.runs} chains/runs x 10 steps = {steps} steps each")
         print(f"raw Celery no-op tasks (chains of 10): {raw_rate:8.1f} tasks/s  ({raw_seconds:.2f}s)")
         print(f"workflow engine no-op steps:          {engine_rate:8.1f} steps/s  ({engine_seconds:.2f}s)")
-        print(
-            f"engine / raw: {engine_rate / raw_rate:.2f}  ({1000 / engine_rate - 1000 / raw_rate:.1f} ms extra per step)"
-        )
+        extra_ms = 1000 / engine_rate - 1000 / raw_rate
+        print(f"engine / raw: {engine_rate / raw_rate:.2f}  ({extra_ms:.1f} ms extra per step)")
         print(f"runs not succeeded: {failed}")
         Run.objects.filter(kind="bench.noop10").delete()
     finally:
