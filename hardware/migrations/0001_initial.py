@@ -6,56 +6,92 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('clusters', '0002_health_schedule'),
+        ("clusters", "0002_health_schedule"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Node',
+            name="Node",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=253)),
-                ('ready', models.BooleanField(default=False)),
-                ('schedulable', models.BooleanField(default=True)),
-                ('cordoned', models.BooleanField(default=False)),
-                ('taints', models.JSONField(blank=True, default=list)),
-                ('internal_ip', models.CharField(blank=True, max_length=64)),
-                ('roles', models.JSONField(blank=True, default=list)),
-                ('cpu_vendor', models.CharField(blank=True, max_length=50, null=True)),
-                ('cpu_model', models.CharField(blank=True, max_length=200, null=True)),
-                ('cpu_family', models.IntegerField(blank=True, null=True)),
-                ('cpu_cores', models.IntegerField(blank=True, null=True)),
-                ('cpu_threads', models.IntegerField(blank=True, null=True)),
-                ('cpu_flags', models.JSONField(blank=True, null=True)),
-                ('memory_bytes', models.BigIntegerField(blank=True, null=True)),
-                ('accelerator_type', models.CharField(choices=[('cuda', 'NVIDIA GPU (CUDA)'), ('rocm', 'AMD GPU (ROCm)'), ('hpu', 'Intel Gaudi (HPU)'), ('cpu', 'CPU only')], db_index=True, default='cpu', max_length=10)),
-                ('accelerator_vendor', models.CharField(blank=True, db_index=True, max_length=50, null=True)),
-                ('accelerator_model', models.CharField(blank=True, db_index=True, max_length=200, null=True)),
-                ('accelerator_resource', models.CharField(blank=True, max_length=100, null=True)),
-                ('accelerator_count', models.IntegerField(default=0)),
-                ('accelerator_memory_mib', models.IntegerField(blank=True, null=True)),
-                ('mig', models.JSONField(blank=True, null=True)),
-                ('driver_version', models.CharField(blank=True, max_length=50, null=True)),
-                ('cuda_version', models.CharField(blank=True, max_length=50, null=True)),
-                ('kernel_version', models.CharField(blank=True, max_length=200, null=True)),
-                ('allocatable', models.JSONField(blank=True, default=dict)),
-                ('requested', models.JSONField(blank=True, default=dict, help_text='What running pods request on this node')),
-                ('free_accelerators', models.IntegerField(default=0)),
-                ('free_cpu_millicores', models.BigIntegerField(default=0)),
-                ('free_memory_bytes', models.BigIntegerField(default=0)),
-                ('pods', models.IntegerField(default=0)),
-                ('notes', models.JSONField(blank=True, default=list)),
-                ('fingerprint', models.CharField(blank=True, help_text='Hash of the parsed values (skip unchanged)', max_length=32)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('cluster', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='nodes', to='clusters.cluster')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=253)),
+                ("ready", models.BooleanField(default=False)),
+                ("schedulable", models.BooleanField(default=True)),
+                ("cordoned", models.BooleanField(default=False)),
+                ("taints", models.JSONField(blank=True, default=list)),
+                ("internal_ip", models.CharField(blank=True, max_length=64)),
+                ("roles", models.JSONField(blank=True, default=list)),
+                ("cpu_vendor", models.CharField(blank=True, max_length=50, null=True)),
+                ("cpu_model", models.CharField(blank=True, max_length=200, null=True)),
+                ("cpu_family", models.IntegerField(blank=True, null=True)),
+                ("cpu_cores", models.IntegerField(blank=True, null=True)),
+                ("cpu_threads", models.IntegerField(blank=True, null=True)),
+                ("cpu_flags", models.JSONField(blank=True, null=True)),
+                ("memory_bytes", models.BigIntegerField(blank=True, null=True)),
+                (
+                    "accelerator_type",
+                    models.CharField(
+                        choices=[
+                            ("cuda", "NVIDIA GPU (CUDA)"),
+                            ("rocm", "AMD GPU (ROCm)"),
+                            ("hpu", "Intel Gaudi (HPU)"),
+                            ("cpu", "CPU only"),
+                        ],
+                        db_index=True,
+                        default="cpu",
+                        max_length=10,
+                    ),
+                ),
+                ("accelerator_vendor", models.CharField(blank=True, db_index=True, max_length=50, null=True)),
+                ("accelerator_model", models.CharField(blank=True, db_index=True, max_length=200, null=True)),
+                ("accelerator_resource", models.CharField(blank=True, max_length=100, null=True)),
+                ("accelerator_count", models.IntegerField(default=0)),
+                ("accelerator_memory_mib", models.IntegerField(blank=True, null=True)),
+                ("mig", models.JSONField(blank=True, null=True)),
+                ("driver_version", models.CharField(blank=True, max_length=50, null=True)),
+                ("cuda_version", models.CharField(blank=True, max_length=50, null=True)),
+                ("kernel_version", models.CharField(blank=True, max_length=200, null=True)),
+                ("allocatable", models.JSONField(blank=True, default=dict)),
+                (
+                    "requested",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="What running pods request on this node"
+                    ),
+                ),
+                ("free_accelerators", models.IntegerField(default=0)),
+                ("free_cpu_millicores", models.BigIntegerField(default=0)),
+                ("free_memory_bytes", models.BigIntegerField(default=0)),
+                ("pods", models.IntegerField(default=0)),
+                ("notes", models.JSONField(blank=True, default=list)),
+                (
+                    "fingerprint",
+                    models.CharField(
+                        blank=True, help_text="Hash of the parsed values (skip unchanged)", max_length=32
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "cluster",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="nodes",
+                        to="clusters.cluster",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('cluster', 'name'),
-                'constraints': [models.UniqueConstraint(fields=('cluster', 'name'), name='node_unique_per_cluster')],
+                "ordering": ("cluster", "name"),
+                "constraints": [
+                    models.UniqueConstraint(fields=("cluster", "name"), name="node_unique_per_cluster")
+                ],
             },
         ),
     ]

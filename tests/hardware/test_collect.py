@@ -42,7 +42,9 @@ def _finished(run_id) -> Run:
 
 @pytest.fixture
 def registered(api, worker, gpu) -> Cluster:
-    response = api.post("/clusters/register", {"name": "gpu-mixed", "kubeconfig": gpu.kubeconfig_yaml()}, format="json")
+    response = api.post(
+        "/clusters/register", {"name": "gpu-mixed", "kubeconfig": gpu.kubeconfig_yaml()}, format="json"
+    )
     assert response.status_code == 202, response.json()
     run = _finished(response.json()["run_id"])
     assert run.status == RunStatus.SUCCEEDED, run.error
