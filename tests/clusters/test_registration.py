@@ -58,9 +58,10 @@ def test_register_becomes_available_with_steps_and_events(api, worker, dc):
     assert cluster.platform == Platform.KUBERNETES
     assert cluster.kubernetes_version.startswith("v1.")
     steps = list(run.steps.filter(phase="main").values_list("name", "status"))
-    assert steps[:4] == [
+    assert steps[:5] == [
         ("verify", "succeeded"),
         ("identify_platform", "succeeded"),
+        ("setup_cluster", "succeeded"),
         ("store", "succeeded"),
         ("mark_available", "succeeded"),
     ]

@@ -1,0 +1,527 @@
+"""Provisioning workflows and the steps this app adds to the cluster workflows.
+
+``cluster.provision`` (one run per attempt)::
+
+    check_credentials → init → plan → approve (waits for POST /runs/{id}/approve unless auto_approve)
+      → apply (per-resource progress and events) → outputs (kubeconfig → clusters' registration run)
+      → wait_registration                       cleanup on failure/cancel: record_failure
+
+Every Terraform step builds its own runner (a fresh private work directory on whichever worker runs it)
+and runs ``init`` first: the state lives in the backend, the saved plan in the database (encrypted), so no
+step depends on files another worker left behind. Cancel reaches Terraform through the runner's
+``should_cancel`` hook (SIGINT, then a bounded wait for a clean exit, which releases the state lock).
+
+Steps contributed to ``clusters.workflows`` (imported by it while it builds its workflows, so this module
+must not import ``clusters.workflows`` at top level):
+
+* ``SETUP_STEPS``: ``playbooks/setup_cluster.yml`` during registration, after verification;
+* ``TEARDOWN_STEPS``: ``playbooks/teardown_cluster.yml`` during deletion (an unreachable cluster is
+  tolerated when the deletion is forced);
+* ``DESTROY_STEPS``: stop a provisioning run still going, then ``terraform destroy`` and drop the state —
+  a no-op for clusters that were not provisioned.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from core.choices import RunStatus
+from core.models import Run, RunEvent, RunStep
+from core.workflow import Cancelled, NotYet, Poll, Step, StepContext, StepFailed, Workflow
+
+from .choices import ProvisioningStatus
+from .models import Provisioning
+
+LOG_TAIL = 200
+
+
+def _setting(name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+def _provisioning(ctx: StepContext) -> Provisioning:
+    try:
+        return Provisioning.objects.select_related("cluster", "credential").get(
+            pk=ctx.params["provisioning_id"]
+        )
+    except Provisioning.DoesNotExist:
+        raise StepFailed(f"provisioning {ctx.params['provisioning_id']} no longer exists") from None
+
+
+def _cancel_requested(run_id: Any) -> bool:
+    return Run.objects.filter(pk=run_id, cancel_requested=True).exists()
+
+
+class _TerraformSink:
+    """Collects what a Terraform command reports: redacted log lines (tail kept), resource events stored as
+    RunEvents, the per-resource progress map written to the step's output while the command runs."""
+
+    def __init__(self, ctx: StepContext, planned: int = 0) -> None:
+        self.ctx = ctx
+        self.log: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
+        self.resources: dict[str, dict[str, Any]] = {}
+        self.planned = planned
+        self.done = 0
+        self._last_write = 0.0
+
+    def on_log(self, line: str) -> None:
+        if line.strip():
+            self.log.append(line)
+
+    def on_event(self, event: Any) -> None:
+        entry = self.resources.setdefault(event.address, {"action": event.action})
+        entry.update(status=event.status, elapsed=event.elapsed)
+        if event.status in ("complete", "errored"):
+            self.done += 1
+        if event.status != "in_progress":
+            RunEvent.objects.create(
+                run_id=self.ctx.run.pk,
+                step=self.ctx.step.name,
+                status=event.status,
+                message=event.message or f"{event.address}: {event.status}",
+                data={
+                    "source": "terraform",
+                    "address": event.address,
+                    "action": event.action,
+                    "status": event.status,
+                    "elapsed": event.elapsed,
+                },
+            )
+        now = time.monotonic()
+        if now - self._last_write >= 1.0 or event.status in ("complete", "errored"):
+            self._last_write = now
+            RunStep.objects.filter(pk=self.ctx.step.pk).update(output={"resources": self.resources})
+            if self.planned:
+                self.ctx.progress(
+                    min(1.0, self.done / self.planned), f"{self.done}/{self.planned} resources", force=True
+                )
+
+    def should_cancel(self) -> bool:
+        return _cancel_requested(self.ctx.run.pk)
+
+    def tail(self, count: int = 50) -> list[str]:
+        return list(self.log)[-count:]
+
+
+def _terraform(ctx: StepContext, call, *, what: str) -> Any:
+    """Run ``call(runner, sink)`` with a fresh runner; map the runner's errors onto the engine's."""
+    from .services import runner_for
+    from .terraform import TerraformCancelled, TerraformError
+
+    provisioning = _provisioning(ctx)
+    sink = _TerraformSink(ctx)
+    try:
+        with runner_for(provisioning) as tf:
+            tf.init(on_log=sink.on_log)
+            return call(provisioning, tf, sink)
+    except TerraformCancelled:
+        raise Cancelled(f"terraform {what} interrupted") from None
+    except TerraformError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+# --- cluster.provision ----------------------------------------------------------------------------------------
+
+
+def check_credentials(ctx: StepContext) -> dict:
+    """The credential is complete and matches the provider (no cloud call: Terraform's plan checks access)."""
+    from .services import set_provisioning_status
+
+    provisioning = _provisioning(ctx)
+    credential = provisioning.credential
+    if credential.provider != provisioning.provider:
+        raise StepFailed(
+            f"credential {credential.name} is for {credential.provider}, not {provisioning.provider}"
+        )
+    missing = credential.missing_fields()
+    if missing:
+        raise StepFailed(f"credential {credential.name} lacks {', '.join(missing)}")
+    set_provisioning_status(provisioning.pk, ProvisioningStatus.PLANNING)
+    return {
+        "credential": credential.name,
+        "provider": provisioning.provider,
+        "module": provisioning.module,
+        "override": bool(_setting("PROVISIONING_MODULE_OVERRIDE", "")),
+        "backend": provisioning.backend,
+        "state": provisioning.state_name,
+    }
+
+
+def init(ctx: StepContext) -> dict:
+    return _terraform(ctx, lambda p, tf, sink: {"log": sink.tail()}, what="init")
+
+
+def plan(ctx: StepContext) -> dict:
+    from .services import set_provisioning_status, store_plan
+
+    def body(provisioning: Provisioning, tf: Any, sink: _TerraformSink) -> dict:
+        summary = tf.plan(on_log=sink.on_log, should_cancel=sink.should_cancel)
+        data = summary.as_dict()
+        store_plan(provisioning, tf.plan_bytes(), data)
+        ctx.event(
+            f"plan: {summary.add} to add, {summary.change} to change, {summary.destroy} to destroy",
+            source="terraform",
+            **{k: data[k] for k in ("add", "change", "destroy")},
+        )
+        next_status = (
+            ProvisioningStatus.APPLYING if provisioning.auto_approve else ProvisioningStatus.AWAITING_APPROVAL
+        )
+        set_provisioning_status(provisioning.pk, next_status)
+        return {"summary": data, "log": sink.tail()}
+
+    return _terraform(ctx, body, what="plan")
+
+
+def await_approval(ctx: StepContext) -> Any:
+    provisioning = _provisioning(ctx)
+    if provisioning.auto_approve:
+        return {"approved": "auto"}
+    if provisioning.approved_at is not None:
+        return {
+            "approved_by": getattr(provisioning.approved_by, "username", ""),
+            "approved_at": provisioning.approved_at.isoformat(),
+        }
+    summary = provisioning.plan_summary or {}
+    return NotYet(
+        f"plan ({summary.get('add', 0)} to add, {summary.get('change', 0)} to change, "
+        f"{summary.get('destroy', 0)} to destroy) waits for POST /runs/{ctx.run.pk}/approve"
+    )
+
+
+def apply(ctx: StepContext) -> dict:
+    from .services import saved_plan, set_provisioning_status
+
+    def body(provisioning: Provisioning, tf: Any, sink: _TerraformSink) -> dict:
+        planned = (
+            int((provisioning.plan_summary or {}).get("add", 0))
+            + int((provisioning.plan_summary or {}).get("change", 0))
+            + int((provisioning.plan_summary or {}).get("destroy", 0))
+        )
+        sink.planned = planned
+        Provisioning.objects.filter(pk=provisioning.pk, applied_at__isnull=True).update(
+            applied_at=timezone.now()
+        )
+        set_provisioning_status(provisioning.pk, ProvisioningStatus.APPLYING)
+        # A re-run of this step (worker died mid-apply) finds the saved plan stale: the state moved on.
+        # The approval covered this configuration, so plan-and-apply it again.
+        plan_bytes = saved_plan(provisioning) if ctx.step.attempt <= 1 else None
+        result = tf.apply(
+            plan_bytes,
+            on_event=sink.on_event,
+            on_log=sink.on_log,
+            should_cancel=sink.should_cancel,
+        )
+        Provisioning.objects.filter(pk=provisioning.pk).update(plan=None)
+        return {
+            "resources": sink.resources,
+            "add": result.add,
+            "change": result.change,
+            "destroy": result.destroy,
+            "log": sink.tail(),
+        }
+
+    return _terraform(ctx, body, what="apply")
+
+
+def outputs(ctx: StepContext) -> dict:
+    """Read the outputs; the (sensitive) kubeconfig goes straight into the cluster's registration."""
+    from clusters.services import RegistrationRefused, replace_kubeconfig
+
+    from .services import set_provisioning_status
+
+    def body(provisioning: Provisioning, tf: Any, sink: _TerraformSink) -> dict:
+        values = tf.output()
+        public = {name: out.value for name, out in values.items() if not out.sensitive}
+        Provisioning.objects.filter(pk=provisioning.pk).update(outputs=public)
+        if (
+            provisioning.registration_run_id
+            and Run.objects.filter(pk=provisioning.registration_run_id).exists()
+        ):
+            return {"outputs": public, "registration_run": str(provisioning.registration_run_id)}
+        kubeconfig = values.get("kubeconfig")
+        if kubeconfig is None or not kubeconfig.value:
+            raise StepFailed(f"module {provisioning.module} returned no kubeconfig output")
+        # This launches a run from inside a worker; a long-lived worker's ContentType cache may hold ids of
+        # rows that no longer exist when the database was flushed under it (test suites), so re-read them.
+        from django.contrib.contenttypes.models import ContentType
+
+        ContentType.objects.clear_cache()
+        try:
+            run = replace_kubeconfig(
+                provisioning.cluster, str(kubeconfig.value).encode(), user=ctx.run.created_by
+            )
+        except RegistrationRefused as exc:
+            raise StepFailed(f"the provisioned cluster's kubeconfig was refused: {exc}") from None
+        set_provisioning_status(provisioning.pk, ProvisioningStatus.REGISTERING, registration_run=run)
+        return {"outputs": public, "registration_run": str(run.pk)}
+
+    return _terraform(ctx, body, what="output")
+
+
+def wait_registration(ctx: StepContext) -> Any:
+    from .services import set_provisioning_status
+
+    provisioning = _provisioning(ctx)
+    run = Run.objects.filter(pk=provisioning.registration_run_id).first()
+    if run is None:
+        raise StepFailed("the registration run disappeared")
+    if run.status == RunStatus.SUCCEEDED:
+        set_provisioning_status(provisioning.pk, ProvisioningStatus.PROVISIONED)
+        return {"registration_run": str(run.pk), "status": run.status}
+    if run.status in RunStatus.terminal():
+        raise StepFailed(f"registration of the new cluster {run.status}: {run.error}")
+    step = run.steps.filter(status__in=["running", "waiting"]).order_by("order").first()
+    doing = f" ({step.title})" if step else ""
+    return NotYet(f"registration {run.progress:.0f}%{doing}", progress=run.progress / 100.0)
+
+
+def record_failure(ctx: StepContext) -> dict:
+    """Cleanup: record why, stop a registration still running; resources stay until the cluster is deleted."""
+    from clusters.choices import ClusterStatus
+    from clusters.services import set_status
+    from core.workflow import request_cancel
+
+    from .services import set_provisioning_status
+
+    provisioning = (
+        Provisioning.objects.filter(pk=ctx.params["provisioning_id"]).select_related("cluster").first()
+    )
+    if provisioning is None:
+        return {"skipped": "provisioning gone"}
+    ctx.run.refresh_from_db(fields=["cancel_requested", "error"])
+    cancelled = ctx.run.cancel_requested
+    status = ProvisioningStatus.CANCELLED if cancelled else ProvisioningStatus.FAILED
+    reason = ctx.run.error or ("cancelled" if cancelled else "provisioning did not finish")
+    set_provisioning_status(provisioning.pk, status, reason)
+    registration = Run.objects.filter(pk=provisioning.registration_run_id).first()
+    if registration is not None and registration.is_active:
+        request_cancel(registration, reason="provisioning cancelled")
+    cluster = provisioning.cluster
+    cluster.refresh_from_db()
+    provisioning.refresh_from_db(fields=["applied_at"])
+    hint = "; delete the cluster to destroy what was created" if provisioning.applied_at else ""
+    if cluster.status in (ClusterStatus.PROVISIONING, ClusterStatus.REGISTERING):
+        set_status(
+            cluster, ClusterStatus.ERROR, f"provisioning {status}: {reason}{hint}", kind="provisioning"
+        )
+    return {"status": status}
+
+
+def _poll_interval(ctx: StepContext) -> float:
+    return float(_setting("PROVISIONING_POLL_INTERVAL", 2.0))
+
+
+PROVISION_STEPS = [
+    Step("check_credentials", "Check cloud credentials", check_credentials, eta=1),
+    Step("init", "Initialise Terraform", init, eta=10),
+    Step("plan", "Plan", plan, eta=30),
+    Step(
+        "approve",
+        "Wait for approval",
+        await_approval,
+        eta=1,
+        poll=Poll(
+            interval=lambda ctx: float(_setting("PROVISIONING_APPROVAL_POLL_INTERVAL", 10.0)),
+            timeout=lambda ctx: float(_setting("PROVISIONING_APPROVAL_TIMEOUT", 7 * 24 * 3600.0)),
+            what="approval of the plan (POST /runs/{id}/approve)",
+        ),
+    ),
+    Step("apply", "Apply", apply, eta=900),
+    Step("outputs", "Read outputs and register the cluster", outputs, eta=10),
+    Step(
+        "wait_registration",
+        "Wait for the cluster's registration",
+        wait_registration,
+        eta=60,
+        poll=Poll(
+            interval=_poll_interval,
+            timeout=lambda ctx: float(_setting("PROVISIONING_REGISTRATION_TIMEOUT", 1800.0)),
+            what="the registration run of the new cluster",
+        ),
+    ),
+]
+
+PROVISION = Workflow(
+    kind="cluster.provision",
+    title="Provision cluster",
+    steps=PROVISION_STEPS,
+    cleanup=[Step("record_failure", "Record why provisioning stopped", record_failure)],
+)
+
+
+# --- steps contributed to cluster registration and deletion ------------------------------------------------------
+
+
+def _cluster(ctx: StepContext):
+    from clusters.models import Cluster
+
+    try:
+        return Cluster.objects.get(pk=ctx.params["cluster_id"])
+    except Cluster.DoesNotExist:
+        raise StepFailed(f"cluster {ctx.params['cluster_id']} no longer exists") from None
+
+
+def _task_sink(ctx: StepContext, playbook: str):
+    """Store each Ansible task result as a RunEvent (AWX's one event row per task), already redacted."""
+
+    def store(event: Any) -> None:
+        detail = f" - {event.message}" if event.message and event.status in ("failed", "unreachable") else ""
+        RunEvent.objects.create(
+            run_id=ctx.run.pk,
+            step=ctx.step.name,
+            status=event.status,
+            message=f"{event.task}: {event.status}{detail}",
+            data={"source": "ansible", "playbook": playbook, **event.as_dict()},
+        )
+
+    return store
+
+
+def _playbook(ctx: StepContext, cluster: Any, playbook: str, extravars: dict) -> Any:
+    from .ansible import PlaybookError, run_playbook
+
+    try:
+        return run_playbook(
+            playbook,
+            kubeconfig=cluster.kubeconfig,
+            extravars=extravars,
+            on_event=_task_sink(ctx, playbook),
+            should_cancel=lambda: _cancel_requested(ctx.run.pk),
+            timeout=float(_setting("PLAYBOOK_TIMEOUT", 600.0)),
+        )
+    except PlaybookError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+def _setup_enabled() -> bool:
+    return bool(_setting("CLUSTER_SETUP_PLAYBOOKS", True))
+
+
+def setup_cluster(ctx: StepContext) -> dict:
+    """Namespaces, service account, RBAC (and the SCC on OpenShift) through setup_cluster.yml."""
+    if not _setup_enabled():
+        return {"skipped": "CLUSTER_SETUP_PLAYBOOKS is off"}
+    cluster = _cluster(ctx)
+    platform = (ctx.outputs.get("identify_platform") or {}).get("platform")
+    result = _playbook(ctx, cluster, "setup_cluster.yml", {"platform": platform} if platform else {})
+    if result.status == "canceled":
+        raise Cancelled("setup playbook interrupted")
+    if not result.ok:
+        raise StepFailed(result.summary())
+    return result.as_dict()
+
+
+def teardown_cluster(ctx: StepContext) -> dict:
+    """Remove what setup_cluster.yml created; an unreachable cluster is skipped when the deletion is forced."""
+    from clusters.services import gateway_for, record_event
+    from core.gateway import GatewayError
+
+    if not _setup_enabled():
+        return {"skipped": "CLUSTER_SETUP_PLAYBOOKS is off"}
+    cluster = _cluster(ctx)
+    if not cluster.kubeconfig:
+        return {"skipped": "the cluster has no kubeconfig (never registered)"}
+    force = bool(ctx.params.get("force"))
+    # A quick probe first: the Kubernetes client behind the playbook retries an unreachable server for
+    # minutes, and a forced deletion should not wait for that.
+    try:
+        with gateway_for(cluster, timeout=5.0, connect_timeout=3.0) as gw:
+            gw.version()
+    except GatewayError as exc:
+        if force:
+            record_event(cluster, "deletion", f"cluster unreachable, teardown playbook skipped: {exc}")
+            return {"skipped": str(exc)}
+        raise StepFailed(f"{exc}; retry, or delete with force=true to drop the record anyway") from None
+    result = _playbook(ctx, cluster, "teardown_cluster.yml", {"platform": cluster.platform})
+    if result.status == "canceled":
+        raise Cancelled("teardown playbook interrupted")
+    if not result.ok:
+        if force and result.unreachable:
+            record_event(
+                cluster, "deletion", f"teardown playbook could not reach the cluster: {result.summary()}"
+            )
+            return {"skipped": result.summary()}
+        raise StepFailed(result.summary())
+    return result.as_dict()
+
+
+def stop_provisioning(ctx: StepContext) -> Any:
+    """A provisioning run still going is cancelled (its Terraform is interrupted) and waited for."""
+    from core.workflow import request_cancel
+
+    provisioning = Provisioning.objects.filter(cluster_id=ctx.params["cluster_id"]).first()
+    if provisioning is None or provisioning.run_id is None:
+        return {"skipped": "not provisioned"}
+    run = Run.objects.filter(pk=provisioning.run_id).first()
+    if run is None or run.status in RunStatus.terminal():
+        return {"provisioning_run": str(provisioning.run_id) if run else None}
+    if not run.cancel_requested:
+        request_cancel(run, reason="the cluster is being deleted")
+    return NotYet(f"waiting for provisioning run {run.pk} to stop")
+
+
+def destroy(ctx: StepContext) -> dict:
+    """``terraform destroy`` of a provisioned cluster, then drop its (empty) state."""
+    from .services import drop_state, runner_for, set_provisioning_status
+    from .terraform import TerraformCancelled, TerraformError
+
+    provisioning = (
+        Provisioning.objects.filter(cluster_id=ctx.params["cluster_id"]).select_related("credential").first()
+    )
+    if provisioning is None:
+        return {"skipped": "not provisioned"}
+    if not provisioning.needs_destroy:
+        drop_state(provisioning)  # init may have created the schema; nothing was applied
+        set_provisioning_status(provisioning.pk, ProvisioningStatus.DESTROYED, destroyed_at=timezone.now())
+        return {"skipped": "nothing was applied"}
+    set_provisioning_status(provisioning.pk, ProvisioningStatus.DESTROYING)
+    sink = _TerraformSink(ctx)
+    try:
+        with runner_for(provisioning) as tf:
+            tf.init(on_log=sink.on_log)
+            result = tf.destroy(
+                on_event=sink.on_event,
+                on_log=sink.on_log,
+                on_progress=lambda f: ctx.progress(f),
+                should_cancel=sink.should_cancel,
+            )
+    except TerraformCancelled:
+        set_provisioning_status(provisioning.pk, ProvisioningStatus.FAILED, "destroy interrupted")
+        raise Cancelled("terraform destroy interrupted") from None
+    except TerraformError as exc:
+        set_provisioning_status(provisioning.pk, ProvisioningStatus.FAILED, f"destroy failed: {exc}")
+        raise StepFailed(
+            f"{exc}; the cloud resources may still exist: fix the cause (credentials, quotas) and delete again"
+        ) from None
+    drop_state(provisioning)
+    set_provisioning_status(provisioning.pk, ProvisioningStatus.DESTROYED, destroyed_at=timezone.now())
+    return {"resources": sink.resources, "destroyed": result.destroy, "log": sink.tail()}
+
+
+def _destroy_eta(params: dict) -> float:
+    """Deletion's progress/ETA: a destroy takes minutes, a no-op (not provisioned) nothing."""
+    applied = Provisioning.objects.filter(
+        cluster_id=params.get("cluster_id"), applied_at__isnull=False, destroyed_at__isnull=True
+    ).exists()
+    return 600.0 if applied else 1.0
+
+
+SETUP_STEPS = [Step("setup_cluster", "Prepare the cluster (namespaces, RBAC)", setup_cluster, eta=8)]
+TEARDOWN_STEPS = [
+    Step("teardown_cluster", "Remove BudCluster's namespaces and RBAC", teardown_cluster, eta=8)
+]
+DESTROY_STEPS = [
+    Step(
+        "stop_provisioning",
+        "Stop provisioning still in progress",
+        stop_provisioning,
+        eta=1,
+        poll=Poll(interval=2.0, timeout=600.0, what="the provisioning run to stop"),
+    ),
+    Step("destroy", "Destroy the cloud resources (terraform destroy)", destroy, eta=_destroy_eta),
+]
