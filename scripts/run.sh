@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Start web, a Celery worker and beat; Ctrl-C (or any of them exiting) stops all of them.
+# Start web, a Celery worker, beat and the local devcluster (gpu-mixed, registered as cluster "devcluster");
+# Ctrl-C (or any of them exiting) stops all of them. DEVCLUSTER=0 skips the devcluster.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 PORT="${PORT:-9082}"
 HOST="${HOST:-127.0.0.1}"
+DEVCLUSTER="${DEVCLUSTER:-1}"
 mkdir -p var
+
+# The devcluster listens on loopback; the kubeconfig guard refuses loopback servers unless this is on. It is
+# set for the processes started here only (keep it off in production).
+if [ "$DEVCLUSTER" = "1" ]; then
+  export BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS="${BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS:-1}"
+fi
 
 pids=()
 cleanup() {
@@ -16,6 +24,21 @@ cleanup() {
   echo "stopped"
 }
 trap cleanup INT TERM EXIT
+
+port_free() { "$PY" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$1" 2>/dev/null; }
+
+DC_KUBECONFIG=var/devcluster.yaml
+if [ "$DEVCLUSTER" = "1" ]; then
+  DC_PORT="${DEVCLUSTER_PORT:-6443}"
+  if [ -z "${DEVCLUSTER_PORT:-}" ] && ! port_free "$DC_PORT"; then
+    echo "port $DC_PORT is busy; the devcluster takes a free port (set DEVCLUSTER_PORT to choose one)"
+    DC_PORT=0
+  fi
+  rm -f "$DC_KUBECONFIG"
+  $PY -m devcluster serve --port "$DC_PORT" --nodes "${DEVCLUSTER_NODES:-gpu-mixed}" --kubeconfig "$DC_KUBECONFIG" \
+    --log-level WARNING &
+  pids+=($!)
+fi
 
 .venv/bin/gunicorn budcluster_site.wsgi --bind "$HOST:$PORT" --workers "${WEB_CONCURRENCY:-2}" \
   --access-logfile - --log-level "${LOG_LEVEL:-info}" &
@@ -29,13 +52,27 @@ for _ in $(seq 1 60); do
   curl -fsS "http://$HOST:$PORT/health" >/dev/null 2>&1 && break
   sleep 0.5
 done
+
+DC_MSG="    Devcluster not started (DEVCLUSTER=0)"
+if [ "$DEVCLUSTER" = "1" ]; then
+  for _ in $(seq 1 60); do [ -s "$DC_KUBECONFIG" ] && break; sleep 0.5; done
+  if [ -s "$DC_KUBECONFIG" ]; then
+    $PY manage.py attach_devcluster "$DC_KUBECONFIG" --name devcluster
+    DC_MSG="    Devcluster $(grep -m1 'server:' "$DC_KUBECONFIG" | awk '{print $2}')  (kubeconfig $DC_KUBECONFIG; cluster \"devcluster\")
+    Demo       .venv/bin/python manage.py demo   (plan, deploy, health, delete through the API)"
+  else
+    DC_MSG="    Devcluster did not write $DC_KUBECONFIG (see its log above)"
+  fi
+fi
+
 cat <<MSG
 
   BudCluster is up.
     API docs   http://$HOST:$PORT/docs   (OpenAPI schema: /schema, ReDoc: /redoc)
     Admin      http://$HOST:$PORT/admin/
     Health     http://$HOST:$PORT/health  /health/db  /health/broker
-  Press Ctrl-C to stop web, worker and beat.
+$DC_MSG
+  Press Ctrl-C to stop everything.
 
 MSG
 wait -n

@@ -1,1 +1,251 @@
-"""API serializers of the deployments app."""
+"""Deployment serializers. Credentials (HF token, S3 keys) are write-only: no response ever contains them."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from clusters.models import Cluster, Revision
+
+from ..catalog import resolve_model
+from ..choices import DeploymentStatus, DeviceType, ModelSource
+from ..models import Deployment, DeploymentEvent, Worker
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+@extend_schema_field(
+    {"oneOf": [{"type": "integer"}, {"type": "string"}], "description": "Cluster id or name"}
+)
+class ClusterField(serializers.Field):
+    """A cluster by id or by name."""
+
+    def to_internal_value(self, data):
+        qs = Cluster.objects.defer("kubeconfig")
+        cluster = None
+        if isinstance(data, int) or (isinstance(data, str) and data.isdigit()):
+            cluster = qs.filter(pk=int(data)).first()
+        if cluster is None and isinstance(data, str):
+            cluster = qs.filter(name=data).first()
+        if cluster is None:
+            raise serializers.ValidationError(f"no cluster {data!r} (give its id or name)")
+        return cluster
+
+    def to_representation(self, value):
+        return value.pk
+
+
+class ModelField(serializers.JSONField):
+    """A catalog name or Hugging Face id, or an object describing the model (see deployments/catalog.py)."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not isinstance(value, str | dict):
+            raise serializers.ValidationError("model must be a catalog name or an object")
+        try:
+            resolve_model(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return value
+
+
+class S3Serializer(serializers.Serializer):
+    endpoint = serializers.URLField(required=False, allow_blank=True, default="")
+    region = serializers.CharField(required=False, default="us-east-1")
+    bucket = serializers.CharField()
+    prefix = serializers.CharField(required=False, allow_blank=True, default="")
+    access_key_id = serializers.CharField(write_only=True)
+    secret_access_key = serializers.CharField(write_only=True)
+
+
+class PlanSerializer(serializers.Serializer):
+    """What to deploy and where: the request of both ``plan`` and ``deploy``."""
+
+    cluster = ClusterField()
+    name = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        required=False,
+        help_text="Deployment (endpoint) name; letters, digits, '.', '_', '-'",
+    )
+    model = ModelField(
+        help_text="Catalog name (e.g. llama-3.1-8b-instruct) or an object with the model's shape"
+    )
+    served_model_name = serializers.CharField(required=False, max_length=200)
+    device_type = serializers.ChoiceField(choices=DeviceType.choices, default=DeviceType.AUTO)
+    replicas = serializers.IntegerField(min_value=1, max_value=256, default=1)
+    dtype = serializers.CharField(required=False, default="auto")
+    quantization = serializers.CharField(required=False, allow_blank=True, allow_null=True, default=None)
+    context_len = serializers.IntegerField(required=False, min_value=1)
+    input_tokens = serializers.IntegerField(required=False, min_value=1)
+    output_tokens = serializers.IntegerField(required=False, min_value=1)
+    concurrency = serializers.IntegerField(min_value=1, default=16)
+    gpu_memory_utilization = serializers.FloatField(required=False, min_value=0.05, max_value=1.0)
+    max_tp = serializers.IntegerField(required=False, min_value=1)
+    engine_args = serializers.ListField(
+        child=serializers.CharField(max_length=500), required=False, default=list
+    )
+    image = serializers.CharField(required=False, allow_blank=True, default="", max_length=300)
+    env = serializers.DictField(
+        child=serializers.CharField(allow_blank=True), required=False, default=dict,
+        help_text="Plain environment variables for the engine (names that look like secrets are refused)",
+    )  # fmt: skip
+    source = serializers.ChoiceField(choices=ModelSource.choices, default=ModelSource.HF)
+    revision = serializers.CharField(required=False, default="main")
+    service_type = serializers.ChoiceField(choices=["LoadBalancer", "ClusterIP", "NodePort"], required=False)
+
+    def validate_env(self, value: dict) -> dict:
+        import re
+
+        for key in value:
+            if not re.match(_ENV_NAME, key):
+                raise serializers.ValidationError(f"{key!r} is not a valid environment variable name")
+        return value
+
+    def config(self) -> dict:
+        """The request as stored on the deployment and given to placement (no credentials)."""
+        data = dict(self.validated_data)
+        data.pop("cluster", None)
+        data.pop("name", None)
+        s3 = data.pop("s3", None)
+        for key in ("hf_token", "keep_on_failure", "benchmark_request"):
+            data.pop(key, None)
+        if s3:
+            data["s3"] = {k: v for k, v in s3.items() if k not in ("access_key_id", "secret_access_key")}
+        return {k: v for k, v in data.items() if v is not None}
+
+
+class DeploySerializer(PlanSerializer):
+    name = serializers.RegexField(
+        r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", help_text="Deployment (endpoint) name"
+    )
+    hf_token = serializers.CharField(
+        required=False, write_only=True, allow_blank=True,
+        help_text="Hugging Face token for gated models; stored as a Kubernetes Secret, never returned",
+    )  # fmt: skip
+    s3 = S3Serializer(required=False, help_text="With source s3: where the weights are and the access keys")
+    ready_timeout = serializers.FloatField(
+        required=False, min_value=1, help_text="Seconds to wait for pods ready"
+    )
+    transfer_timeout = serializers.FloatField(required=False, min_value=1)
+    benchmark = serializers.JSONField(required=False, allow_null=True, default=None)
+    keep_on_failure = serializers.BooleanField(default=False, help_text="Leave the namespace for inspection")
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs.get("source") == ModelSource.S3 and not attrs.get("s3"):
+            raise serializers.ValidationError({"s3": "required when source is s3"})
+        return attrs
+
+    def credentials(self) -> dict:
+        data = self.validated_data
+        creds = {}
+        if data.get("hf_token"):
+            creds["hf_token"] = data["hf_token"]
+        if data.get("s3"):
+            creds["s3_access_key_id"] = data["s3"]["access_key_id"]
+            creds["s3_secret_access_key"] = data["s3"]["secret_access_key"]
+        return creds
+
+
+class WorkerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Worker
+        fields = (
+            "id",
+            "name",
+            "node",
+            "device",
+            "phase",
+            "ready",
+            "restarts",
+            "reason",
+            "started_at",
+            "updated_at",
+        )
+
+
+class RevisionSerializer(serializers.ModelSerializer):
+    objects = serializers.JSONField(source="applied", read_only=True)
+
+    class Meta:
+        model = Revision
+        fields = ("number", "description", "values", "objects", "created_at")
+
+
+class DeploymentEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DeploymentEvent
+        fields = ("kind", "old_status", "new_status", "message", "created_at")
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="deployment-detail")
+    cluster_name = serializers.CharField(source="cluster.name", read_only=True)
+    status = serializers.ChoiceField(choices=DeploymentStatus.choices, read_only=True)
+    revision = serializers.SerializerMethodField(help_text="Current revision number of the runtime release")
+
+    class Meta:
+        model = Deployment
+        fields = (
+            "id", "url", "name", "cluster", "cluster_name", "namespace", "model_name", "device_type", "engine",
+            "replicas", "ready_replicas", "engine_args", "image", "endpoint_url", "status", "reason", "revision",
+            "last_checked", "created_at", "updated_at",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_revision(self, obj: Deployment) -> int | None:
+        return obj.release.current_revision if obj.release_id else None
+
+
+class DeploymentDetailSerializer(DeploymentSerializer):
+    workers = WorkerSerializer(many=True, read_only=True)
+    revisions = serializers.SerializerMethodField()
+    run = serializers.SerializerMethodField(help_text="The latest run of this deployment")
+    events = serializers.SerializerMethodField()
+
+    class Meta(DeploymentSerializer.Meta):
+        fields = (
+            *DeploymentSerializer.Meta.fields, "model_spec", "config", "placement", "keep_on_failure", "workers",
+            "revisions", "run", "events",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_revisions(self, obj: Deployment) -> list[dict]:
+        from ..services import revisions
+
+        return RevisionSerializer(revisions(obj), many=True).data
+
+    def get_run(self, obj: Deployment) -> dict | None:
+        from rest_framework.reverse import reverse
+
+        from core.models import Run
+
+        run = (
+            Run.objects.filter(subject_id=str(obj.pk), kind__startswith="deployment.")
+            .order_by("-created_at")
+            .first()
+        )
+        if run is None:
+            return None
+        request = self.context.get("request")
+        return {
+            "id": str(run.pk), "kind": run.kind, "status": run.status, "progress": run.progress, "eta": run.eta,
+            "error": run.error, "url": reverse("run-detail", kwargs={"pk": run.pk}, request=request),
+        }  # fmt: skip
+
+    def get_events(self, obj: Deployment) -> list[dict]:
+        return DeploymentEventSerializer(obj.events.all()[:50], many=True).data
+
+
+class DeploymentUpdateSerializer(serializers.Serializer):
+    replicas = serializers.IntegerField(required=False, min_value=1, max_value=256)
+    engine_args = serializers.ListField(child=serializers.CharField(max_length=500), required=False)
+    image = serializers.CharField(required=False, allow_blank=True, max_length=300)
+
+    def validate(self, attrs: dict) -> dict:
+        if not attrs:
+            raise serializers.ValidationError("give replicas, engine_args and/or image")
+        return attrs
+
+
+class RollbackSerializer(serializers.Serializer):
+    revision = serializers.IntegerField(min_value=1)

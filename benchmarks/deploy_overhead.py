@@ -1,0 +1,221 @@
+"""Deploy orchestration overhead: N concurrent deploys of an 8B model on one devcluster, on real Celery workers.
+
+Every deploy runs the whole ``deployment.deploy`` workflow (verify → place with an inventory read → namespace →
+secrets → transfer chart → wait transfer → runtime chart → wait ready → verify endpoint → running). The
+cluster's own waits are simulated (the weights copy lasts ``--job-duration`` seconds, pods start and get ready
+after ``--pod-delay`` seconds each); the script prints, per deploy, the run's wall time beside the time spent in
+the waiting steps, and the difference — what BudCluster itself costs (queueing on the workers included).
+
+Usage: python benchmarks/deploy_overhead.py [--deploys 50] [--workers 4] [--job-duration 2] [--pod-delay 0.5]
+(PostgreSQL database ``budcluster_bench_deploy`` and Redis db 13 by default; DATABASE_URL / CELERY_BROKER_URL
+override). Target: errors 0, orchestration overhead ≤ 300 ms per deploy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "budcluster_site.settings")
+os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/budcluster_bench_deploy")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/13")
+os.environ["BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS"] = "1"
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+os.environ.setdefault("DEPLOY_POLL_INTERVAL", "0.2")
+os.environ.setdefault("DEPLOY_VERIFY_INTERVAL", "0.2")
+
+WAIT_STEPS = ("wait_transfer", "wait_ready", "verify_endpoint")
+NODE_TEMPLATE = ROOT / "tests" / "fixtures" / "nodes" / "h100-xe9680.yaml"
+
+
+def _ensure_database() -> None:
+    import psycopg
+
+    url = os.environ["DATABASE_URL"]
+    name = url.rsplit("/", 1)[1]
+    admin = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def _nodes_file(workdir: Path, gpus_needed: int) -> Path:
+    """Enough 8x H100 nodes (GPU feature discovery labels already on them) for one GPU per deploy."""
+    template = yaml.safe_load(NODE_TEMPLATE.read_text())
+    nodes = []
+    for i in range(max(1, -(-gpus_needed // 8))):
+        node = copy.deepcopy(template)
+        name = f"h100-{i:02d}"
+        node["metadata"]["name"] = name
+        node["metadata"]["labels"]["kubernetes.io/hostname"] = name
+        nodes.append(node)
+    path = workdir / "nodes.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": nodes}))
+    return path
+
+
+def _start_devcluster(
+    workdir: Path, nodes: Path, job_duration: float, pod_delay: float
+) -> tuple[subprocess.Popen, Path]:
+    out = workdir / "kubeconfig.yaml"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devcluster", "serve", "--port", "0", "--nodes", str(nodes), "--kubeconfig", str(out),
+         "--job-duration", str(job_duration), "--pod-start-delay", str(pod_delay), "--pod-ready-delay", str(pod_delay),
+         "--log-level", "WARNING"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"devcluster exited: {proc.stderr.read().decode()[-2000:]}")
+        if out.exists() and out.stat().st_size:
+            return proc, out
+        time.sleep(0.1)
+    raise SystemExit("devcluster did not start within 120 s")
+
+
+def _start_worker(concurrency: int) -> subprocess.Popen:
+    log = open(ROOT / "var" / "bench-deploy-worker.log", "wb")  # noqa: SIM115 - lives as long as the worker
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "budcluster_site", "worker", "-l", "WARNING", "-c", str(concurrency),
+         "-n", "bench-deploy@%h", "--without-mingle", "--without-gossip"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _stats(values: list[float]) -> str:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return (
+        f"mean {statistics.fmean(values):7.3f}  median {statistics.median(values):7.3f}  "
+        f"p95 {p95:7.3f}  max {ordered[-1]:7.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deploys", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=4, help="Celery worker concurrency")
+    parser.add_argument("--job-duration", type=float, default=2.0, help="simulated weights copy, seconds")
+    parser.add_argument(
+        "--pod-delay", type=float, default=0.5, help="simulated pod start and ready delays, seconds"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args()
+
+    _ensure_database()
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import redis
+
+    from clusters import services as cluster_services
+    from clusters.models import Cluster
+    from core import crypto
+    from core.choices import RunStatus
+    from core.models import Run
+    from deployments import services
+    from hardware.services import refresh_inventory
+
+    if not crypto.symmetric_key_path().exists():
+        call_command("generate_keys", "--if-missing", verbosity=0)
+    redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, kubeconfig = _start_devcluster(
+            Path(tmp), _nodes_file(Path(tmp), args.deploys), args.job_duration, args.pod_delay
+        )
+        worker = _start_worker(args.workers)
+        try:
+            Run.objects.all().delete()
+            Cluster.objects.all().delete()
+            checked = cluster_services.validate(kubeconfig.read_bytes())
+            cluster = Cluster.objects.create(
+                name="bench",
+                server_url=checked.server,
+                kubeconfig=checked.normalized_yaml(),
+                status="available",
+            )
+            with cluster_services.gateway_for(cluster) as gw:
+                inventory = refresh_inventory(cluster, gw)
+            print(f"devcluster: {inventory['nodes']} nodes, {inventory['free_accelerators']} free H100s; "
+                  f"worker concurrency {args.workers}; simulated copy {args.job_duration:g}s, "
+                  f"pod start/ready {args.pod_delay:g}s + {args.pod_delay:g}s")  # fmt: skip
+
+            t0 = time.monotonic()
+            runs = []
+            for i in range(args.deploys):
+                config = {
+                    "model": "llama-3.1-8b-instruct",
+                    "context_len": 4096,
+                    "concurrency": 8,
+                    "device_type": "cuda",
+                }
+                _, run = services.start_deploy(cluster, name=f"bench-{i:03d}", config=config)
+                runs.append(run.pk)
+            submit = time.monotonic() - t0
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                active = Run.objects.filter(pk__in=runs, status__in=RunStatus.active()).count()
+                if not active:
+                    break
+                time.sleep(0.5)
+            elapsed = time.monotonic() - t0
+        finally:
+            _stop(worker)
+            _stop(proc)
+
+    done = list(Run.objects.filter(pk__in=runs).prefetch_related("steps"))
+    errors = [r for r in done if r.status != RunStatus.SUCCEEDED]
+    walls, waits, overheads = [], [], []
+    for run in done:
+        if run.status != RunStatus.SUCCEEDED:
+            continue
+        wall = (run.finished_at - run.created_at).total_seconds()
+        waited = sum(
+            (s.finished_at - s.started_at).total_seconds() for s in run.steps.all() if s.name in WAIT_STEPS
+        )
+        walls.append(wall)
+        waits.append(waited)
+        overheads.append(wall - waited)
+    print(f"{args.deploys} deploys submitted in {submit:.2f}s ({submit / args.deploys * 1000:.1f} ms each, API path "
+          f"without HTTP); all finished in {elapsed:.1f}s")  # fmt: skip
+    print(
+        f"errors: {len(errors)}" + "".join(f"\n  {r.title}: {r.status}: {r.error[:200]}" for r in errors[:5])
+    )
+    if walls:
+        print("per deploy, seconds:")
+        print(f"  run wall time           {_stats(walls)}")
+        print(f"  simulated waits         {_stats(waits)}   (transfer, pods ready, endpoint; polled every "
+              f"{os.environ['DEPLOY_POLL_INTERVAL']}s)")  # fmt: skip
+        print(f"  orchestration overhead  {_stats(overheads)}   (target ≤ 0.300 mean; includes queueing behind "
+              f"{args.deploys} concurrent runs on {args.workers} worker processes)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
