@@ -62,6 +62,16 @@ def validate(raw: bytes, context: str | None = None) -> ValidatedKubeconfig:
         raise RegistrationRefused(f"kubeconfig refused: {exc}") from None
 
 
+def step_cluster(ctx: Any) -> Cluster:
+    """The cluster a workflow step works on (``params["cluster_id"]``); fails the step if it was deleted."""
+    from core.workflow import StepFailed
+
+    try:
+        return Cluster.objects.get(pk=ctx.params["cluster_id"])
+    except Cluster.DoesNotExist:
+        raise StepFailed(f"cluster {ctx.params['cluster_id']} no longer exists") from None
+
+
 def kubeconfig_dict(cluster: Cluster) -> dict:
     """The decrypted kubeconfig of a cluster (in memory only)."""
     if not cluster.kubeconfig:

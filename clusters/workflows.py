@@ -8,18 +8,11 @@ from core.workflow import Step, StepContext, StepFailed, Workflow
 
 from .choices import ClusterStatus, Platform
 from .models import Cluster, Release
-from .services import gateway_for, record_event, set_status, verify_connection
-
-
-def _cluster(ctx: StepContext) -> Cluster:
-    try:
-        return Cluster.objects.get(pk=ctx.params["cluster_id"])
-    except Cluster.DoesNotExist:
-        raise StepFailed(f"cluster {ctx.params['cluster_id']} no longer exists") from None
+from .services import gateway_for, record_event, set_status, step_cluster, verify_connection
 
 
 def verify(ctx: StepContext) -> dict:
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     try:
         with gateway_for(cluster) as gw:
             return verify_connection(gw)
@@ -28,7 +21,7 @@ def verify(ctx: StepContext) -> dict:
 
 
 def identify_platform(ctx: StepContext) -> dict:
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     try:
         with gateway_for(cluster) as gw:
             platform = Platform.OPENSHIFT if gw.is_openshift() else Platform.KUBERNETES
@@ -40,7 +33,7 @@ def identify_platform(ctx: StepContext) -> dict:
 
 def store(ctx: StepContext) -> dict:
     """Make sure the stored kubeconfig reads back and sits under the current key; record what was learned."""
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     if crypto.needs_rotation(_raw_token(cluster)):
         cluster.save(update_fields=["kubeconfig"])  # re-encrypts under the current key
     Cluster.objects.filter(pk=cluster.pk).update(
@@ -60,7 +53,7 @@ def _raw_token(cluster: Cluster) -> str:
 
 
 def mark_available(ctx: StepContext) -> dict:
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     set_status(cluster, ClusterStatus.AVAILABLE, "", kind="registration")
     return {"status": ClusterStatus.AVAILABLE}
 
@@ -114,7 +107,7 @@ def teardown(ctx: StepContext) -> dict:
     """Remove what BudCluster installed on the cluster (every recorded release), newest first."""
     from .releases import uninstall
 
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     releases = list(
         Release.objects.filter(cluster=cluster).exclude(status="uninstalled").order_by("-created_at")
     )
@@ -139,7 +132,7 @@ def teardown(ctx: StepContext) -> dict:
 
 
 def delete_record(ctx: StepContext) -> dict:
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     name = cluster.name
     cluster.delete()
     return {"deleted": name}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from clusters.models import Cluster
+from clusters.services import step_cluster
 from core.gateway import GatewayError
 from core.workflow import NotYet, Poll, Step, StepContext, StepFailed, Workflow
 
@@ -20,20 +20,13 @@ def collector_namespace() -> str:
     return getattr(settings, "COLLECTOR_NAMESPACE", "bud-system")
 
 
-def _cluster(ctx: StepContext) -> Cluster:
-    try:
-        return Cluster.objects.get(pk=ctx.params["cluster_id"])
-    except Cluster.DoesNotExist:
-        raise StepFailed(f"cluster {ctx.params['cluster_id']} no longer exists") from None
-
-
 def ensure_collectors(ctx: StepContext) -> dict:
     """Install or upgrade the collectors release (idempotent server-side apply; revision stored)."""
     from clusters.releases import install_or_upgrade
     from clusters.services import gateway_for
     from core.helm import ChartError
 
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     values = {"namespace": collector_namespace(), **getattr(settings, "COLLECTOR_VALUES", {})}
     try:
         with gateway_for(cluster, timeout=30) as gw:
@@ -51,7 +44,7 @@ def wait_collectors(ctx: StepContext):
     """Every collector DaemonSet has a ready pod on each node it should run on."""
     from clusters.services import gateway_for
 
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     rollout = ctx.outputs["ensure_collectors"]
     pending = []
     try:
@@ -75,7 +68,7 @@ def read_nodes(ctx: StepContext) -> dict:
 
     from .services import refresh_inventory
 
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     try:
         with gateway_for(cluster, timeout=60) as gw:
             return refresh_inventory(cluster, gw)

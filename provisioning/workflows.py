@@ -30,6 +30,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from clusters.services import step_cluster
 from core.choices import RunStatus
 from core.models import Run, RunEvent, RunStep
 from core.workflow import Cancelled, NotYet, Poll, Step, StepContext, StepFailed, Workflow
@@ -357,15 +358,6 @@ PROVISION = Workflow(
 # --- steps contributed to cluster registration and deletion ------------------------------------------------------
 
 
-def _cluster(ctx: StepContext):
-    from clusters.models import Cluster
-
-    try:
-        return Cluster.objects.get(pk=ctx.params["cluster_id"])
-    except Cluster.DoesNotExist:
-        raise StepFailed(f"cluster {ctx.params['cluster_id']} no longer exists") from None
-
-
 def _task_sink(ctx: StepContext, playbook: str):
     """Store each Ansible task result as a RunEvent (AWX's one event row per task), already redacted."""
 
@@ -406,7 +398,7 @@ def setup_cluster(ctx: StepContext) -> dict:
     """Namespaces, service account, RBAC (and the SCC on OpenShift) through setup_cluster.yml."""
     if not _setup_enabled():
         return {"skipped": "CLUSTER_SETUP_PLAYBOOKS is off"}
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     platform = (ctx.outputs.get("identify_platform") or {}).get("platform")
     result = _playbook(ctx, cluster, "setup_cluster.yml", {"platform": platform} if platform else {})
     if result.status == "canceled":
@@ -423,7 +415,7 @@ def teardown_cluster(ctx: StepContext) -> dict:
 
     if not _setup_enabled():
         return {"skipped": "CLUSTER_SETUP_PLAYBOOKS is off"}
-    cluster = _cluster(ctx)
+    cluster = step_cluster(ctx)
     if not cluster.kubeconfig:
         return {"skipped": "the cluster has no kubeconfig (never registered)"}
     force = bool(ctx.params.get("force"))
