@@ -93,6 +93,15 @@ def _start_worker(concurrency: int) -> subprocess.Popen:
          "-n", "bench-deploy@%h", "--without-mingle", "--without-gossip"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    # Measure deploys, not worker start-up: wait until every pool process answers a ping.
+    from budcluster_site.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if app.control.ping(timeout=1.0):
+            break
+    else:
+        raise SystemExit("the benchmark worker did not start; see var/bench-deploy-worker.log")
     return proc
 
 
