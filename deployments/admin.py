@@ -1,11 +1,16 @@
 """Operators' console for deployments: coloured status and endpoint, workers, revisions and events, actions
-(scale, roll back, delete, check health) and the plan preview (the same ``services.plan`` as the API)."""
+(scale, roll back, delete, check health) and the plan preview (the same ``services.plan`` as the API).
+
+Benchmarks: a list with the key numbers, and a read-only page with the summary table and the plots inline (the
+images come from an admin view that checks the view permission and renders PNG from the stored samples)."""
 
 from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -16,8 +21,8 @@ from core.admin import status_badge
 
 from . import services
 from .catalog import list_models
-from .choices import DeploymentStatus, DeviceType
-from .models import Deployment, DeploymentEvent, Worker
+from .choices import BenchmarkStatus, DeploymentStatus, DeviceType
+from .models import Benchmark, Deployment, DeploymentEvent, Worker
 
 STATUS_COLOURS = {
     DeploymentStatus.PENDING: "pending",
@@ -243,3 +248,215 @@ class DeploymentAdmin(admin.ModelAdmin):
             "error": error,
         }
         return render(request, "admin/deployments/deployment/plan.html", context)
+
+
+# --- benchmarks ------------------------------------------------------------------------------------------------
+
+BENCHMARK_COLOURS = {
+    BenchmarkStatus.PENDING: "pending",
+    BenchmarkStatus.RUNNING: "running",
+    BenchmarkStatus.SUCCEEDED: "succeeded",
+    BenchmarkStatus.FAILED: "failed",
+    BenchmarkStatus.CANCELLED: "cancelled",
+}
+_SUMMARY_METRICS = (
+    ("TTFT (ms)", "ttft_ms"),
+    ("TPOT (ms)", "tpot_ms"),
+    ("ITL (ms)", "itl_ms"),
+    ("E2E (ms)", "e2e_ms"),
+    ("Output tokens/s per user", "output_throughput_per_user"),
+)
+_SUMMARY_STATS = ("mean", "median", "p25", "p75", "p95", "p99", "min", "max")
+
+
+def _num(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+@admin.register(Benchmark)
+class BenchmarkAdmin(admin.ModelAdmin):
+    list_display = (
+        "id", "deployment", "coloured_status", "partial", "concurrency", "requests_ok", "mean_ttft",
+        "p95_ttft", "mean_itl", "throughput", "passed", "created_at",
+    )  # fmt: skip
+    list_filter = ("status", "partial", "passed", "deployment")
+    search_fields = ("deployment__name",)
+    date_hierarchy = "created_at"
+    fields = (
+        "deployment", "coloured_status", "partial", "run_link", "error", "summary_table", "plot_images",
+        "verdict", "error_table", "sweep_table", "settings", "options", "created_by", "created_at",
+        "started_at", "finished_at",
+    )  # fmt: skip
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        qs = super().get_queryset(request).select_related("deployment")
+        listing = (getattr(request.resolver_match, "url_name", "") or "").endswith("changelist")
+        return qs.defer("samples") if listing else qs
+
+    def has_add_permission(self, request) -> bool:
+        return False  # benchmarks are runs: POST /deployments/{id}/benchmark or `manage.py benchmark`
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    # --- columns -----------------------------------------------------------------------------------------------
+
+    @admin.display(description="status", ordering="status")
+    def coloured_status(self, obj: Benchmark) -> str:
+        return status_badge(BENCHMARK_COLOURS.get(obj.status, "pending"), obj.get_status_display())
+
+    @admin.display(description="concurrency")
+    def concurrency(self, obj: Benchmark) -> str:
+        sweep = (obj.options or {}).get("sweep")
+        return ",".join(map(str, sweep)) if sweep else str((obj.options or {}).get("concurrency", "-"))
+
+    @admin.display(description="ok / failed")
+    def requests_ok(self, obj: Benchmark) -> str:
+        if obj.successful_requests is None:
+            return "-"
+        return f"{obj.successful_requests} / {obj.failed_requests or 0}"
+
+    @admin.display(description="mean TTFT ms", ordering="mean_ttft_ms")
+    def mean_ttft(self, obj: Benchmark) -> str:
+        return _num(obj.mean_ttft_ms)
+
+    @admin.display(description="p95 TTFT ms", ordering="p95_ttft_ms")
+    def p95_ttft(self, obj: Benchmark) -> str:
+        return _num(obj.p95_ttft_ms)
+
+    @admin.display(description="mean ITL ms", ordering="mean_itl_ms")
+    def mean_itl(self, obj: Benchmark) -> str:
+        return _num(obj.mean_itl_ms, 2)
+
+    @admin.display(description="output tok/s", ordering="output_throughput")
+    def throughput(self, obj: Benchmark) -> str:
+        return _num(obj.output_throughput)
+
+    # --- change page -------------------------------------------------------------------------------------------
+
+    @admin.display(description="run")
+    def run_link(self, obj: Benchmark) -> str:
+        if obj.run_id is None:
+            return "- (ran from manage.py benchmark)"
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:core_run_change", args=[obj.run_id]), obj.run_id
+        )
+
+    @admin.display(description="summary")
+    def summary_table(self, obj: Benchmark) -> str:
+        s = obj.summary or {}
+        if not s:
+            return "-"
+        head = format_html_join("", "<th>{}</th>", ((stat,) for stat in _SUMMARY_STATS))
+
+        def cells(key: str) -> str:
+            return format_html_join(
+                "", "<td>{}</td>", ((_num(s.get(f"{st}_{key}"), 2),) for st in _SUMMARY_STATS)
+            )
+
+        rows = format_html_join(
+            "", "<tr><th>{}</th>{}</tr>", ((lbl, cells(k)) for lbl, k in _SUMMARY_METRICS)
+        )
+        totals = (
+            ("requests ok / failed", f"{s.get('successful_requests', 0)} / {s.get('failed_requests', 0)}"),
+            ("duration (s)", _num(s.get("duration_s"), 2)),
+            ("request throughput (req/s)", _num(s.get("request_throughput"), 2)),
+            ("input throughput (tok/s)", _num(s.get("input_throughput"))),
+            ("output throughput (tok/s)", _num(s.get("output_throughput"))),
+            ("tokens in / out", f"{s.get('total_input_tokens', 0)} / {s.get('total_output_tokens', 0)}"),
+        )
+        return format_html(
+            '<table><tr><th></th>{}</tr>{}</table><table style="margin-top:8px">{}</table>',
+            head,
+            rows,
+            format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", totals),
+        )
+
+    @admin.display(description="plots")
+    def plot_images(self, obj: Benchmark) -> str:
+        kinds = [k for k in ("ttft", "itl", "latency") if obj.samples] + (["throughput"] if obj.sweep else [])
+        if not kinds:
+            return "- (nothing measured yet)"
+        return format_html_join(
+            "",
+            '<img src="{}" alt="{} plot" style="max-width:48%;margin:4px;border:1px solid #ddd">',
+            (
+                (reverse("admin:deployments_benchmark_plot", args=[obj.pk, kind, "png"]), kind)
+                for kind in kinds
+            ),
+        )
+
+    @admin.display(description="targets")
+    def verdict(self, obj: Benchmark) -> str:
+        s = obj.summary or {}
+        checks = s.get("targets") or {}
+        if not checks:
+            return "no targets" if s else "-"
+        return format_html(
+            "{} (margin {:.0%})<table><tr><th>target</th><th>value</th><th>limit</th><th>measured</th>"
+            "<th>passed</th></tr>{}</table>",
+            "PASSED" if s.get("passed") else "FAILED",
+            s.get("target_margin", obj.margin),
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (k, _num(c["target"], 2), _num(c["limit"], 2), _num(c["measured"], 2), c["passed"])
+                    for k, c in checks.items()
+                ),
+            ),
+        )
+
+    @admin.display(description="errors")
+    def error_table(self, obj: Benchmark) -> str:
+        errors = (obj.summary or {}).get("errors") or []
+        if not errors:
+            return "none"
+        return format_html(
+            "<table><tr><th>count</th><th>message</th></tr>{}</table>",
+            format_html_join(
+                "", "<tr><td>{}</td><td>{}</td></tr>", ((e["count"], e["message"]) for e in errors)
+            ),
+        )
+
+    @admin.display(description="sweep")
+    def sweep_table(self, obj: Benchmark) -> str:
+        if not obj.sweep:
+            return "-"
+        return format_html(
+            "<table><tr><th>concurrency</th><th>ok / failed</th><th>req/s</th><th>output tok/s</th>"
+            "<th>mean TTFT ms</th><th>p99 TTFT ms</th><th>mean ITL ms</th></tr>{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (p.get("concurrency"), p.get("successful_requests"), p.get("failed_requests"),
+                     _num(p.get("request_throughput"), 2), _num(p.get("output_throughput")),
+                     _num(p.get("mean_ttft_ms")), _num(p.get("p99_ttft_ms")), _num(p.get("mean_itl_ms"), 2))
+                    for p in obj.sweep
+                ),
+            ),
+        )  # fmt: skip
+
+    # --- plot images -------------------------------------------------------------------------------------------
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.plot_view)
+        return [
+            path("<int:pk>/plots/<str:kind>.<str:fmt>", view, name="deployments_benchmark_plot"),
+            *super().get_urls(),
+        ]
+
+    def plot_view(self, request, pk: int, kind: str, fmt: str):
+        """One plot of a benchmark (PNG or SVG), for users who may view benchmarks."""
+        from .api.benchmarks import plot_response
+
+        obj = self.get_object(request, str(pk))
+        if obj is None:
+            raise Http404(f"no benchmark {pk}")
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        if fmt not in ("png", "svg"):
+            raise Http404("plots are png or svg")
+        return plot_response(obj, kind, fmt)

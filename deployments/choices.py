@@ -65,3 +65,24 @@ class WorkerPhase(models.TextChoices):
     FAILED = "Failed", "Failed"
     UNKNOWN = "Unknown", "Unknown"
     DELETING = "Deleting", "Deleting"
+
+
+class BenchmarkStatus(models.TextChoices):
+    """PENDING ──► RUNNING ──► SUCCEEDED | FAILED | CANCELLED (a cancelled run keeps what finished: ``partial``).
+
+    FAILED: the benchmark could not run (endpoint refused, dataset missing) or no request succeeded.
+    """
+
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+    @classmethod
+    def active(cls) -> frozenset[str]:
+        return frozenset({cls.PENDING, cls.RUNNING})
+
+    @classmethod
+    def terminal(cls) -> frozenset[str]:
+        return frozenset({cls.SUCCEEDED, cls.FAILED, cls.CANCELLED})

@@ -9,12 +9,13 @@ duplicate it and drift from what is on the cluster.
 from __future__ import annotations
 
 from django.conf import settings
+from django.conf import settings as django_settings
 from django.db import models
 from django.utils import timezone
 
 from core.fields import EncryptedJSONField
 
-from .choices import DeploymentStatus, DeviceType, Engine, ModelSource, WorkerPhase
+from .choices import BenchmarkStatus, DeploymentStatus, DeviceType, Engine, ModelSource, WorkerPhase
 
 NAMESPACE_MAX_NAME = 50
 
@@ -119,4 +120,65 @@ class DeploymentEvent(models.Model):
         return f"{self.deployment_id} {self.kind}: {self.message}"
 
 
-__all__ = ["NAMESPACE_MAX_NAME", "Deployment", "DeploymentEvent", "ModelSource", "Worker"]
+class Benchmark(models.Model):
+    """One load test of a deployment's endpoint (``deployments/benchmarking.py``), as vLLM's serving benchmark.
+
+    One row per benchmark, no separate result table: the full figures (``summary``: every percentile, the
+    errors with counts, target verdicts) are one JSON document read whole, and the few numbers people sort and
+    filter by (mean/p95 TTFT, mean ITL, throughput, failures, pass/fail) are copied into columns when the
+    benchmark ends.  ``samples`` (per request, compact) can be large, so lists defer it.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="benchmarks")
+    status = models.CharField(
+        max_length=20, choices=BenchmarkStatus.choices, default=BenchmarkStatus.PENDING, db_index=True
+    )
+    partial = models.BooleanField(
+        default=False, help_text="Cancelled or cut short: figures cover what finished"
+    )
+    options = models.JSONField(default=dict, blank=True, help_text="The request as given (validated)")
+    settings = models.JSONField(
+        default=dict, blank=True, help_text="Load generator settings (header names only, never their values)"
+    )
+    targets = models.JSONField(default=dict, blank=True, help_text="ttft_ms, e2e_ms, throughput_per_user")
+    margin = models.FloatField(default=0.5, help_text="Allowed relative slack on the targets")
+    run = models.ForeignKey("core.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    summary = models.JSONField(default=dict, blank=True, help_text="benchstats.summarize() of the main run")
+    sweep = models.JSONField(
+        default=list, blank=True, help_text="One summary per concurrency when a sweep ran (else empty)"
+    )
+    samples = models.JSONField(default=dict, blank=True, help_text="Per-request samples (encode_samples)")
+    error = models.TextField(blank=True)
+    # Key figures as columns (copied from summary) so lists sort and filter without reading JSON.
+    successful_requests = models.PositiveIntegerField(null=True, blank=True)
+    failed_requests = models.PositiveIntegerField(null=True, blank=True)
+    mean_ttft_ms = models.FloatField(null=True, blank=True)
+    p95_ttft_ms = models.FloatField(null=True, blank=True)
+    mean_itl_ms = models.FloatField(null=True, blank=True)
+    output_throughput = models.FloatField(null=True, blank=True, help_text="Output tokens/s")
+    passed = models.BooleanField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    KEY_FIGURES = (
+        "successful_requests",
+        "failed_requests",
+        "mean_ttft_ms",
+        "p95_ttft_ms",
+        "mean_itl_ms",
+        "output_throughput",
+        "passed",
+    )
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"Benchmark {self.pk} of {self.deployment_id} ({self.status})"
+
+
+__all__ = ["NAMESPACE_MAX_NAME", "Benchmark", "Deployment", "DeploymentEvent", "ModelSource", "Worker"]

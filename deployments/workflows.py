@@ -304,7 +304,7 @@ def benchmark(ctx: StepContext) -> dict:
     if importlib.util.find_spec("deployments.benchmarking") is None:
         return {"skipped": "benchmarking is not available in this installation"}
     module = importlib.import_module("deployments.benchmarking")
-    result = module.run_benchmark(_deployment(ctx), request)
+    result = module.run_benchmark(_deployment(ctx), request, ctx=ctx)
     return result if isinstance(result, dict) else {"result": result}
 
 
@@ -663,4 +663,27 @@ DELETE = Workflow(
         Step("mark_deleted", "Mark the deployment deleted", mark_deleted, eta=1),
     ],
     cleanup=[Step("delete_failed", "Record why deletion failed", delete_failed)],
+)
+
+
+# --- benchmark ---------------------------------------------------------------------------------------------------
+
+
+def _benchmark_step(ctx: StepContext) -> dict:
+    from .benchmarking import benchmark_step
+
+    return benchmark_step(ctx)
+
+
+def _benchmark_stopped(ctx: StepContext) -> dict:
+    from .benchmarking import benchmark_stopped
+
+    return benchmark_stopped(ctx)
+
+
+BENCHMARK = Workflow(
+    kind="deployment.benchmark",
+    title="Benchmark deployment",
+    steps=[Step("benchmark", "Run the benchmark", _benchmark_step, eta=30)],
+    cleanup=[Step("record_outcome", "Record why the benchmark stopped", _benchmark_stopped)],
 )

@@ -130,6 +130,14 @@ class DeploySerializer(PlanSerializer):
     benchmark = serializers.JSONField(required=False, allow_null=True, default=None)
     keep_on_failure = serializers.BooleanField(default=False, help_text="Leave the namespace for inspection")
 
+    def validate_benchmark(self, value: dict | None) -> dict | None:
+        """The same options as ``POST /deployments/{id}/benchmark``, checked before anything is created."""
+        if not value:
+            return None
+        from ..benchmarking import clean_options
+
+        return clean_options(value)
+
     def validate(self, attrs: dict) -> dict:
         if attrs.get("source") == ModelSource.S3 and not attrs.get("s3"):
             raise serializers.ValidationError({"s3": "required when source is s3"})

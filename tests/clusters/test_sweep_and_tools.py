@@ -117,3 +117,12 @@ def test_admin_masks_credentials_and_lists_status(admin_client, dc3):
     assert page.status_code == 200
     assert b"encrypted (key id" in page.content
     assert dc3.token(dc3.names[5]).encode() not in page.content
+
+
+def test_sweep_does_not_revive_a_failed_registration(dc3):
+    cluster = _store(dc3, "failed-reg", dc3.names[0], status=ClusterStatus.ERROR)
+    Cluster.objects.filter(pk=cluster.pk).update(reason="Cluster setup failed: missing permissions")
+    report = services.sweep(timeout=5.0, cluster_ids=[cluster.pk])
+    assert report.checked == 0
+    cluster.refresh_from_db()
+    assert cluster.status == ClusterStatus.ERROR  # a new registration run is what brings it back

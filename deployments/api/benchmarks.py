@@ -1,0 +1,187 @@
+"""Benchmark endpoints: start one on a running deployment, list and read them, and their plots as PNG or SVG.
+
+``POST /deployments/{id}/benchmark`` → 202 + the ``deployment.benchmark`` run (progress: requests done / total;
+cancel through ``POST /runs/{id}/cancel`` keeps what finished, marked partial).  ``GET /benchmarks`` (filter by
+deployment, status, partial, passed), ``GET /benchmarks/{id}`` (settings, the summary with every percentile,
+pass/fail against the targets with the margin used, errors with counts, the sweep) and
+``GET /benchmarks/{id}/plots/<ttft|itl|latency|throughput>.<png|svg>``.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import mixins, serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+from core.api.responses import RUN_ACCEPTED, run_accepted
+from core.permissions import ModelPermissions
+
+from .. import benchmarking, plots
+from ..choices import BenchmarkStatus
+from ..models import Benchmark, Deployment
+
+
+@extend_schema_field({"type": "string", "description": " | ".join(BenchmarkStatus.values)})
+class _StatusField(serializers.CharField):
+    """Benchmark status, described in the schema by its values: an enum named after the field would collide
+    with the other "status" enums unless the project's ENUM_NAME_OVERRIDES lists BenchmarkStatus."""
+
+
+class BenchmarkSerializer(serializers.ModelSerializer):
+    url = serializers.HyperlinkedIdentityField(view_name="benchmark-detail")
+    status = _StatusField(read_only=True)
+    deployment_name = serializers.CharField(source="deployment.name", read_only=True)
+    run_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Benchmark
+        fields = (
+            "id", "url", "deployment", "deployment_name", "status", "partial", "run", "run_url",
+            "successful_requests", "failed_requests", "mean_ttft_ms", "p95_ttft_ms", "mean_itl_ms",
+            "output_throughput", "passed", "error", "created_at", "started_at", "finished_at",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_run_url(self, obj: Benchmark) -> str | None:
+        if obj.run_id is None:
+            return None
+        return reverse("run-detail", kwargs={"pk": obj.run_id}, request=self.context.get("request"))
+
+
+class BenchmarkDetailSerializer(BenchmarkSerializer):
+    verdict = serializers.SerializerMethodField(help_text="passed, the margin used and each target's check")
+    errors = serializers.SerializerMethodField(help_text="Failed requests by message, most frequent first")
+    plots = serializers.SerializerMethodField(help_text="PNG plot URLs (replace .png by .svg for SVG)")
+
+    class Meta(BenchmarkSerializer.Meta):
+        fields = (
+            *BenchmarkSerializer.Meta.fields, "options", "settings", "targets", "margin", "verdict", "errors",
+            "summary", "sweep", "plots",
+        )  # fmt: skip
+        read_only_fields = fields
+
+    def get_verdict(self, obj: Benchmark) -> dict | None:
+        if not obj.summary:
+            return None
+        return {
+            "passed": obj.summary.get("passed"),
+            "margin": obj.summary.get("target_margin", obj.margin),
+            "checks": obj.summary.get("targets", {}),
+        }
+
+    def get_errors(self, obj: Benchmark) -> list[dict]:
+        return list((obj.summary or {}).get("errors") or [])
+
+    def get_plots(self, obj: Benchmark) -> dict[str, str]:
+        request = self.context.get("request")
+        kinds = [k for k in plots.PLOT_KINDS if k != "throughput" or obj.sweep]
+        return {
+            kind: reverse(
+                "benchmark-plot", kwargs={"pk": obj.pk, "kind": kind, "fmt": "png"}, request=request
+            )
+            for kind in kinds
+        }
+
+
+class _ImageRenderer(BaseRenderer):
+    """Lets content negotiation accept image requests; the plot view answers with the bytes itself."""
+
+    charset = None
+    render_style = "binary"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):  # pragma: no cover - unused
+        return data
+
+
+class PNGRenderer(_ImageRenderer):
+    media_type, format = "image/png", "png"
+
+
+class SVGRenderer(_ImageRenderer):
+    media_type, format = "image/svg+xml", "svg"
+
+
+def plot_response(benchmark: Benchmark, kind: str, fmt: str) -> HttpResponse:
+    """The plot as PNG/SVG, or 404 with the reason (unknown kind, nothing measured, no sweep)."""
+    if kind not in plots.PLOT_KINDS:
+        return JsonResponse({"detail": f"unknown plot {kind!r}; one of {list(plots.PLOT_KINDS)}"}, status=404)
+    if kind == "throughput" and not benchmark.sweep:
+        return JsonResponse(
+            {"detail": "throughput vs concurrency needs a sweep; this benchmark ran one concurrency"},
+            status=404,
+        )
+    if kind != "throughput" and not benchmark.samples:
+        return JsonResponse(
+            {"detail": f"benchmark {benchmark.pk} is {benchmark.status} and has no measured requests yet"},
+            status=404,
+        )
+    body = plots.render(kind, samples=benchmark.samples, sweep=benchmark.sweep, fmt=fmt)
+    response = HttpResponse(body, content_type=plots.CONTENT_TYPES[fmt])
+    if benchmark.status in BenchmarkStatus.terminal():
+        response["Cache-Control"] = "private, max-age=3600"  # a finished benchmark's data never changes
+    return response
+
+
+class BenchmarkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = Benchmark.objects.select_related("deployment")
+    serializer_class = BenchmarkSerializer
+    filterset_fields = ("deployment", "status", "partial", "passed")
+    ordering_fields = ("created_at", "finished_at", "mean_ttft_ms", "p95_ttft_ms", "output_throughput")
+
+    def get_queryset(self):
+        benchmarking.reconcile()
+        qs = super().get_queryset()
+        if self.action == "list":
+            qs = qs.defer("samples", "summary", "sweep", "settings", "options")
+        return qs
+
+    def get_serializer_class(self):
+        return BenchmarkDetailSerializer if self.action == "retrieve" else BenchmarkSerializer
+
+    @extend_schema(
+        responses={
+            (200, "image/png"): OpenApiTypes.BINARY,
+            (200, "image/svg+xml"): OpenApiTypes.STR,
+            404: OpenApiResponse(description="Unknown plot, nothing measured yet, or no sweep ran"),
+        }
+    )
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=r"plots/(?P<kind>[a-z]+)\.(?P<fmt>png|svg)",
+        url_name="plot",
+        renderer_classes=[JSONRenderer, PNGRenderer, SVGRenderer],
+    )
+    def plot(self, request, pk=None, kind=None, fmt=None):
+        """ttft and itl histograms, latency over the run, throughput vs concurrency (sweeps only)."""
+        return plot_response(self.get_object(), kind, fmt)
+
+
+class DeploymentBenchmarkView(APIView):
+    """``POST /deployments/{id}/benchmark``: 202 + run; 400 for bad options and 409 unless running (no row)."""
+
+    permission_classes = (ModelPermissions,)
+    queryset = Benchmark.objects.none()  # ModelPermissions: POST needs deployments.add_benchmark
+
+    @extend_schema(
+        request=benchmarking.BenchmarkOptionsSerializer,
+        responses={
+            202: RUN_ACCEPTED,
+            400: OpenApiResponse(description="Invalid options; nothing created"),
+            409: OpenApiResponse(description="The deployment is not running or has a run in progress"),
+        },
+    )
+    def post(self, request, pk: int):
+        deployment = get_object_or_404(Deployment.objects.select_related("cluster"), pk=pk)
+        try:
+            row, run = benchmarking.start_benchmark(deployment, request.data, user=request.user)
+        except benchmarking.BenchmarkRefused as exc:
+            return JsonResponse({"detail": str(exc)}, status=exc.status)
+        url = reverse("benchmark-detail", kwargs={"pk": row.pk}, request=request)
+        return run_accepted(run, request, benchmark_id=row.pk, benchmark_url=url, deployment_id=deployment.pk)

@@ -1,0 +1,501 @@
+"""Benchmarks of a deployment's endpoint: validate the options, run the load generator, store the outcome.
+
+One service function, `run_benchmark(deployment, options, *, ctx=None)`, is called by:
+
+* the ``deployment.benchmark`` workflow (``POST /deployments/{id}/benchmark``; `start_benchmark` validates,
+  checks the deployment is running, stores a PENDING ``Benchmark`` and launches the run);
+* the deploy workflow's optional ``benchmark`` step (``benchmark: {...}`` in the deploy request);
+* ``manage.py benchmark`` (no worker: the command's own process runs the requests, with a progress bar).
+
+Flow: options are validated by `BenchmarkOptionsSerializer` (the API's 400s and the deploy request's check use
+the same one) → ``LoadSettings`` from the deployment's endpoint URL (checked against the same address rules as a
+kubeconfig's server: a cluster cannot point the service at link-local or metadata addresses) and its served
+model name → `loadgen.run_benchmark_sync` (or `run_sweep_sync` for a concurrency sweep), whose requests run on
+their own event loop in a thread while this thread writes progress (requests done / total, at most once a second
+through ``StepContext.progress``) and polls the cancel flag (``StepContext.check_cancel``, one query a second at
+most) → `benchstats.summarize` → the row: summary, per-concurrency sweep summaries, compact samples and key
+figures as columns.
+
+Cancel stops the requests cleanly (in-flight ones are dropped, finished ones kept): the row is stored CANCELLED
+with ``partial`` set and its figures over what finished, then ``Cancelled`` ends the run.  A benchmark in which
+no request succeeded is FAILED with the most frequent error (and the step fails with it); every other outcome is
+SUCCEEDED, with pass/fail against the targets in ``summary["passed"]`` and ``summary["targets"]``.
+
+With a sweep, the load runs at each concurrency in turn with the same options; ``sweep`` keeps one summary per
+concurrency and ``summary`` / ``samples`` are those of the last concurrency that ran (the highest, when the list
+is ascending).
+
+Re-running a step (a worker died mid-benchmark) finds the same row (by benchmark id, or by run for the deploy
+step) and measures again from the start; a row already SUCCEEDED is returned as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings as django_settings
+from django.db import transaction
+from django.utils import timezone
+from rest_framework import serializers
+
+from core.workflow import Cancelled, StepContext, StepFailed
+
+from . import benchstats
+from .catalog import EMBEDDING
+from .choices import BenchmarkStatus, DeploymentStatus
+from .loadgen import (
+    ENDPOINT_PATHS,
+    BenchmarkResult,
+    CancelFlag,
+    LoadSettings,
+    run_benchmark_sync,
+    run_sweep_sync,
+)
+from .models import Benchmark, Deployment
+
+ProgressCallback = Callable[[int, int], None]
+
+MAX_SWEEP_POINTS = 16
+
+
+def setting(name: str) -> Any:
+    """A benchmark setting (``BENCHMARK_*``), defined in settings.py from the environment."""
+    return getattr(django_settings, name)
+
+
+class BenchmarkError(StepFailed):
+    """The benchmark could not run or measured nothing; the message says why (a failed step in a run)."""
+
+
+class BenchmarkRefused(Exception):
+    """``start_benchmark`` refuses: ``status`` is the HTTP status (409: the deployment is not running)."""
+
+    def __init__(self, message: str, *, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- options -------------------------------------------------------------------------------------------------
+
+
+class TargetsSerializer(serializers.Serializer):
+    ttft_ms = serializers.FloatField(required=False, allow_null=True, min_value=0.001, help_text="Mean TTFT")
+    e2e_ms = serializers.FloatField(required=False, allow_null=True, min_value=0.001, help_text="Mean E2E")
+    throughput_per_user = serializers.FloatField(
+        required=False, allow_null=True, min_value=0.001, help_text="Mean output tokens/s of one request"
+    )
+
+    def to_internal_value(self, data: Any) -> dict:
+        if isinstance(data, dict) and set(data) - set(self.fields):
+            unknown = sorted(set(data) - set(self.fields))
+            raise serializers.ValidationError(
+                f"unknown targets {unknown}; expected some of {sorted(self.fields)}"
+            )
+        return {k: v for k, v in super().to_internal_value(data).items() if v is not None}
+
+
+class BenchmarkOptionsSerializer(serializers.Serializer):
+    """What a benchmark sends; every field optional. Unknown keys are refused (a typo must not pass silently)."""
+
+    requests = serializers.IntegerField(
+        min_value=1, default=100, help_text="Measured requests (per sweep point)"
+    )
+    concurrency = serializers.IntegerField(min_value=1, default=8, help_text="Requests in flight at most")
+    rate = serializers.FloatField(
+        min_value=0.001, required=False, allow_null=True, default=None,
+        help_text="Poisson arrivals at this many requests/s; null sends as fast as slots free up",
+    )  # fmt: skip
+    input_tokens = serializers.IntegerField(min_value=1, max_value=1_000_000, default=128)
+    output_tokens = serializers.IntegerField(min_value=1, max_value=1_000_000, default=128)
+    dataset = serializers.CharField(
+        required=False, allow_null=True, default=None, max_length=500,
+        help_text="ShareGPT JSON file, relative to BENCHMARK_DATASET_DIR; replaces the synthetic prompts",
+    )  # fmt: skip
+    warmup = serializers.IntegerField(min_value=0, default=0, help_text="Unmeasured requests sent first")
+    ramp_up = serializers.FloatField(
+        min_value=0, max_value=3600, default=0.0, help_text="Seconds over which the first sends are spread"
+    )
+    timeout = serializers.FloatField(
+        min_value=0.1, max_value=86400, required=False, allow_null=True, default=None,
+        help_text="Seconds per request (default BENCHMARK_TIMEOUT)",
+    )  # fmt: skip
+    idle_timeout = serializers.FloatField(
+        min_value=0.1, max_value=86400, required=False, allow_null=True, default=None,
+        help_text="Longest silence of a stream before it counts as stalled (default BENCHMARK_IDLE_TIMEOUT)",
+    )  # fmt: skip
+    endpoint = serializers.ChoiceField(
+        choices=sorted(ENDPOINT_PATHS), required=False, allow_null=True, default=None,
+        help_text="chat, completions or embeddings; default: embeddings for embedding models, else chat",
+    )  # fmt: skip
+    sweep = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, allow_null=True, default=None,
+        allow_empty=False, max_length=MAX_SWEEP_POINTS,
+        help_text="Concurrencies to run in turn (each with `requests` requests); plots throughput vs concurrency",
+    )  # fmt: skip
+    targets = TargetsSerializer(required=False, allow_null=True, default=None)
+    margin = serializers.FloatField(min_value=0, max_value=10, default=benchstats.DEFAULT_MARGIN)
+    seed = serializers.IntegerField(min_value=0, default=0)
+
+    def to_internal_value(self, data: Any) -> dict:
+        if isinstance(data, dict) and set(data) - set(self.fields):
+            raise serializers.ValidationError(
+                {k: ["unknown option"] for k in sorted(set(data) - set(self.fields))}
+            )
+        return super().to_internal_value(data)
+
+    def validate(self, attrs: dict) -> dict:
+        errors: dict[str, str] = {}
+        max_requests, max_concurrency = (
+            setting("BENCHMARK_MAX_REQUESTS"),
+            setting("BENCHMARK_MAX_CONCURRENCY"),
+        )
+        points = len(attrs.get("sweep") or [1])
+        if attrs["requests"] * points > max_requests:
+            errors["requests"] = f"at most {max_requests} requests in all (BENCHMARK_MAX_REQUESTS)"
+        if attrs["warmup"] > max_requests:
+            errors["warmup"] = f"at most {max_requests}"
+        if attrs["concurrency"] > max_concurrency:
+            errors["concurrency"] = f"at most {max_concurrency} (BENCHMARK_MAX_CONCURRENCY)"
+        sweep = attrs.get("sweep")
+        if sweep:
+            if any(c > max_concurrency for c in sweep):
+                errors["sweep"] = f"concurrencies of at most {max_concurrency}"
+            elif len(set(sweep)) != len(sweep):
+                errors["sweep"] = "each concurrency once"
+        if attrs.get("dataset"):
+            try:
+                dataset_path(attrs["dataset"])
+            except ValueError as exc:
+                errors["dataset"] = str(exc)
+        if errors:
+            raise serializers.ValidationError(errors)
+        attrs["targets"] = dict(attrs.get("targets") or {})
+        return attrs
+
+
+def dataset_path(name: str) -> Path:
+    """The dataset file `name` inside BENCHMARK_DATASET_DIR (ValueError if outside it or missing).
+
+    Callers of the API name a file, never a path of their choosing: reading arbitrary server files is not
+    something a benchmark request may do.
+    """
+    root = Path(setting("BENCHMARK_DATASET_DIR")).resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root):
+        raise ValueError(f"datasets are files inside BENCHMARK_DATASET_DIR ({root}); {name!r} is outside it")
+    if not path.is_file():
+        raise ValueError(f"no dataset {name!r} in {root}")
+    return path
+
+
+def clean_options(options: dict | None) -> dict:
+    """Validated options with defaults filled in; raises ``serializers.ValidationError`` (a 400 in the API)."""
+    if options is not None and not isinstance(options, dict):
+        raise serializers.ValidationError({"non_field_errors": ["benchmark options must be an object"]})
+    body = BenchmarkOptionsSerializer(data=options or {})
+    body.is_valid(raise_exception=True)
+    return dict(body.validated_data)
+
+
+def _flatten(detail: Any, prefix: str = "") -> list[str]:
+    if isinstance(detail, dict):
+        return [m for k, v in detail.items() for m in _flatten(v, f"{prefix}{k}: ")]
+    if isinstance(detail, list):
+        return [m for v in detail for m in _flatten(v, prefix)]
+    return [f"{prefix}{detail}"]
+
+
+# --- settings for the load generator ---------------------------------------------------------------------------
+
+
+def served_model_name(deployment: Deployment) -> str:
+    return (deployment.placement.get("runtime") or {}).get(
+        "served_model_name"
+    ) or deployment.served_model_name
+
+
+def default_endpoint(deployment: Deployment) -> str:
+    return "embeddings" if (deployment.model_spec or {}).get("kind") == EMBEDDING else "chat"
+
+
+def check_endpoint(url: str) -> None:
+    """Refuse endpoint addresses a kubeconfig's server could not have (link-local, metadata, ...)."""
+    from clusters.kubeconfig import KubeconfigError, check_host_at_connect
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BenchmarkError(f"endpoint {url!r} is not an http(s) URL")
+    try:
+        check_host_at_connect(
+            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout=10
+        )
+    except KubeconfigError as exc:
+        raise BenchmarkError(f"endpoint {url} refused: {exc}") from None
+
+
+def load_settings(deployment: Deployment, opts: dict) -> LoadSettings:
+    """LoadSettings for the deployment's endpoint from validated options (BenchmarkError if it cannot run)."""
+    url = deployment.endpoint_url
+    if not url:
+        raise BenchmarkError(f"deployment {deployment.name} has no endpoint URL yet")
+    check_endpoint(url)
+    dataset = None
+    if opts.get("dataset"):
+        try:
+            dataset = str(dataset_path(opts["dataset"]))
+        except ValueError as exc:
+            raise BenchmarkError(str(exc)) from None
+    try:
+        return LoadSettings(
+            base_url=url,
+            model=served_model_name(deployment),
+            endpoint=opts.get("endpoint") or default_endpoint(deployment),
+            num_requests=opts["requests"],
+            concurrency=opts["concurrency"],
+            request_rate=opts["rate"] if opts.get("rate") else math.inf,
+            input_tokens=opts["input_tokens"],
+            output_tokens=opts["output_tokens"],
+            dataset_path=dataset,
+            warmup_requests=opts["warmup"],
+            ramp_up_s=opts["ramp_up"],
+            timeout_s=opts.get("timeout") or setting("BENCHMARK_TIMEOUT"),
+            idle_timeout_s=opts.get("idle_timeout") or setting("BENCHMARK_IDLE_TIMEOUT"),
+            seed=opts["seed"],
+        )
+    except ValueError as exc:
+        raise BenchmarkError(f"invalid benchmark settings: {exc}") from None
+
+
+# --- progress and cancel bridges ------------------------------------------------------------------------------
+
+
+class _Cancel:
+    """The loadgen's cancel flag: the run's cancel request (via ctx) or a caller's own flag (Ctrl-C)."""
+
+    def __init__(self, ctx: StepContext | None, external: CancelFlag | None) -> None:
+        self.ctx, self.external, self.cancelled = ctx, external, False
+
+    def is_set(self) -> bool:
+        if self.cancelled:
+            return True
+        if self.external is not None and self.external.is_set():
+            self.cancelled = True
+        elif self.ctx is not None:
+            try:
+                self.ctx.check_cancel()  # at most one query a second (the context throttles)
+            except Cancelled:
+                self.cancelled = True
+        return self.cancelled
+
+
+def _reporter(ctx: StepContext | None, progress: ProgressCallback | None) -> ProgressCallback:
+    def report(done: int, total: int) -> None:
+        if ctx is not None:
+            ctx.progress(done / total if total else 1.0, f"{done}/{total} requests", force=done >= total)
+        if progress is not None:
+            progress(done, total)
+
+    return report
+
+
+# --- the service ---------------------------------------------------------------------------------------------
+
+
+def _row(deployment: Deployment, opts: dict, ctx: StepContext | None, user: Any) -> Benchmark:
+    """The row this call fills: the run's own (a re-run of the same step finds it) or a new one."""
+    fields = {"options": opts, "targets": opts["targets"], "margin": opts["margin"]}
+    if ctx is not None:
+        row = Benchmark.objects.filter(run_id=ctx.run.pk, deployment=deployment).first()
+        if row is not None:
+            return row
+        return Benchmark.objects.create(deployment=deployment, run_id=ctx.run.pk, created_by=ctx.run.created_by,
+                                        **fields)  # fmt: skip
+    return Benchmark.objects.create(
+        deployment=deployment, created_by=user if getattr(user, "is_authenticated", False) else None, **fields
+    )
+
+
+def _finish(row: Benchmark, status: str, **fields: Any) -> None:
+    now = timezone.now()
+    Benchmark.objects.filter(pk=row.pk).update(status=status, finished_at=now, **fields)
+    row.status, row.finished_at = status, now
+    for key, value in fields.items():
+        setattr(row, key, value)
+
+
+def result_dict(row: Benchmark) -> dict:
+    """What a step stores as its output and the command prints: the id, status and the summary."""
+    return {"benchmark_id": row.pk, "status": row.status, "partial": row.partial, **(row.summary or {})}
+
+
+def run_benchmark(
+    deployment: Deployment,
+    options: dict | None,
+    *,
+    ctx: StepContext | None = None,
+    benchmark: Benchmark | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+    user: Any = None,
+) -> dict:
+    """Measure the deployment's endpoint with `options` and store a ``Benchmark``; returns `result_dict`.
+
+    ``ctx``: inside a workflow step (progress onto the step, cancel from the run). ``benchmark``: the row to fill
+    (else the run's row or a new one). ``progress(done, total)`` / ``cancel.is_set()``: for callers without a
+    run (the management command).  Raises ``BenchmarkError`` when it cannot run or no request succeeded and,
+    with ``ctx``, ``Cancelled`` after storing the partial result of a cancelled run.
+    """
+    try:
+        opts = clean_options(options)
+    except serializers.ValidationError as exc:
+        if benchmark is not None:
+            _finish(benchmark, BenchmarkStatus.FAILED, error="invalid options")
+        raise BenchmarkError("invalid benchmark options: " + "; ".join(_flatten(exc.detail))) from None
+    row = benchmark or _row(deployment, opts, ctx, user)
+    if row.status == BenchmarkStatus.SUCCEEDED:
+        return result_dict(row)
+    try:
+        load = load_settings(deployment, opts)
+    except BenchmarkError as exc:
+        _finish(row, BenchmarkStatus.FAILED, error=str(exc))
+        raise
+    now = timezone.now()
+    claimed = Benchmark.objects.filter(pk=row.pk, status__in=BenchmarkStatus.active()).update(
+        status=BenchmarkStatus.RUNNING, started_at=now, finished_at=None, settings=load.public_dict(),
+        options=opts, targets=opts["targets"], margin=opts["margin"], error="", partial=False,
+    )  # fmt: skip
+    if not claimed:
+        row.refresh_from_db(fields=["status"])
+        raise BenchmarkError(f"benchmark {row.pk} is already {row.status}")
+    row.status, row.started_at = BenchmarkStatus.RUNNING, now
+
+    flag = _Cancel(ctx, cancel)
+    report = _reporter(ctx, progress)
+    try:
+        if opts.get("sweep"):
+            results = run_sweep_sync(load, opts["sweep"], report, flag)
+        else:
+            results = [run_benchmark_sync(load, report, flag)]
+    except Exception as exc:  # the load generator itself broke (bad dataset file, ...): record it, then fail
+        _finish(row, BenchmarkStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:4000])
+        raise BenchmarkError(f"the benchmark could not run: {type(exc).__name__}: {exc}") from None
+    _store(row, opts, results, cancelled=flag.cancelled)
+    if row.status == BenchmarkStatus.CANCELLED and ctx is not None:
+        raise Cancelled("cancel requested")
+    if row.status == BenchmarkStatus.FAILED:
+        raise BenchmarkError(row.error)
+    return result_dict(row)
+
+
+def _store(row: Benchmark, opts: dict, results: list[BenchmarkResult], *, cancelled: bool) -> None:
+    summaries = [benchstats.summarize(r, opts["targets"] or None, opts["margin"]) for r in results]
+    swept = bool(opts.get("sweep"))
+    if results:
+        main, summary = results[-1], summaries[-1]
+    else:  # cancelled before the first sweep point started
+        main, summary = None, {}
+    partial = cancelled or any(r.partial for r in results) or (swept and len(results) < len(opts["sweep"]))
+    if summary:
+        summary["partial"] = partial
+    fields: dict[str, Any] = {
+        "summary": summary,
+        "sweep": summaries if swept else [],
+        "samples": benchstats.encode_samples(main.requests) if main is not None else {},
+        "partial": partial,
+        **{key: summary.get(key) for key in Benchmark.KEY_FIGURES},
+    }
+    if cancelled:
+        status, fields["error"] = BenchmarkStatus.CANCELLED, "cancelled by request"
+    elif not summary.get("successful_requests"):
+        errors = summary.get("errors") or []
+        top = errors[0]["message"] if errors else "no request finished"
+        status = BenchmarkStatus.FAILED
+        fields["error"] = f"no request succeeded ({summary.get('failed_requests', 0)} failed): {top}"[:4000]
+    else:
+        status = BenchmarkStatus.SUCCEEDED
+    _finish(row, status, **fields)
+
+
+# --- the benchmark workflow (declared in workflows.py) ----------------------------------------------------------
+
+
+def check_benchmarkable(deployment: Deployment) -> None:
+    """A benchmark needs a running deployment with an endpoint and no other run of it in progress (409)."""
+    from .services import active_run
+
+    if deployment.status != DeploymentStatus.RUNNING:
+        raise BenchmarkRefused(
+            f"deployment {deployment.name} is {deployment.status}; benchmarks need a running deployment"
+        )
+    if not deployment.endpoint_url:
+        raise BenchmarkRefused(f"deployment {deployment.name} has no endpoint URL yet")
+    if active_run(deployment) is not None:
+        raise BenchmarkRefused(f"deployment {deployment.name} has a run in progress")
+
+
+def start_benchmark(
+    deployment: Deployment, options: dict | None, *, user: Any = None
+) -> tuple[Benchmark, Any]:
+    """Validate (ValidationError → 400), check the deployment (BenchmarkRefused → 409), store and launch."""
+    from .workflows import BENCHMARK
+
+    opts = clean_options(options)
+    check_benchmarkable(deployment)
+    with transaction.atomic():
+        row = Benchmark.objects.create(
+            deployment=deployment,
+            options=opts,
+            targets=opts["targets"],
+            margin=opts["margin"],
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+        )
+        what = f"{opts['requests']} requests at concurrency " + (
+            ",".join(map(str, opts["sweep"])) if opts.get("sweep") else str(opts["concurrency"])
+        )
+        run = BENCHMARK.launch(
+            subject=deployment,
+            params={"deployment_id": deployment.pk, "benchmark_id": row.pk},
+            user=user,
+            title=f"Benchmark {deployment.name}: {what}",
+        )
+        Benchmark.objects.filter(pk=row.pk).update(run=run)
+        row.run = run
+    return row, run
+
+
+def benchmark_step(ctx: StepContext) -> dict:
+    """Body of the ``deployment.benchmark`` workflow's only step."""
+    row = Benchmark.objects.select_related("deployment").filter(pk=ctx.params["benchmark_id"]).first()
+    if row is None:
+        raise StepFailed(f"benchmark {ctx.params['benchmark_id']} no longer exists")
+    return run_benchmark(row.deployment, row.options, ctx=ctx, benchmark=row)
+
+
+def benchmark_stopped(ctx: StepContext) -> dict:
+    """Cleanup: a benchmark whose run failed or was cancelled before it stored anything says so."""
+    ctx.run.refresh_from_db(fields=["error", "cancel_requested"])
+    status = BenchmarkStatus.CANCELLED if ctx.run.cancel_requested else BenchmarkStatus.FAILED
+    updated = Benchmark.objects.filter(
+        pk=ctx.params["benchmark_id"], status__in=BenchmarkStatus.active()
+    ).update(status=status, error=ctx.run.error or str(status), finished_at=timezone.now())
+    return {"marked": str(status) if updated else "already recorded"}
+
+
+def reconcile() -> int:
+    """Settle benchmarks whose run ended without them (cancelled while still queued: no step ran)."""
+    from core.choices import RunStatus
+
+    now = timezone.now()
+    active = Benchmark.objects.filter(status__in=BenchmarkStatus.active())
+    n = active.filter(run__status=RunStatus.CANCELLED).update(
+        status=BenchmarkStatus.CANCELLED, error="the run was cancelled before the benchmark started",
+        finished_at=now,
+    )  # fmt: skip
+    n += active.filter(run__status=RunStatus.FAILED).update(
+        status=BenchmarkStatus.FAILED, error="the run failed before the benchmark started", finished_at=now
+    )
+    return n
