@@ -299,7 +299,7 @@ def verify_endpoint(ctx: StepContext) -> Any:
 def benchmark(ctx: StepContext) -> dict:
     """Optional: ``deployments.benchmarking.run_benchmark(deployment, settings)`` when requested and present."""
     request = ctx.params.get("benchmark")
-    if not request:
+    if request is None:
         return {"skipped": "no benchmark requested"}
     if importlib.util.find_spec("deployments.benchmarking") is None:
         return {"skipped": "benchmarking is not available in this installation"}

@@ -174,7 +174,7 @@ class Command(BaseCommand):
             "POST",
             "/deployments/deploy",
             ok=(202,),
-            json={**request, **({"benchmark": {}} if benchmark else {})},
+            json={**request, **({"benchmark": {"requests": 40, "concurrency": 8}} if benchmark else {})},
         )
         deployment_id = body["deployment_id"]
         self.stdout.write(
@@ -185,8 +185,15 @@ class Command(BaseCommand):
         if run["status"] != "succeeded":
             raise CommandError(f"deploy {run['status']}: {run['error']}")
         if benchmark:
-            step = next(s for s in run["steps"] if s["name"] == "benchmark")
-            self.stdout.write(f"  benchmark: {step['output']}")
+            out = next(s for s in run["steps"] if s["name"] == "benchmark")["output"]
+            if "mean_ttft_ms" in out:
+                self.stdout.write(
+                    f"  benchmark {out.get('benchmark_id')}: {out['successful_requests']} ok, "
+                    f"{out['failed_requests']} failed; TTFT mean {out['mean_ttft_ms']:.0f} ms, "
+                    f"ITL mean {out['mean_itl_ms']:.1f} ms, output {out['output_throughput']:.0f} tok/s"
+                )
+            else:
+                self.stdout.write(f"  benchmark: {out}")
         else:
             self.stdout.write("  benchmark: not available in this installation (skipped)")
 
