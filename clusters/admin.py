@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.utils.html import format_html
 
-from core.admin import status_badge
+from core.admin import ReadOnlyInline, status_badge
 from core.fields import describe_stored
 from hardware.admin import NodeInline
 
@@ -25,16 +25,11 @@ CLUSTER_COLOURS = {
 }
 
 
-class ClusterEventInline(admin.TabularInline):
+class ClusterEventInline(ReadOnlyInline):
     model = ClusterEvent
-    extra = 0
-    can_delete = False
     fields = ("created_at", "kind", "old_status", "new_status", "message")
     readonly_fields = fields
     ordering = ("-created_at",)
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class ClusterForm(forms.ModelForm):
@@ -152,15 +147,10 @@ class ClusterAdmin(admin.ModelAdmin):
         self.message_user(request, f"Deletion started for {started} cluster(s).")
 
 
-class RevisionInline(admin.TabularInline):
+class RevisionInline(ReadOnlyInline):
     model = Revision
-    extra = 0
-    can_delete = False
     fields = ("number", "description", "created_at")
     readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Release)

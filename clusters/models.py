@@ -7,6 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from core.fields import EncryptedTextField
+from core.models import StatusEvent
 
 from .choices import ClusterStatus, Platform, ReleaseStatus
 
@@ -41,18 +42,10 @@ class Cluster(models.Model):
         return self.name
 
 
-class ClusterEvent(models.Model):
+class ClusterEvent(StatusEvent):
     """Append-only log of a cluster's status changes (registration, health transitions, deletion)."""
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=50)
-    old_status = models.CharField(max_length=20, blank=True)
-    new_status = models.CharField(max_length=20, blank=True)
-    message = models.TextField(blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-
-    class Meta:
-        ordering = ("-created_at", "-id")
 
     def __str__(self) -> str:
         return f"{self.cluster_id} {self.kind}: {self.message}"

@@ -112,3 +112,17 @@ class RunEvent(models.Model):
 
     def __str__(self) -> str:
         return f"[{self.created_at:%H:%M:%S}] {self.step or 'run'} {self.status}: {self.message}"
+
+
+class StatusEvent(models.Model):
+    """Base of the append-only status logs of clusters and deployments (one row per transition or notice)."""
+
+    kind = models.CharField(max_length=50)
+    old_status = models.CharField(max_length=20, blank=True)
+    new_status = models.CharField(max_length=20, blank=True)
+    message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        abstract = True
+        ordering = ("-created_at", "-id")

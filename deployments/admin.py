@@ -17,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 
 from clusters.choices import ClusterStatus
 from clusters.models import Cluster
-from core.admin import status_badge
+from core.admin import ReadOnlyInline, status_badge
 
 from . import services
 from .catalog import list_models
@@ -35,27 +35,17 @@ STATUS_COLOURS = {
 }
 
 
-class WorkerInline(admin.TabularInline):
+class WorkerInline(ReadOnlyInline):
     model = Worker
-    extra = 0
-    can_delete = False
     fields = ("name", "node", "device", "phase", "ready", "restarts", "reason", "started_at", "updated_at")
     readonly_fields = fields
 
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
-
-class DeploymentEventInline(admin.TabularInline):
+class DeploymentEventInline(ReadOnlyInline):
     model = DeploymentEvent
-    extra = 0
-    can_delete = False
     fields = ("created_at", "kind", "old_status", "new_status", "message")
     readonly_fields = fields
     ordering = ("-created_at",)
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class DeploymentActionForm(ActionForm):

@@ -14,6 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from core.fields import EncryptedJSONField
+from core.models import StatusEvent
 
 from .choices import BenchmarkStatus, DeploymentStatus, DeviceType, Engine, ModelSource, WorkerPhase
 
@@ -103,18 +104,10 @@ class Worker(models.Model):
         return f"{self.name} ({self.phase})"
 
 
-class DeploymentEvent(models.Model):
+class DeploymentEvent(StatusEvent):
     """Append-only log of a deployment's status changes (deploy runs, health transitions, day-2 runs)."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=30)
-    old_status = models.CharField(max_length=20, blank=True)
-    new_status = models.CharField(max_length=20, blank=True)
-    message = models.TextField(blank=True)
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-
-    class Meta:
-        ordering = ("-created_at", "-id")
 
     def __str__(self) -> str:
         return f"{self.deployment_id} {self.kind}: {self.message}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from core.admin import ReadOnlyInline
+
 from .models import Node
 
 
@@ -24,14 +26,9 @@ class NodeAdmin(admin.ModelAdmin):
         return False  # the inventory comes from the cluster (collect-node-info)
 
 
-class NodeInline(admin.TabularInline):
+class NodeInline(ReadOnlyInline):
     model = Node
-    extra = 0
-    can_delete = False
     show_change_link = True
     fields = ("name", "ready", "schedulable", "accelerator_type", "accelerator_model", "accelerator_count",
               "free_accelerators", "cpu_model", "memory_bytes")  # fmt: skip
     readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
