@@ -114,6 +114,22 @@ def _stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (a worker and its pool children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ..., utime (12), stime (13)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def _stats(values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -176,6 +192,7 @@ def main() -> None:
                   f"worker concurrency {args.workers}; simulated copy {args.job_duration:g}s, "
                   f"pod start/ready {args.pod_delay:g}s + {args.pod_delay:g}s")  # fmt: skip
 
+            cpu_before = _cpu_seconds(worker.pid), _cpu_seconds(proc.pid)  # start-up and inventory excluded
             t0 = time.monotonic()
             runs = []
             for i in range(args.deploys):
@@ -195,6 +212,8 @@ def main() -> None:
                     break
                 time.sleep(0.5)
             elapsed = time.monotonic() - t0
+            worker_cpu = _cpu_seconds(worker.pid) - cpu_before[0]
+            cluster_cpu = _cpu_seconds(proc.pid) - cpu_before[1]
         finally:
             _stop(worker)
             _stop(proc)
@@ -224,6 +243,9 @@ def main() -> None:
               f"{os.environ['DEPLOY_POLL_INTERVAL']}s)")  # fmt: skip
         print(f"  orchestration overhead  {_stats(overheads)}   (target ≤ 0.300 mean; includes queueing behind "
               f"{args.deploys} concurrent runs on {args.workers} worker processes)")  # fmt: skip
+        print(f"CPU time: Celery workers {worker_cpu:.1f}s = {worker_cpu / args.deploys * 1000:.0f} ms per deploy "
+              f"(steps, polls, gateway, Helm rendering, database); devcluster {cluster_cpu:.1f}s = "
+              f"{cluster_cpu / args.deploys * 1000:.0f} ms per deploy (simulated API server, kubelet, scheduler)")
 
 
 if __name__ == "__main__":

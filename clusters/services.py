@@ -27,6 +27,7 @@ from .models import Cluster, ClusterEvent
 
 logger = logging.getLogger(__name__)
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 STALE_REGISTRATION = timedelta(minutes=15)
 ERROR_AFTER = timedelta(hours=24)
 ERROR_RETRY_EVERY = timedelta(hours=24)
@@ -76,13 +77,19 @@ def kubeconfig_dict(cluster: Cluster) -> dict:
     """The decrypted kubeconfig of a cluster (in memory only)."""
     if not cluster.kubeconfig:
         raise GatewayError(f"cluster {cluster.name} has no kubeconfig")
-    return yaml.safe_load(cluster.kubeconfig)
+    # The stored text is our own normalized dump (validated on the way in), so libyaml's safe loader is fine and
+    # much faster than the pure-Python one on this hot path (every workflow step builds a gateway).
+    return yaml.load(cluster.kubeconfig, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
 
 
 def gateway_for(
-    cluster: Cluster, *, timeout: float = 10.0, connect_timeout: float | None = None
+    cluster: Cluster, *, timeout: float = 10.0, connect_timeout: float | None = None, reuse: bool = True
 ) -> ClusterGateway:
-    return ClusterGateway(kubeconfig_dict(cluster), timeout=timeout, connect_timeout=connect_timeout)
+    """A gateway to the cluster. ``reuse`` keeps its HTTP connection for the next step in this process (workflow
+    steps and polls); the threaded health sweep and live checks pass ``reuse=False``."""
+    return ClusterGateway(
+        kubeconfig_dict(cluster), timeout=timeout, connect_timeout=connect_timeout, reuse=reuse
+    )
 
 
 # --- registration ------------------------------------------------------------------------------------------------
@@ -240,7 +247,7 @@ def check_health(cluster: Cluster, checks: list[str] | None = None, *, timeout: 
     result: dict[str, Any] = {"cluster": cluster.name, "healthy": True, "checks": {}}
     started = time.monotonic()
     try:
-        with gateway_for(cluster, timeout=timeout) as gw:
+        with gateway_for(cluster, timeout=timeout, reuse=False) as gw:
             version = gw.version()
             result["checks"]["api"] = {"ok": True, "version": version.get("gitVersion", "")}
             nodes = gw.list("v1", "Node") if {"nodes", "gpu"} & set(checks) else []
@@ -306,7 +313,7 @@ def _retry_due(cluster: Cluster, now) -> bool:
 
 def _probe(cluster: Cluster, timeout: float) -> tuple[bool, str]:
     try:
-        with gateway_for(cluster, timeout=timeout, connect_timeout=min(timeout, 3.0)) as gw:
+        with gateway_for(cluster, timeout=timeout, connect_timeout=min(timeout, 3.0), reuse=False) as gw:
             gw.version()
         return True, ""
     except GatewayError as exc:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -110,6 +111,51 @@ def _system_context() -> ssl.SSLContext:
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
 
 
+# Kept-alive HTTP clients per (pinned address, credentials, TLS material, timeouts), reused by workflow steps in
+# the same process so that each step and poll does not pay a new TLS handshake. The host check (and IP pin) still
+# runs for every gateway: the pinned IP is part of the key. Entries expire after _POOL_TTL seconds of disuse.
+# Only single-threaded users (Celery prefork processes, one step at a time) should ask for reuse: an evicted client
+# is closed, which would break a request another thread had in flight on it.
+_POOL_TTL = 60.0
+_POOL_MAX = 64
+_pool: dict[str, tuple[float, httpx.Client]] = {}
+_pool_lock = threading.Lock()
+
+
+def _pool_key(
+    base: str, headers: dict, cluster: dict, user: dict, timeout: float, connect: float | None
+) -> str:
+    material = json.dumps(
+        [base, sorted(headers.items()), cluster.get("certificate-authority-data"),
+         cluster.get("insecure-skip-tls-verify"), user.get("client-certificate-data"),
+         user.get("client-key-data"), timeout, connect],
+        default=str,
+    )  # fmt: skip
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _pool_get(key: str) -> httpx.Client | None:
+    now = time.monotonic()
+    with _pool_lock:
+        entry = _pool.get(key)
+        if entry is None:
+            return None
+        if now - entry[0] > _POOL_TTL:
+            del _pool[key]
+            entry[1].close()
+            return None
+        _pool[key] = (now, entry[1])
+        return entry[1]
+
+
+def _pool_put(key: str, client: httpx.Client) -> None:
+    with _pool_lock:
+        _pool[key] = (time.monotonic(), client)
+        while len(_pool) > _POOL_MAX:
+            oldest = min(_pool, key=lambda k: _pool[k][0])
+            _pool.pop(oldest)[1].close()
+
+
 def _pem(data_b64: str) -> str:
     return base64.b64decode(data_b64).decode("ascii")
 
@@ -124,6 +170,7 @@ class ClusterGateway:
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float | None = None,
         allow_loopback: bool | None = None,
+        reuse: bool = False,
     ) -> None:
         from clusters.kubeconfig import KubeconfigError, check_host_at_connect
 
@@ -151,14 +198,20 @@ class ClusterGateway:
         elif user.get("username") and user.get("password"):
             raw = f"{user['username']}:{user['password']}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        self._ssl = self._ssl_context(cluster, user)
-        self._client = httpx.Client(
-            verify=self._ssl,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout or timeout),
-            limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
-            trust_env=False,
-        )
+        self._reuse = reuse
+        key = _pool_key(self._base, headers, cluster, user, timeout, connect_timeout) if reuse else ""
+        client = _pool_get(key) if reuse else None
+        if client is None:
+            client = httpx.Client(
+                verify=self._ssl_context(cluster, user),
+                headers=headers,
+                timeout=httpx.Timeout(timeout, connect=connect_timeout or timeout),
+                limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+                trust_env=False,
+            )
+            if reuse:
+                _pool_put(key, client)
+        self._client = client
         self._sni = self.host
         self._resources: dict[str, dict[str, ResourceInfo]] = {}
 
@@ -195,7 +248,8 @@ class ClusterGateway:
     # --- plumbing ---------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._client.close()
+        if not self._reuse:  # pooled clients stay open for the next gateway to the same cluster
+            self._client.close()
 
     def __enter__(self) -> ClusterGateway:
         return self

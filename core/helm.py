@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+# libyaml's safe loader when available: rendered manifests are parsed on every install and upgrade.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 CHARTS_DIR = Path(__file__).resolve().parent.parent / "charts"
 
 
@@ -43,7 +45,7 @@ def render(chart: str, values: dict, *, release: str, namespace: str) -> tuple[s
         if template.endswith("NOTES.txt"):
             continue
         text = manifests[template]
-        for doc in yaml.safe_load_all(text):
+        for doc in yaml.load_all(text, Loader=_YAML_LOADER):
             if doc:
                 objects.append(doc)
         if text.strip():

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any, Literal
-
-import matplotlib
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any, Literal
 
 from deployments.benchstats import decode_samples
 from deployments.loadgen import RequestRecord
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: it costs ~0.7 s at every process start
+    from matplotlib.figure import Figure
 
 Format = Literal["png", "svg"]
 PLOT_KINDS = ("ttft", "itl", "latency", "throughput")
@@ -40,12 +40,16 @@ def _render(fig: Figure, fmt: Format) -> bytes:
     # No creation date in the metadata: the same data gives the same bytes (cacheable, comparable).
     metadata = {"Date": None} if fmt == "svg" else {"Software": None}
     # A fixed hash salt makes SVG element ids stable too.
+    import matplotlib
+
     with matplotlib.rc_context({"svg.hashsalt": "budcluster"}):
         fig.savefig(buf, format=fmt, dpi=_DPI, metadata=metadata, bbox_inches="tight")
     return buf.getvalue()
 
 
 def _figure(title: str) -> tuple[Figure, Any]:
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=_SIZE, dpi=_DPI, layout="tight")
     ax = fig.add_subplot()
     ax.set_title(title)

@@ -794,10 +794,11 @@ def probe_endpoint(url: str, served_name: str, model_kind: str, *, timeout: floa
 # --- health ------------------------------------------------------------------------------------------------------
 
 
-def _gateway(cluster: Cluster, timeout: float = 10.0) -> ClusterGateway:
+def _gateway(cluster: Cluster, timeout: float = 10.0, *, reuse: bool = True) -> ClusterGateway:
+    """Workflow steps reuse the process's connection; the threaded health sweep and web views pass False."""
     from clusters.services import gateway_for
 
-    return gateway_for(cluster, timeout=timeout)
+    return gateway_for(cluster, timeout=timeout, reuse=reuse)
 
 
 def health_verdict(desired: int, ready: int, endpoint_ok: bool) -> tuple[str, str]:
@@ -816,7 +817,7 @@ def check_health(deployment: Deployment, *, timeout: float | None = None) -> dic
     timeout = timeout or float(setting("DEPLOYMENT_HEALTH_TIMEOUT"))
     result: dict[str, Any] = {"deployment": deployment.pk, "old": deployment.status}
     try:
-        with _gateway(deployment.cluster, timeout=timeout) as gw:
+        with _gateway(deployment.cluster, timeout=timeout, reuse=False) as gw:
             state = readiness(gw, deployment)
             url = deployment.endpoint_url or endpoint_url(gw, deployment)
     except GatewayError as exc:
@@ -897,7 +898,7 @@ def sweep(*, deployment_ids: list[int] | None = None) -> dict:
 
 def worker_logs(worker: Worker, *, tail_lines: int = 200) -> str:
     deployment = worker.deployment
-    with _gateway(deployment.cluster) as gw:
+    with _gateway(deployment.cluster, reuse=False) as gw:
         return gw.pod_logs(deployment.namespace, worker.name, tail_lines=tail_lines)
 
 

@@ -22,7 +22,7 @@ def refresh_all() -> dict:
 
     def one(cluster) -> tuple[str, str]:
         try:
-            with gateway_for(cluster, timeout=30) as gw:
+            with gateway_for(cluster, timeout=30, reuse=False) as gw:  # threads: no shared clients
                 refresh_inventory(cluster, gw)
             return cluster.name, "ok"
         except GatewayError as exc:
