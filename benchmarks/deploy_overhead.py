@@ -243,9 +243,11 @@ def main() -> None:
               f"{os.environ['DEPLOY_POLL_INTERVAL']}s)")  # fmt: skip
         print(f"  orchestration overhead  {_stats(overheads)}   (target ≤ 0.300 mean; includes queueing behind "
               f"{args.deploys} concurrent runs on {args.workers} worker processes)")  # fmt: skip
-        print(f"CPU time: Celery workers {worker_cpu:.1f}s = {worker_cpu / args.deploys * 1000:.0f} ms per deploy "
-              f"(steps, polls, gateway, Helm rendering, database); devcluster {cluster_cpu:.1f}s = "
-              f"{cluster_cpu / args.deploys * 1000:.0f} ms per deploy (simulated API server, kubelet, scheduler)")
+        print(
+            f"CPU time: Celery workers {worker_cpu:.1f}s = {worker_cpu / args.deploys * 1000:.0f} ms per deploy "
+            f"(steps, polls, gateway, Helm rendering, database); devcluster {cluster_cpu:.1f}s = "
+            f"{cluster_cpu / args.deploys * 1000:.0f} ms per deploy (simulated API server, kubelet, scheduler)"
+        )
 
 
 if __name__ == "__main__":
