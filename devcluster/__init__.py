@@ -1,7 +1,7 @@
 """devcluster: a local Kubernetes API emulator with simulated nodes, for development and tests.
 
 `python -m devcluster serve ...` runs it; `devcluster.server.DevCluster` runs it in-process on a thread;
-`devcluster.testing` has pytest fixtures.  See docs/devcluster.md.
+`devcluster.testing` has pytest fixtures.  See the README section "Local cluster".
 """
 
 __all__ = ["DevCluster"]
