@@ -122,13 +122,11 @@ _pool: dict[str, tuple[float, httpx.Client]] = {}
 _pool_lock = threading.Lock()
 
 
-def _pool_key(
-    base: str, headers: dict, cluster: dict, user: dict, timeout: float, connect: float | None
-) -> str:
+def _pool_key(base: str, headers: dict, cluster: dict, user: dict) -> str:
     material = json.dumps(
         [base, sorted(headers.items()), cluster.get("certificate-authority-data"),
          cluster.get("insecure-skip-tls-verify"), user.get("client-certificate-data"),
-         user.get("client-key-data"), timeout, connect],
+         user.get("client-key-data")],
         default=str,
     )  # fmt: skip
     return hashlib.sha256(material.encode()).hexdigest()
@@ -199,7 +197,9 @@ class ClusterGateway:
             raw = f"{user['username']}:{user['password']}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
         self._reuse = reuse
-        key = _pool_key(self._base, headers, cluster, user, timeout, connect_timeout) if reuse else ""
+        self._connect_timeout = connect_timeout or timeout
+        self._timeout = httpx.Timeout(timeout, connect=self._connect_timeout)
+        key = _pool_key(self._base, headers, cluster, user) if reuse else ""
         client = _pool_get(key) if reuse else None
         if client is None:
             client = httpx.Client(
@@ -281,7 +281,10 @@ class ClusterGateway:
                 params=params,
                 content=content,
                 headers=headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                # Per request, so that a pooled client serves gateways with different timeouts.
+                timeout=httpx.Timeout(timeout, connect=min(timeout, self._connect_timeout))
+                if timeout is not None
+                else self._timeout,
                 extensions={"sni_hostname": self._sni},
             )
         except httpx.TimeoutException:
