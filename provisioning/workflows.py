@@ -247,11 +247,6 @@ def outputs(ctx: StepContext) -> dict:
         kubeconfig = values.get("kubeconfig")
         if kubeconfig is None or not kubeconfig.value:
             raise StepFailed(f"module {provisioning.module} returned no kubeconfig output")
-        # This launches a run from inside a worker; a long-lived worker's ContentType cache may hold ids of
-        # rows that no longer exist when the database was flushed under it (test suites), so re-read them.
-        from django.contrib.contenttypes.models import ContentType
-
-        ContentType.objects.clear_cache()
         try:
             run = replace_kubeconfig(
                 provisioning.cluster, str(kubeconfig.value).encode(), user=ctx.run.created_by

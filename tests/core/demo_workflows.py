@@ -8,7 +8,20 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from celery.signals import task_prerun
+
 from core.workflow import NotYet, Poll, Step, StepContext, StepFailed, Workflow
+
+
+@task_prerun.connect
+def _fresh_content_types(**kwargs) -> None:
+    """Test workers outlive the database flushes between transactional tests, which recreate the content type
+    rows with new ids; forget the cached ones before each task (a run launched from a worker, e.g. provisioning's
+    registration, would otherwise point at a row that no longer exists). Every test worker imports this module
+    (WORKFLOW_EXTRA_MODULES), production workers do not need it."""
+    from django.contrib.contenttypes.models import ContentType
+
+    ContentType.objects.clear_cache()
 
 
 def _record(ctx: StepContext, **data) -> dict:
