@@ -62,11 +62,6 @@ ProgressCallback = Callable[[int, int], None]
 MAX_SWEEP_POINTS = 16
 
 
-def setting(name: str) -> Any:
-    """A benchmark setting (``BENCHMARK_*``), defined in settings.py from the environment."""
-    return getattr(django_settings, name)
-
-
 class BenchmarkError(StepFailed):
     """The benchmark could not run or measured nothing; the message says why (a failed step in a run)."""
 
@@ -150,8 +145,8 @@ class BenchmarkOptionsSerializer(serializers.Serializer):
     def validate(self, attrs: dict) -> dict:
         errors: dict[str, str] = {}
         max_requests, max_concurrency = (
-            setting("BENCHMARK_MAX_REQUESTS"),
-            setting("BENCHMARK_MAX_CONCURRENCY"),
+            django_settings.BENCHMARK_MAX_REQUESTS,
+            django_settings.BENCHMARK_MAX_CONCURRENCY,
         )
         points = len(attrs.get("sweep") or [1])
         if attrs["requests"] * points > max_requests:
@@ -183,7 +178,7 @@ def dataset_path(name: str) -> Path:
     Callers of the API name a file, never a path of their choosing: reading arbitrary server files is not
     something a benchmark request may do.
     """
-    root = Path(setting("BENCHMARK_DATASET_DIR")).resolve()
+    root = Path(django_settings.BENCHMARK_DATASET_DIR).resolve()
     path = (root / name).resolve()
     if not path.is_relative_to(root):
         raise ValueError(f"datasets are files inside BENCHMARK_DATASET_DIR ({root}); {name!r} is outside it")
@@ -262,8 +257,8 @@ def load_settings(deployment: Deployment, opts: dict) -> LoadSettings:
             dataset_path=dataset,
             warmup_requests=opts["warmup"],
             ramp_up_s=opts["ramp_up"],
-            timeout_s=opts.get("timeout") or setting("BENCHMARK_TIMEOUT"),
-            idle_timeout_s=opts.get("idle_timeout") or setting("BENCHMARK_IDLE_TIMEOUT"),
+            timeout_s=opts.get("timeout") or django_settings.BENCHMARK_TIMEOUT,
+            idle_timeout_s=opts.get("idle_timeout") or django_settings.BENCHMARK_IDLE_TIMEOUT,
             seed=opts["seed"],
         )
     except ValueError as exc:

@@ -62,11 +62,6 @@ SERVING_PORT = 8000
 # --- settings (environment variables with defaults; see README "Deployments") ------------------------------------
 
 
-def setting(name: str) -> Any:
-    """A deployments setting (``DEPLOY_*``, ``DEPLOYMENT_HEALTH_*``), defined in settings.py from the environment."""
-    return getattr(settings, name)
-
-
 class DeploymentRefused(Exception):
     """The request is refused; ``status`` is the HTTP status, ``data`` extra fields for the answer."""
 
@@ -192,16 +187,16 @@ def eta_seconds(config: dict, weights_bytes: int, device_type: str) -> dict[str,
 
 
 def timeouts(config: dict, weights_bytes: int) -> dict[str, float]:
-    transfer = setting("DEPLOY_TRANSFER_BASE_TIMEOUT") + weights_bytes / setting(
-        "DEPLOY_TRANSFER_MIN_BYTES_PER_SECOND"
+    transfer = (
+        settings.DEPLOY_TRANSFER_BASE_TIMEOUT + weights_bytes / settings.DEPLOY_TRANSFER_MIN_BYTES_PER_SECOND
     )
     return {
         "transfer": float(
-            config.get("transfer_timeout") or min(transfer, setting("DEPLOY_TRANSFER_MAX_TIMEOUT"))
+            config.get("transfer_timeout") or min(transfer, settings.DEPLOY_TRANSFER_MAX_TIMEOUT)
         ),
-        "ready": float(config.get("ready_timeout") or setting("DEPLOY_READY_TIMEOUT")),
-        "verify_interval": float(setting("DEPLOY_VERIFY_INTERVAL")),
-        "verify": float(setting("DEPLOY_VERIFY_INTERVAL")) * int(setting("DEPLOY_VERIFY_TRIES")),
+        "ready": float(config.get("ready_timeout") or settings.DEPLOY_READY_TIMEOUT),
+        "verify_interval": float(settings.DEPLOY_VERIFY_INTERVAL),
+        "verify": float(settings.DEPLOY_VERIFY_INTERVAL) * int(settings.DEPLOY_VERIFY_TRIES),
     }
 
 
@@ -265,7 +260,7 @@ def runtime_chart_values(
         "nodeSelector": dict(runtime.get("node_selector") or {}),
         "shm": {"enabled": True, "sizeLimit": runtime["shm_size"]},
         "service": {
-            "type": config.get("service_type") or setting("DEPLOY_SERVICE_TYPE"),
+            "type": config.get("service_type") or settings.DEPLOY_SERVICE_TYPE,
             "port": SERVING_PORT,
         },
         "env": env,
@@ -814,7 +809,7 @@ def health_verdict(desired: int, ready: int, endpoint_ok: bool) -> tuple[str, st
 
 def check_health(deployment: Deployment, *, timeout: float | None = None) -> dict:
     """Read replicas and pods, probe the endpoint, upsert workers, apply the status transition (with an event)."""
-    timeout = timeout or float(setting("DEPLOYMENT_HEALTH_TIMEOUT"))
+    timeout = timeout or float(settings.DEPLOYMENT_HEALTH_TIMEOUT)
     result: dict[str, Any] = {"deployment": deployment.pk, "old": deployment.status}
     try:
         with _gateway(deployment.cluster, timeout=timeout, reuse=False) as gw:
@@ -868,7 +863,7 @@ def sweep(*, deployment_ids: list[int] | None = None) -> dict:
         qs = qs.filter(pk__in=deployment_ids)
     deployments = [d for d in qs if d.cluster.status == ClusterStatus.AVAILABLE]
     results = []
-    workers = max(1, min(int(setting("DEPLOYMENT_HEALTH_CONCURRENCY")), len(deployments) or 1))
+    workers = max(1, min(int(settings.DEPLOYMENT_HEALTH_CONCURRENCY), len(deployments) or 1))
 
     def one(d: Deployment) -> dict:
         from django.db import connection

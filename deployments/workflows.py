@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from clusters.choices import ReleaseStatus
@@ -54,7 +55,7 @@ def _gateway_failed(exc: GatewayError) -> Exception:
 
 
 def _poll_interval(ctx: StepContext) -> float:
-    return float(services.setting("DEPLOY_POLL_INTERVAL"))
+    return float(settings.DEPLOY_POLL_INTERVAL)
 
 
 # --- deploy steps --------------------------------------------------------------------------------------------
@@ -230,8 +231,7 @@ def _install(deployment: Deployment, *, replicas: int, engine_args: list[str], i
         image=image,
         has_hf_secret=services.HF_SECRET in (deployment.config.get("secret_names") or []),
         ingress_host=services.ingress_host(deployment.cluster, deployment.namespace)
-        if (deployment.config.get("service_type") or services.setting("DEPLOY_SERVICE_TYPE"))
-        != "LoadBalancer"
+        if (deployment.config.get("service_type") or settings.DEPLOY_SERVICE_TYPE) != "LoadBalancer"
         else "",
     )
     try:
