@@ -106,8 +106,9 @@ _discovery_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
-def _system_context() -> ssl.SSLContext:
-    """Public-CA verification for clusters whose kubeconfig carries no CA (e.g. managed endpoints)."""
+def system_ssl_context() -> ssl.SSLContext:
+    """Public-CA verification, built once per process (reading the CA bundle costs ~20 ms): clusters whose
+    kubeconfig carries no CA (e.g. managed endpoints) and model endpoints."""
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
 
 
@@ -224,7 +225,7 @@ class ClusterGateway:
             # dominated a sweep over thousands of clusters.
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         elif not has_client_cert:
-            return _system_context()  # shared and never modified: safe to reuse across threads
+            return system_ssl_context()  # shared and never modified: safe to reuse across threads
         else:
             ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         if cluster.get("insecure-skip-tls-verify"):

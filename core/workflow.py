@@ -10,8 +10,11 @@ Design (after pulpcore's tasking and AWX's job events):
   another live worker is running, is a no-op that also drops the rest of its chain (the owner carries the chain on).
   Hence redelivery (``acks_late`` + ``task_reject_on_worker_lost``) is safe and each step body runs once.
 * Poll steps (``Step(poll=Poll(...))``) never sleep in a worker: the body checks once and returns ``NotYet``; the
-  engine marks the step WAITING and re-sends the same message with a countdown (``Task.retry``, which keeps the
-  chain) until the step's deadline, when it fails with a clear message.
+  engine marks the step WAITING and re-sends the step's message with a countdown (carrying the rest of the chain)
+  until the step's deadline, when it fails with a clear message.
+* Inline continuation: when a step succeeds, the same task goes on with the run's next step (popped off the
+  chain, claimed and recorded like any other) until ``WORKFLOW_INLINE_SECONDS`` of the message have passed, so
+  a run of short steps does not queue behind every other run once per step.
 * Fan-out steps (``Step(each=...)``) replace themselves by a **chord**: one ``execute_fanout_item`` per item in
   parallel, joined by ``join_fanout`` which finishes the step; the chain then goes on.
 * Cancel is cooperative: ``request_cancel()`` sets ``Run.cancel_requested``; a step boundary (or a body calling
@@ -32,6 +35,7 @@ import importlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -240,7 +244,8 @@ class StepContext:
             fields["message"] = message
         RunStep.objects.filter(pk=self.step.pk).update(**fields)
         self.step.progress = fields["progress"]
-        _refresh_run_progress(self.run.pk)
+        if self.step.phase == StepPhase.MAIN:
+            _refresh_run_progress(self.run.pk, self.step.order, self.step.progress)
 
     def event(self, message: str, **data: Any) -> None:
         _event(self.run.pk, self.step.name, self.step.status, message, data)
@@ -264,6 +269,10 @@ def _event(run_id: Any, step: str, status: str, message: str, data: dict | None 
     )
 
 
+# A run stamped this recently needs no new stamp when its next step starts.
+_FRESH = timedelta(seconds=1)
+
+
 def _stale_after() -> timedelta:
     return timedelta(seconds=float(settings.WORKFLOW_STALE_AFTER))
 
@@ -272,27 +281,42 @@ def _duration(spec: DurationSpec, ctx: StepContext) -> float:
     return float(spec(ctx) if callable(spec) else spec)
 
 
-def _refresh_run_progress(run_id: Any, *, now: datetime | None = None, **extra: Any) -> bool:
-    """Recompute percent and ETA from the main steps' estimates (one read, one write; ``extra`` fields are
-    written in the same UPDATE). Returns True while some main step is still pending, running or waiting."""
+# Main-step estimates per run, (order, eta seconds) in order. They are fixed at launch, so each process reads them
+# once per run instead of on every transition (the steps of a run mostly pass through one process, inline).
+_ETAS: OrderedDict[str, list[tuple[int, float]]] = OrderedDict()
+_ETAS_MAX = 512
+
+
+def _main_etas(run_id: Any) -> list[tuple[int, float]]:
+    key = str(run_id)
+    etas = _ETAS.get(key)
+    if etas is None:
+        etas = list(
+            RunStep.objects.filter(run_id=run_id, phase=StepPhase.MAIN)
+            .order_by("order")
+            .values_list("order", "eta_seconds")
+        )
+        _ETAS[key] = etas
+        while len(_ETAS) > _ETAS_MAX:
+            _ETAS.popitem(last=False)
+    return etas
+
+
+def _refresh_run_progress(
+    run_id: Any, order: int, fraction: float, *, now: datetime | None = None, **extra: Any
+) -> bool:
+    """Recompute percent and ETA while main step ``order`` is ``fraction`` done (one write; ``extra`` fields
+    are written in the same UPDATE). Main steps run strictly in order, so every step before it has succeeded
+    and every step after it is pending. Returns True while main steps remain (this one unfinished, or more)."""
     now = now or timezone.now()
-    rows = RunStep.objects.filter(run_id=run_id, phase=StepPhase.MAIN).values_list(
-        "status", "eta_seconds", "progress"
-    )
-    total = done = 0.0
-    active = False
-    for status, eta, progress in rows:
-        total += eta
-        if status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
-            done += eta
-        elif status in (StepStatus.RUNNING, StepStatus.WAITING):
-            done += eta * progress
-        active = active or status in StepStatus.active()
+    etas = _main_etas(run_id)
+    total = sum(eta for _, eta in etas)
+    done = sum(eta for o, eta in etas if o < order) + fraction * sum(eta for o, eta in etas if o == order)
     percent = 100.0 * done / total if total else 100.0
     Run.objects.filter(pk=run_id, status__in=RunStatus.active()).update(
         progress=round(percent, 2), eta=now + timedelta(seconds=max(0.0, total - done)), **extra
     )
-    return active
+    return fraction < 1.0 or any(o > order for o, _ in etas)
 
 
 class _Heartbeat:
@@ -324,6 +348,15 @@ class _Heartbeat:
         self.stop_event.set()
 
 
+def _resend(task: Task, run_id: str, step_name: str, countdown: float) -> None:
+    """Send this step's message again after ``countdown`` seconds, carrying the rest of the chain.
+
+    What ``Task.retry`` does, minus its exception: Celery builds a formatted traceback for every Retry raised,
+    which cost more CPU than a poll's own check. This message then ends normally (and is acked)."""
+    task.signature_from_request(task.request, (run_id, step_name), {}, countdown=countdown).apply_async()
+    _drop_chain(task)
+
+
 def _drop_chain(task: Task | None) -> None:
     """Stop the rest of this message's chain: another owner carries it, or the run is ending."""
     if task is not None:
@@ -334,7 +367,7 @@ def _drop_chain(task: Task | None) -> None:
 # --- step execution -------------------------------------------------------------------------------------------------
 
 
-def _claim(step: RunStep, now: datetime) -> bool:
+def _claim(step: RunStep, now: datetime, deadline: datetime | None = None) -> bool:
     """Compare-and-set this step to RUNNING for this worker. False: someone else owns it, or it is done."""
     if step.status in StepStatus.terminal():
         return False
@@ -347,13 +380,58 @@ def _claim(step: RunStep, now: datetime) -> bool:
         attempt=F("attempt") + 1,
         heartbeat_at=now,
         started_at=step.started_at or now,
+        **({"deadline": deadline} if deadline is not None else {}),
     )
     return updated == 1
 
 
+@dataclass(frozen=True)
+class _Continue:
+    """Returned by ``_execute_one`` when the step succeeded and its run goes on."""
+
+    kind: str
+
+
 def execute_step(task: Task, run_id: str, step_name: str) -> Any:
-    """Body of the ``core.execute_step`` task."""
+    """Body of the ``core.execute_step`` task: run the step, then the steps after it in this same message
+    while ``WORKFLOW_INLINE_SECONDS`` last (see ``_take_inline``)."""
     close_old_connections()
+    started = time.monotonic()
+    while True:
+        result = _execute_one(task, run_id, step_name)
+        if not isinstance(result, _Continue):
+            return result
+        next_name = _take_inline(task, run_id, result.kind, started)
+        if next_name is None:
+            return None
+        step_name = next_name
+
+
+def _take_inline(task: Task, run_id: str, kind: str, started: float) -> str | None:
+    """Pop the next message of this chain and run its step here instead of sending it through the broker.
+
+    Each message through the broker costs a publish, a trip to the back of the queue (behind every other
+    run's steps) and a consume; a deploy's short steps in a row (verify → place → namespace → ...) were
+    spending more time in the queue than in their bodies. The popped step is claimed and recorded exactly as
+    if its own message had arrived, so nothing about idempotence changes: if this worker dies inside it, the
+    message being processed (an earlier, finished step) is redelivered and dropped, and the reaper resumes
+    the run at the step that went silent. Fan-out steps keep their own message (``task.replace`` needs it);
+    past the time budget the chain goes back to the broker so one run cannot hold a worker process.
+    """
+    chain = task.request.chain
+    if not chain or time.monotonic() - started >= float(settings.WORKFLOW_INLINE_SECONDS):
+        return None
+    nxt = chain[-1]  # Celery keeps a chain's remaining signatures in reverse order: the next is last
+    args = list(nxt.get("args") or [])
+    if nxt.get("task") != "core.execute_step" or len(args) != 2 or str(args[0]) != str(run_id):
+        return None
+    if get_workflow(kind).step(args[1]).each is not None:
+        return None
+    chain.pop()
+    return str(args[1])
+
+
+def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
     try:
         step = RunStep.objects.select_related("run").get(run_id=run_id, name=step_name)
     except RunStep.DoesNotExist:
@@ -371,21 +449,27 @@ def execute_step(task: Task, run_id: str, step_name: str) -> Any:
     previous_status = step.status
     workflow = get_workflow(run.kind)
     spec = workflow.step(step_name)
+    ctx = StepContext(run, step)
+    deadline = None
+    if spec.poll and step.deadline is None:
+        deadline = now + timedelta(seconds=_duration(spec.poll.timeout, ctx))
     # Claim, run status and the start event commit together (one commit instead of several fsyncs).
     with transaction.atomic():
-        if not _claim(step, now):
+        if not _claim(step, now, deadline):
             _drop_chain(task)
             return None
         step.status, step.attempt, step.heartbeat_at = StepStatus.RUNNING, step.attempt + 1, now
         step.started_at = step.started_at or now
+        step.deadline = step.deadline or deadline
         if run.status == RunStatus.PENDING:
             if Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
                 status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, wake_at=None
             ):
                 _event(run.pk, "", RunStatus.RUNNING, f"{run.title}: started")
             run.refresh_from_db()
-        else:
+        elif run.wake_at is not None or not run.heartbeat_at or run.heartbeat_at < now - _FRESH:
             Run.objects.filter(pk=run.pk).update(heartbeat_at=now, wake_at=None)
+        # else: the previous step's finish stamped the run a moment ago (a step run inline after it)
         if step.phase == StepPhase.MAIN and run.cancel_requested:
             _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
             _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
@@ -400,11 +484,6 @@ def execute_step(task: Task, run_id: str, step_name: str) -> Any:
                 f"{step.title}: resumed on a new worker (attempt {step.attempt})",
             )
             Run.objects.filter(pk=run.pk).update(resumed_count=F("resumed_count") + 1)
-
-    ctx = StepContext(run, step)
-    if spec.poll and step.deadline is None:
-        step.deadline = now + timedelta(seconds=_duration(spec.poll.timeout, ctx))
-        RunStep.objects.filter(pk=step.pk).update(deadline=step.deadline)
 
     try:
         with _Heartbeat(run.pk, step.pk):
@@ -425,7 +504,7 @@ def execute_step(task: Task, run_id: str, step_name: str) -> Any:
                 f"{exc} (retry {step.attempt}/{spec.retries} in {spec.retry_delay:g}s)",
                 spec.retry_delay,
             )
-            raise task.retry(countdown=spec.retry_delay, max_retries=None) from None
+            return _resend(task, run_id, step_name, spec.retry_delay)
         return _step_failed(task, run, step, f"{exc} (gave up after {step.attempt} attempts)")
     except StepFailed as exc:
         return _step_failed(task, run, step, str(exc))
@@ -442,7 +521,7 @@ def execute_step(task: Task, run_id: str, step_name: str) -> Any:
             )
         interval = _duration(spec.poll.interval, ctx)
         _wait(step, result.message, interval, result.progress)
-        raise task.retry(countdown=interval, max_retries=None)
+        return _resend(task, run_id, step_name, interval)
     return _step_succeeded(task, run, step, result)
 
 
@@ -453,9 +532,13 @@ def _wait(step: RunStep, message: str, interval: float, progress: float | None =
     if progress is not None:
         fields["progress"] = max(0.0, min(1.0, progress))
     RunStep.objects.filter(pk=step.pk, status=StepStatus.RUNNING).update(**fields)
-    Run.objects.filter(pk=step.run_id).update(heartbeat_at=now, wake_at=now + timedelta(seconds=interval))
+    run_fields = {"heartbeat_at": now, "wake_at": now + timedelta(seconds=interval)}
     if step.phase == StepPhase.MAIN:
-        _refresh_run_progress(step.run_id, now=now)
+        fraction = step.progress if progress is None else fields["progress"]
+        step.progress = fraction
+        _refresh_run_progress(step.run_id, step.order, fraction, now=now, **run_fields)
+    else:
+        Run.objects.filter(pk=step.run_id).update(**run_fields)
 
 
 def _finish_step(step: RunStep, status: str, message: str, output: Any = None) -> bool:
@@ -480,16 +563,18 @@ def _finish_step(step: RunStep, status: str, message: str, output: Any = None) -
 
 @transaction.atomic
 def _step_succeeded(task: Task, run: Run, step: RunStep, result: Any) -> Any:
+    """Returns ``_Continue`` when the run goes on (the caller may run the next step inline)."""
     if not _finish_step(step, StepStatus.SUCCEEDED, "done", result):
         _drop_chain(task)
         return None
     if step.phase == StepPhase.MAIN:
-        if not _refresh_run_progress(run.pk, heartbeat_at=timezone.now()):
+        if not _refresh_run_progress(run.pk, step.order, 1.0, heartbeat_at=timezone.now()):
             _finish_run(run, succeeded=True)
+            return None
     else:
         Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
         _maybe_finish_cleanup(run)
-    return None
+    return _Continue(run.kind)
 
 
 @transaction.atomic
@@ -616,7 +701,8 @@ def finish_fanout(task: Task, run_id: str, step_name: str, results: list[dict]) 
         return _step_failed(task, run, step, f"{type(exc).__name__}: {exc}")
     if isinstance(output, dict):
         output = {"items": step.output.get("items", []), **output}
-    return _step_succeeded(task, run, step, output)
+    outcome = _step_succeeded(task, run, step, output)
+    return None if isinstance(outcome, _Continue) else outcome
 
 
 # --- cancel and reaper -------------------------------------------------------------------------------------------

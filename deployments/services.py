@@ -39,7 +39,7 @@ from django.utils.dateparse import parse_datetime
 from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.models import Cluster, Revision
 from core import helm
-from core.gateway import ClusterGateway, GatewayError
+from core.gateway import ClusterGateway, GatewayError, system_ssl_context
 from core.models import Run
 
 from . import placement as placement_engine
@@ -753,7 +753,9 @@ def _endpoint_client(url: str, timeout: float) -> httpx.Client:
         check_host_at_connect(parts.hostname or "", parts.port or 80, timeout=timeout)
     except KubeconfigError as exc:
         raise GatewayError(f"endpoint {url} refused: {exc}") from None
-    return httpx.Client(base_url=url, timeout=timeout, trust_env=False, follow_redirects=False)
+    return httpx.Client(
+        base_url=url, timeout=timeout, trust_env=False, follow_redirects=False, verify=system_ssl_context()
+    )
 
 
 def probe_endpoint(url: str, served_name: str, model_kind: str, *, timeout: float = 10.0) -> dict:

@@ -204,4 +204,24 @@ def complete_node(node: dict, index: int) -> dict:
     if HARDWARE_KEY not in node:
         vendors = ["8086"] + [v for r, v in _DEVICE_VENDORS.items() if quantity(capacity.get(r)) > 0]
         node[HARDWARE_KEY] = {"pci_vendors": vendors}
+        perf = _device_perf_by_product(meta.get("labels") or {})
+        if perf:
+            node[HARDWARE_KEY]["gpu"] = {"perf": perf}
     return node
+
+
+_PRODUCT_LABELS = ("nvidia.com/gpu.product", "amd.com/gpu.product-name", "habana.ai/gaudi.product")
+
+
+def _device_perf_by_product(labels: dict) -> dict | None:
+    """A Node from a file that already carries a GPU product label (feature discovery ran where it was
+    captured) serves inference as fast as the machine profile with that product; unknown products get the
+    CPU fallback, as before."""
+    products = {str(labels[k]) for k in _PRODUCT_LABELS if labels.get(k)}
+    if not products:
+        return None
+    for profile in _profiles().values():
+        gpu = (profile.get("hardware") or {}).get("gpu") or {}
+        if gpu.get("perf") and str(gpu.get("product", "")) in products:
+            return dict(gpu["perf"])
+    return None

@@ -25,7 +25,10 @@ def _fresh_content_types(**kwargs) -> None:
 
 
 def _record(ctx: StepContext, **data) -> dict:
-    ctx.event("body executed", attempt=ctx.step.attempt, **data)
+    from celery import current_task
+
+    task_id = current_task.request.id if current_task else ""
+    ctx.event("body executed", attempt=ctx.step.attempt, task_id=task_id, **data)
     return {"step": ctx.step.name, "attempt": ctx.step.attempt}
 
 

@@ -50,6 +50,41 @@ def test_chain_completes_with_events_and_progress(worker):
     assert starts == ["First step: started", "Second step: started", "Third step: started"]
     assert messages[-1] == "Demo chain: succeeded"
     assert run.started_at and run.finished_at and run.finished_at >= run.started_at
+    # The short steps ran one after the other in the first step's message, not once each through the queue.
+    carried_by = {e.step: e.data["task_id"] for e in run.events.filter(message="body executed")}
+    assert set(carried_by) == {"first", "second", "third"}
+    assert len(set(carried_by.values())) == 1, carried_by
+
+
+class _Request:
+    def __init__(self, chain):
+        self.chain = chain
+
+
+class _Task:
+    def __init__(self, chain):
+        self.request = _Request(chain)
+
+
+def _msg(run_id: str, step: str) -> dict:
+    return {"task": "core.execute_step", "args": [run_id, step], "options": {}}
+
+
+def test_inline_continuation_takes_only_the_same_runs_next_step(settings):
+    settings.WORKFLOW_INLINE_SECONDS = 5
+    chain = [_msg("r1", "third"), _msg("r1", "second")]  # Celery keeps the next message last
+    task = _Task(chain)
+    now = time.monotonic()
+    assert workflow._take_inline(task, "r1", "demo.chain", now) == "second"
+    assert chain == [_msg("r1", "third")]
+    # Another run's message, a spent time budget, a fan-out step, or no chain: the broker carries it.
+    assert workflow._take_inline(_Task([_msg("r2", "second")]), "r1", "demo.chain", now) is None
+    assert workflow._take_inline(task, "r1", "demo.chain", now - 6) is None
+    assert chain == [_msg("r1", "third")]
+    assert workflow._take_inline(_Task([_msg("r1", "square")]), "r1", "demo.fanout", now) is None
+    assert workflow._take_inline(_Task(None), "r1", "demo.chain", now) is None
+    settings.WORKFLOW_INLINE_SECONDS = 0
+    assert workflow._take_inline(task, "r1", "demo.chain", time.monotonic()) is None
 
 
 def test_failure_runs_cleanup_and_reports_reason(worker):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,8 @@ from kubernetes import client
 
 from devcluster.sim.inference import InferenceServer, Latency, create_app, model_params_b, parse_engine_args
 from devcluster.sim.testing import https_context, wait_for
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nodes"
 
 pytest_plugins = ["tests.devcluster.sim_fixtures"]
 
@@ -158,6 +161,27 @@ def test_latency_formula_follows_model_size_and_hardware():
     )
     assert args == {"model": "org/M-7B", "served-model-name": ["a", "b"], "tensor-parallel-size": "2"}
     assert parse_engine_args(["vllm serve org/X-1B --max-model-len 2048"])["max-model-len"] == "2048"
+
+
+def test_nodes_from_files_serve_at_the_speed_of_their_gpu_product(tmp_path):
+    """A Node captured from a real cluster (GFD labels already on it) gets its product's device class, so an
+    8B model on an H100 node answers at H100 speed rather than at the CPU fallback's."""
+    import yaml
+
+    from devcluster.sim.hardware import DEFAULT_CPU_PERF, device_perf
+    from devcluster.sim.presets import HARDWARE_KEY, load_nodes
+
+    (h100,) = load_nodes(str(FIXTURES / "h100-xe9680.yaml"))
+    perf = device_perf(h100[HARDWARE_KEY], accelerated=True)
+    assert perf == {"tflops": 989, "bandwidth_gbs": 3350}
+    assert Latency.model(8, 2, perf, 1).itl_ms < 10  # 8B bf16 on one H100: ~9 ms per token
+
+    unknown = yaml.safe_load((FIXTURES / "h100-xe9680.yaml").read_text())
+    unknown["metadata"]["labels"]["nvidia.com/gpu.product"] = "Some-Future-GPU"
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(unknown))
+    (node,) = load_nodes(str(path))
+    assert device_perf(node[HARDWARE_KEY], accelerated=True) == DEFAULT_CPU_PERF
 
 
 # ------------------------------------------------------------------------------------ inside the cluster
