@@ -5,11 +5,11 @@ secrets → transfer chart → wait transfer → runtime chart → wait ready �
 cluster's own waits are simulated (the weights copy lasts ``--job-duration`` seconds, pods start and get ready
 after ``--pod-delay`` seconds each, the inference simulator answers at H100 speed).
 
-Measured in one run: first one deploy alone (the baseline: its wall time minus its waiting steps is what
-BudCluster adds to a single deploy), then N deploys submitted at once. With N runs sharing a few worker
-processes, a run's own wall time mostly measures queueing, so the overhead per deploy is amortized over the
-batch: (time until all N run - time for the one alone) / N, i.e. how much each extra concurrent deploy delays
-the batch. Worker and devcluster CPU per deploy are printed beside it.
+Measured in one run, after a warm-up deploy per worker process: first one deploy alone (the baseline: its
+wall time minus its waiting steps is what BudCluster adds to a single deploy), then N deploys submitted at
+once. With N runs sharing a few worker processes, a run's own wall time mostly measures queueing, so the
+overhead per deploy is amortized over the batch: (time until all N run - time for the one alone) / N, i.e. how
+much each extra concurrent deploy delays the batch. Worker and devcluster CPU per deploy are printed beside it.
 
 Usage: python benchmarks/deploy_overhead.py [--deploys 50] [--workers 4] [--job-duration 2] [--pod-delay 0.5]
 (PostgreSQL database ``budcluster_bench_deploy`` and Redis db 13 by default; DATABASE_URL / CELERY_BROKER_URL
@@ -136,6 +136,16 @@ def _cpu_seconds(pgid: int) -> float:
     return total
 
 
+def _host_probe() -> float:
+    """Seconds for a fixed pure-Python loop: CPU figures scale with it (this machine's speed varies with its
+    host's load), so it is printed beside them."""
+    started = time.process_time()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return time.process_time() - started
+
+
 def _stats(values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -161,6 +171,7 @@ def main() -> None:
 
     django.setup()
     from django.core.management import call_command
+    from django.db import connection
 
     call_command("migrate", verbosity=0)
     import redis
@@ -179,12 +190,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         proc, kubeconfig = _start_devcluster(
-            Path(tmp), _nodes_file(Path(tmp), args.deploys + 1), args.job_duration, args.pod_delay
+            Path(tmp),
+            _nodes_file(Path(tmp), args.deploys + 1 + args.workers),
+            args.job_duration,
+            args.pod_delay,
         )
         worker = _start_worker(args.workers)
         try:
             Run.objects.all().delete()
             Cluster.objects.all().delete()
+            with (
+                connection.cursor() as cursor
+            ):  # start every measurement from tables without earlier runs' bloat
+                cursor.execute("VACUUM ANALYZE")
             checked = cluster_services.validate(kubeconfig.read_bytes())
             cluster = Cluster.objects.create(
                 name="bench",
@@ -226,9 +244,13 @@ def main() -> None:
                     "cluster_cpu": _cpu_seconds(proc.pid) - cpu_before[1],
                 }
 
-            # Baseline in the same run: one deploy alone (no queueing), which also warms the pool processes.
+            # Warm every pool process (Helm engine, charts, connections) first, as a worker that has served
+            # any deploy is; then the baseline in the same run: one deploy alone (no queueing).
+            batch("warmup", args.workers)
             alone = batch("alone", 1)
+            probe_before = _host_probe()
             many = batch("bench", args.deploys)
+            probe = (probe_before + _host_probe()) / 2
         finally:
             _stop(worker)
             _stop(proc)
@@ -276,6 +298,8 @@ def main() -> None:
         f"rendering, database client; target <= 300 ms), devcluster {1000 * many['cluster_cpu'] / n:.0f} ms "
         "(simulated API server, kubelet, scheduler)"
     )
+    print(f"host speed probe: {probe:.3f}s CPU for 5M Python additions (before and after the batch; CPU figures "
+          "scale with it)")  # fmt: skip
 
 
 if __name__ == "__main__":

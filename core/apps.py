@@ -10,6 +10,6 @@ class CoreConfig(AppConfig):
     def ready(self) -> None:
         # Workflows register themselves on import; import every app's workflows module so that web, worker and
         # beat processes all know the same declarations.
-        from . import workflow
+        from . import checks, workflow  # noqa: F401 - checks registers itself on import
 
         workflow.autodiscover()

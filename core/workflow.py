@@ -269,10 +269,6 @@ def _event(run_id: Any, step: str, status: str, message: str, data: dict | None 
     )
 
 
-# A run stamped this recently needs no new stamp when its next step starts.
-_FRESH = timedelta(seconds=1)
-
-
 def _stale_after() -> timedelta:
     return timedelta(seconds=float(settings.WORKFLOW_STALE_AFTER))
 
@@ -467,9 +463,11 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
             ):
                 _event(run.pk, "", RunStatus.RUNNING, f"{run.title}: started")
             run.refresh_from_db()
-        elif run.wake_at is not None or not run.heartbeat_at or run.heartbeat_at < now - _FRESH:
+        elif not run.heartbeat_at or run.heartbeat_at < now - _stale_after() / 2:
             Run.objects.filter(pk=run.pk).update(heartbeat_at=now, wake_at=None)
-        # else: the previous step's finish stamped the run a moment ago (a step run inline after it)
+        # else: the previous step's finish (a step run inline after it) or the last check of this waiting step
+        # stamped the run recently; the body's heartbeat thread stamps it again long before the reaper would
+        # call it silent (a past wake_at counts as none).
         if step.phase == StepPhase.MAIN and run.cancel_requested:
             _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
             _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")

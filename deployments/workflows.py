@@ -37,7 +37,7 @@ from .models import Deployment, Worker
 
 def _deployment(ctx: StepContext) -> Deployment:
     try:
-        return Deployment.objects.select_related("cluster", "release").get(pk=ctx.params["deployment_id"])
+        return Deployment.objects.select_related("cluster").get(pk=ctx.params["deployment_id"])
     except Deployment.DoesNotExist:
         raise StepFailed(f"deployment {ctx.params['deployment_id']} no longer exists") from None
 
@@ -310,7 +310,6 @@ def benchmark(ctx: StepContext) -> dict:
 
 def mark_running(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    deployment.refresh_from_db()
     with transaction.atomic():
         current = Deployment.objects.select_for_update().get(pk=deployment.pk)
         if current.status == DeploymentStatus.DELETING:

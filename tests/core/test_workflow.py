@@ -215,3 +215,14 @@ def test_reaper_ignores_healthy_runs(worker):
     _finished(run)
     assert run.status == RunStatus.SUCCEEDED
     assert run.resumed_count == 0
+
+
+def test_heartbeat_slower_than_half_the_stale_window_is_refused(settings):
+    from core.checks import workflow_liveness
+
+    settings.WORKFLOW_HEARTBEAT_INTERVAL, settings.WORKFLOW_STALE_AFTER = 50, 90
+    (error,) = workflow_liveness()
+    assert error.id == "core.E001"
+    assert "less than half of WORKFLOW_STALE_AFTER (90s)" in error.msg
+    settings.WORKFLOW_HEARTBEAT_INTERVAL = 10
+    assert workflow_liveness() == []
