@@ -70,5 +70,29 @@ def celery_worker_process(django_db_setup, django_db_blocker, _clean_broker):
 
 @pytest.fixture
 def worker(celery_worker_process, transactional_db):
-    """Use in tests whose work runs on the real worker: data must be committed for it to see."""
-    return celery_worker_process
+    """Use in tests whose work runs on the real worker: data must be committed for it to see.
+
+    On the way out it lets the test's runs settle (or cancels them), so the worker is not still writing when
+    the database is flushed for the next test (a flush racing a step's writes deadlocks)."""
+    yield celery_worker_process
+    _settle_runs()
+
+
+def _settle_runs(timeout: float = 15.0) -> None:
+    import time
+
+    from core import workflow
+    from core.choices import RunStatus
+    from core.models import Run
+
+    def active():
+        return list(Run.objects.filter(status__in=RunStatus.active()))
+
+    deadline = time.monotonic() + timeout
+    while (runs := active()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for run in runs:
+        workflow.request_cancel(run, reason="test finished")
+    deadline = time.monotonic() + timeout
+    while active() and time.monotonic() < deadline:
+        time.sleep(0.2)
