@@ -142,6 +142,16 @@ _LLAMA31_8B = {
     "max_context": 131_072,
     "vocab_size": 128_256,
 }
+_LLAMA31_70B = {
+    "params": 70_553_706_496,
+    "num_layers": 80,
+    "hidden_size": 8192,
+    "num_attention_heads": 64,
+    "num_kv_heads": 8,
+    "head_dim": 128,
+    "max_context": 131_072,
+    "vocab_size": 128_256,
+}
 
 # Figures from config.json: num_hidden_layers, hidden_size, num_attention_heads, num_key_value_heads,
 # head_dim (or hidden_size / num_attention_heads), max_position_embeddings, vocab_size, tie_word_embeddings,
@@ -168,28 +178,14 @@ _ENTRIES: tuple[ModelSpec, ...] = (
     ModelSpec(
         name="llama-3.1-70b",
         hf_id="meta-llama/Llama-3.1-70B",
-        params=70_553_706_496,
-        num_layers=80,
-        hidden_size=8192,
-        num_attention_heads=64,
-        num_kv_heads=8,
-        head_dim=128,
-        max_context=131_072,
-        vocab_size=128_256,
         source=_hf("meta-llama/Llama-3.1-70B"),
+        **_LLAMA31_70B,
     ),
     ModelSpec(
         name="llama-3.1-70b-instruct",
         hf_id="meta-llama/Llama-3.1-70B-Instruct",
-        params=70_553_706_496,
-        num_layers=80,
-        hidden_size=8192,
-        num_attention_heads=64,
-        num_kv_heads=8,
-        head_dim=128,
-        max_context=131_072,
-        vocab_size=128_256,
         source=_hf("meta-llama/Llama-3.1-70B-Instruct"),
+        **_LLAMA31_70B,
     ),
     ModelSpec(
         name="llama-3.1-405b",

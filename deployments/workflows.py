@@ -154,8 +154,6 @@ def create_secrets(ctx: StepContext) -> dict:
 
 
 def transfer(ctx: StepContext) -> dict:
-    from clusters.releases import install_or_upgrade
-
     deployment = _deployment(ctx)
     if deployment.config.get("source") == ModelSource.NONE:
         return {"skipped": "source none: the engine downloads the model itself"}
@@ -169,16 +167,9 @@ def transfer(ctx: StepContext) -> dict:
             {services.HF_SECRET, services.S3_SECRET} & set(deployment.config.get("secret_names") or [])
         ),
     )
-    try:
-        with _gateway(deployment) as gw:
-            revision = install_or_upgrade(
-                gw, deployment.cluster, chart=services.TRANSFER_CHART, release=services.TRANSFER_RELEASE,
-                namespace=deployment.namespace, values=values, description="model transfer",
-            )  # fmt: skip
-    except ChartError as exc:
-        raise StepFailed(str(exc)) from None
-    except GatewayError as exc:
-        raise _gateway_failed(exc) from None
+    revision = _release(
+        deployment, services.TRANSFER_CHART, services.TRANSFER_RELEASE, values, description="model transfer"
+    )
     return {"job": services.TRANSFER_JOB, "revision": revision.number, "bytes_total": weights}
 
 
@@ -218,10 +209,25 @@ def _gib(num: int) -> str:
     return f"{num / placement_engine.GIB:.1f}"
 
 
-def _install(deployment: Deployment, *, replicas: int, engine_args: list[str], image: str, description: str):
-    """Render and apply the runtime release with these settings; returns the revision (idempotent)."""
+def _release(deployment: Deployment, chart: str, release: str, values: dict, description: str) -> Revision:
+    """Render ``chart`` and apply it as ``release`` in the deployment's namespace (idempotent); chart errors fail
+    the step, an unreachable cluster is retried."""
     from clusters.releases import install_or_upgrade
 
+    try:
+        with _gateway(deployment) as gw:
+            return install_or_upgrade(
+                gw, deployment.cluster, chart=chart, release=release, namespace=deployment.namespace,
+                values=values, description=description,
+            )  # fmt: skip
+    except ChartError as exc:
+        raise StepFailed(str(exc)) from None
+    except GatewayError as exc:
+        raise _gateway_failed(exc) from None
+
+
+def _install(deployment: Deployment, *, replicas: int, engine_args: list[str], image: str, description: str):
+    """Render and apply the runtime release with these settings; returns the revision (idempotent)."""
     values = services.runtime_chart_values(
         deployment_id=str(deployment.pk),
         config=deployment.config,
@@ -234,17 +240,9 @@ def _install(deployment: Deployment, *, replicas: int, engine_args: list[str], i
         if (deployment.config.get("service_type") or settings.DEPLOY_SERVICE_TYPE) != "LoadBalancer"
         else "",
     )
-    try:
-        with _gateway(deployment) as gw:
-            revision = install_or_upgrade(
-                gw, deployment.cluster, chart=services.RUNTIME_CHART,
-                release=services.runtime_release_name(deployment), namespace=deployment.namespace,
-                values=values, description=description,
-            )  # fmt: skip
-    except ChartError as exc:
-        raise StepFailed(str(exc)) from None
-    except GatewayError as exc:
-        raise _gateway_failed(exc) from None
+    revision = _release(
+        deployment, services.RUNTIME_CHART, services.runtime_release_name(deployment), values, description
+    )
     if deployment.release_id != revision.release_id:
         Deployment.objects.filter(pk=deployment.pk).update(release_id=revision.release_id)
     return revision
