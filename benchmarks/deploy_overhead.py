@@ -46,17 +46,6 @@ WAIT_STEPS = ("wait_transfer", "wait_ready", "verify_endpoint")
 NODE_TEMPLATE = ROOT / "tests" / "fixtures" / "nodes" / "h100-xe9680.yaml"
 
 
-def _ensure_database() -> None:
-    import psycopg
-
-    url = os.environ["DATABASE_URL"]
-    name = url.rsplit("/", 1)[1]
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def _nodes_file(workdir: Path, gpus_needed: int) -> Path:
     """Enough 8x H100 nodes (GPU feature discovery labels already on them) for one GPU per deploy."""
     template = yaml.safe_load(NODE_TEMPLATE.read_text())
@@ -166,26 +155,19 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
 
-    _ensure_database()
-    import django
+    from benchmarks.common import setup_django
 
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
-
-    call_command("migrate", verbosity=0)
+    setup_django()
     import redis
+    from django.db import connection
 
     from clusters import services as cluster_services
     from clusters.models import Cluster
-    from core import crypto
     from core.choices import RunStatus
     from core.models import Run
     from deployments import services
     from hardware.services import refresh_inventory
 
-    if not crypto.symmetric_key_path().exists():
-        call_command("generate_keys", "--if-missing", verbosity=0)
     redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
 
     with tempfile.TemporaryDirectory() as tmp:

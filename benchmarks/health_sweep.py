@@ -35,17 +35,6 @@ os.environ["BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS"] = "1"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 
-def _ensure_database() -> None:
-    import psycopg
-
-    url = os.environ["DATABASE_URL"]
-    name = url.rsplit("/", 1)[1]
-    admin = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def _start_devcluster(workdir: Path, clusters: int) -> tuple[subprocess.Popen, Path]:
     out = workdir / "kubeconfig.yaml"
     proc = subprocess.Popen(
@@ -71,21 +60,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args()
 
-    _ensure_database()
-    import django
+    from benchmarks.common import setup_django
 
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    setup_django()
     import httpx
 
     from clusters import services
     from clusters.models import Cluster
-    from core import crypto
-
-    if not crypto.symmetric_key_path().exists():
-        call_command("generate_keys", "--if-missing", verbosity=0)
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()

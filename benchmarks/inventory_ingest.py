@@ -27,18 +27,10 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=20_000)
     args = parser.parse_args()
 
-    from benchmarks.health_sweep import _ensure_database
+    from benchmarks.common import setup_django
     from benchmarks.inventory_parse import make_nodes
 
-    _ensure_database()
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    if not (ROOT / "crypto-keys" / "symmetric-key-256").exists():
-        call_command("generate_keys", "--if-missing", verbosity=0)
+    setup_django()
     from django.contrib.auth import get_user_model
     from django.db import connection
     from django.test.utils import CaptureQueriesContext

@@ -35,22 +35,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     args = parser.parse_args()
 
-    from benchmarks.health_sweep import _ensure_database
+    from benchmarks.common import setup_django
 
-    _ensure_database()
-    import django
-
-    django.setup()
+    setup_django()
     import redis
     from celery import chain
     from django.conf import settings
-    from django.core.management import call_command
 
     from benchmarks.noop_workflow import NOOP10, raw_noop
     from core.choices import RunStatus
     from core.models import Run
 
-    call_command("migrate", verbosity=0)
     r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     r.flushdb()
     log = open(ROOT / "var" / "bench-worker.log", "wb")  # noqa: SIM115
