@@ -9,7 +9,7 @@ TTFT stays within 5 % of the truth.
         [--server-loop uvloop|asyncio] [--client-loop uvloop|asyncio] [--endpoint completions|chat]
 
 Whatever the simulator itself lags under load is counted against the client here, so by default the simulator
-runs on uvloop (its code unchanged) to keep the server's share small; `--server-loop asyncio` shows the
+runs on uvloop (its CLI default) to keep the server's share small; `--server-loop asyncio` shows the
 simulator as devcluster runs it.  Each level sends `waves` x concurrency requests after one warm-up wave that
 opens the pooled connections.  On a shared 2-core machine other work moves the numbers; run it when idle.
 
@@ -38,15 +38,6 @@ sys.path.insert(0, str(ROOT))
 from deployments import benchstats  # noqa: E402
 from deployments.loadgen import LoadSettings, run_benchmark  # noqa: E402
 
-# Runs the unchanged simulator CLI, optionally on uvloop.
-_SERVER = (
-    "import sys, asyncio\n"
-    "if sys.argv[1] == 'uvloop':\n"
-    "    import uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
-    "from devcluster.sim.inference import main\n"
-    "main(sys.argv[2:])\n"
-)
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -57,8 +48,9 @@ def free_port() -> int:
 def start_simulator(port: int, ttft_ms: float, itl_ms: float, loop: str) -> subprocess.Popen:
     argv = [
         sys.executable,
-        "-c",
-        _SERVER,
+        "-m",
+        "devcluster.sim.inference",
+        "--loop",
         loop,
         "--host",
         "127.0.0.1",

@@ -62,8 +62,14 @@ def test_benchmark_after_deploy_api_plots_admin_and_cancel(
     summary = detail["summary"]
     for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
         values = [summary[f"{stat}_{metric}"] for stat in STATS]
-        assert all(v is not None and v > 0 for v in values), metric
-        assert summary[f"min_{metric}"] <= summary[f"median_{metric}"] <= summary[f"p99_{metric}"]
+        # An inter-token gap is 0 when two tokens arrive in one socket read (a loaded machine coalesces the
+        # 5 ms chunks), as in vLLM's client; so the low percentiles may be 0, the mean and the max may not.
+        assert all(v is not None and v >= 0 for v in values), metric
+        assert summary[f"mean_{metric}"] > 0 and summary[f"max_{metric}"] > 0, metric
+        ordered = [
+            summary[f"{stat}_{metric}"] for stat in ("min", "p25", "median", "p75", "p95", "p99", "max")
+        ]
+        assert ordered == sorted(ordered), metric
     assert summary["successful_requests"] == 8 and summary["total_output_tokens"] == 64
     assert [p["concurrency"] for p in detail["sweep"]] == [1, 4] and summary["concurrency"] == 4
     assert detail["verdict"]["passed"] is False and detail["verdict"]["margin"] == 0.2
