@@ -108,6 +108,10 @@ def simulator() -> Iterator[Callable[..., str]]:
         _wait_healthy(url, proc)
         return url
 
+    def pid(url: str) -> int:
+        return next(proc.pid for proc, u in procs.values() if u == url)
+
+    start.pid = pid  # type: ignore[attr-defined]
     yield start
     for proc, _url in procs.values():
         _stop(proc)
