@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from core import crypto
 from core.gateway import ClusterGateway, GatewayError
-from core.models import Run
+from core.models import Run, recorded_user
 
 from .choices import ClusterStatus
 from .kubeconfig import KubeconfigError, ValidatedKubeconfig, validate_kubeconfig
@@ -154,7 +154,7 @@ def register_cluster(
             ingress_url=ingress_url,
             labels=labels or {},
             status=ClusterStatus.REGISTERING,
-            created_by=user if getattr(user, "is_authenticated", False) else None,
+            created_by=recorded_user(user),
         )
         record_event(cluster, "registration", "registration requested", new=ClusterStatus.REGISTERING)
         run = REGISTER.launch(subject=cluster, params={"cluster_id": cluster.pk}, user=user)

@@ -17,6 +17,11 @@ from django.utils import timezone
 from .choices import RunStatus, StepPhase, StepStatus
 
 
+def recorded_user(user):
+    """The user to store as a row's creator or approver: None for anonymous requests and system callers."""
+    return user if getattr(user, "is_authenticated", False) else None
+
+
 class Run(models.Model):
     """One execution of a declared workflow (``kind``) on a subject (a cluster, a deployment, ...)."""
 

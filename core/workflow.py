@@ -49,7 +49,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from .choices import RunStatus, StepPhase, StepStatus
-from .models import Run, RunEvent, RunStep
+from .models import Run, RunEvent, RunStep, recorded_user
 
 if TYPE_CHECKING:
     from celery import Task
@@ -152,7 +152,7 @@ class Workflow:
                 subject_type=ContentType.objects.get_for_model(subject) if subject is not None else None,
                 subject_id=str(subject.pk) if subject is not None else "",
                 params=params,
-                created_by=user if getattr(user, "is_authenticated", False) else None,
+                created_by=recorded_user(user),
             )
             rows = []
             for order, (phase, step) in enumerate(

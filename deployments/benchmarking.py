@@ -42,6 +42,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework import serializers
 
+from core.models import recorded_user
 from core.workflow import Cancelled, StepContext, StepFailed
 
 from . import benchstats
@@ -309,9 +310,7 @@ def _row(deployment: Deployment, opts: dict, ctx: StepContext | None, user: Any)
             return row
         return Benchmark.objects.create(deployment=deployment, run_id=ctx.run.pk, created_by=ctx.run.created_by,
                                         **fields)  # fmt: skip
-    return Benchmark.objects.create(
-        deployment=deployment, created_by=user if getattr(user, "is_authenticated", False) else None, **fields
-    )
+    return Benchmark.objects.create(deployment=deployment, created_by=recorded_user(user), **fields)
 
 
 def _finish(row: Benchmark, status: str, **fields: Any) -> None:
@@ -446,7 +445,7 @@ def start_benchmark(
             options=opts,
             targets=opts["targets"],
             margin=opts["margin"],
-            created_by=user if getattr(user, "is_authenticated", False) else None,
+            created_by=recorded_user(user),
         )
         what = f"{opts['requests']} requests at concurrency " + (
             ",".join(map(str, opts["sweep"])) if opts.get("sweep") else str(opts["concurrency"])

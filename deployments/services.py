@@ -40,7 +40,7 @@ from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.models import Cluster, Revision
 from core import helm
 from core.gateway import ClusterGateway, GatewayError, system_ssl_context
-from core.models import Run
+from core.models import Run, recorded_user
 
 from . import placement as placement_engine
 from .catalog import GENERATION, resolve_model
@@ -430,7 +430,7 @@ def start_deploy(
             },
             credentials=creds or None,
             keep_on_failure=keep_on_failure,
-            created_by=user if getattr(user, "is_authenticated", False) else None,
+            created_by=recorded_user(user),
         )
         record_event(deployment, "deploy", "deploy requested", new=DeploymentStatus.PENDING)
         params = {

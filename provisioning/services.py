@@ -38,7 +38,7 @@ from django.utils import timezone
 from clusters.choices import ClusterStatus
 from clusters.models import Cluster
 from core.choices import RunStatus, StepPhase, StepStatus
-from core.models import Run, RunEvent, RunStep
+from core.models import Run, RunEvent, RunStep, recorded_user
 
 from .choices import CREDENTIAL_SECRET_FIELDS, CloudProvider, ProvisioningStatus, StateBackend
 from .models import CloudCredential, Provisioning
@@ -97,7 +97,7 @@ def create_credential(
                 tenant_id=tenant_id,
                 subscription_id=subscription_id,
                 description=description,
-                created_by=user if getattr(user, "is_authenticated", False) else None,
+                created_by=recorded_user(user),
             )
     except IntegrityError:
         raise ProvisioningRefused(f"a credential named {name!r} already exists", status=409) from None
@@ -363,7 +363,7 @@ def create_and_provision(*, name: str, user: Any = None, **spec: Any) -> tuple[P
             name=name,
             status=ClusterStatus.PROVISIONING,
             reason="provisioning requested",
-            created_by=user if getattr(user, "is_authenticated", False) else None,
+            created_by=recorded_user(user),
         )
         from clusters.services import record_event
 
@@ -471,7 +471,7 @@ def start_provisioning(
         provisioning.approved_by = None
         provisioning.registration_run = None
         if existing is None:
-            provisioning.created_by = user if getattr(user, "is_authenticated", False) else None
+            provisioning.created_by = recorded_user(user)
         provisioning.save()
         set_status(
             cluster, ClusterStatus.PROVISIONING, f"provisioning on {provider} {region}", kind="provisioning"
@@ -515,7 +515,7 @@ def approve(run: Run, user: Any = None) -> Provisioning:
     with transaction.atomic():
         updated = Provisioning.objects.filter(pk=provisioning.pk, run=run, approved_at__isnull=True).update(
             approved_at=now,
-            approved_by=user if getattr(user, "is_authenticated", False) else None,
+            approved_by=recorded_user(user),
             updated_at=now,
         )
         if not updated:
