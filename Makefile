@@ -5,11 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test lint format venv keys migrate services clean help
+.PHONY: run test lint format venv keys migrate services k8s clean help
 
 help:
 	@echo "make run    start web (:9082), a Celery worker and beat on the embedded defaults (or DATABASE_URL/CELERY_BROKER_URL)"
-	@echo "make test   ruff + the whole pytest suite against PostgreSQL and Redis"
+	@echo "make test   ruff + the whole pytest suite against PostgreSQL, Redis and a real control plane"
+	@echo "make k8s    build (once, into ~/.cache/budcluster) kube-apiserver, controller-manager, scheduler, etcd, KWOK"
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -39,7 +40,11 @@ run: keys migrate
 services:
 	@bash scripts/ensure_services.sh
 
-test: $(VENV)/.installed-dev services
+# The real control plane the test bed runs: built from Go modules once, then reused from the cache.
+k8s:
+	@bash scripts/build_k8s.sh
+
+test: $(VENV)/.installed-dev services k8s
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest

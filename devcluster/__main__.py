@@ -1,4 +1,6 @@
-"""Command line: `python -m devcluster serve --port 6443 --nodes gpu-mixed --kubeconfig OUT.yaml [--clusters N]`.
+"""Command line: `python -m devcluster serve --port 6443 --nodes gpu-mixed --kubeconfig OUT.yaml [--clusters N]`,
+and `python -m devcluster real serve --nodes gpu-mixed --kubeconfig OUT.yaml` for the real control plane
+(etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK; `make k8s` builds them).
 
 Kubeconfig files (0600): OUT.yaml is the first cluster's; with N > 1 every cluster also gets
 OUT.d/<name>.yaml (names c0001, c0002, ...).  The admin token for `/_devcluster/...` is written to
@@ -44,7 +46,55 @@ def _parser() -> argparse.ArgumentParser:
         help="set any simulation option (SimConfig field), repeatable",
     )
     s.add_argument("--log-level", default="INFO")
+    real = sub.add_parser(
+        "real", help="a real Kubernetes control plane with KWOK nodes (see devcluster.real)"
+    )
+    real_sub = real.add_subparsers(dest="real_command", required=True)
+    r = real_sub.add_parser("serve", help="start it, write an admin kubeconfig, serve until Ctrl-C")
+    r.add_argument("--nodes", default="gpu-mixed", help="node preset name or YAML file of Node objects")
+    r.add_argument("--kubeconfig", required=True, help="admin kubeconfig file to write (0600)")
+    r.add_argument("--workdir", help="keep PKI, etcd data and component logs here (default: a temp dir)")
+    r.add_argument("--log-level", default="INFO")
     return p
+
+
+def _serve_real(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from devcluster.real import ControlPlane, ControlPlaneError
+
+    stop = {"signal": None}
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signum
+
+    cp = ControlPlane(nodes=args.nodes, workdir=Path(args.workdir) if args.workdir else None)
+    try:
+        cp.start()
+    except ControlPlaneError as exc:
+        print(f"control plane did not start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        path = cp.write_kubeconfig(args.kubeconfig)
+        print(
+            f"real control plane at {cp.url} ready in {cp.started_in:.1f} s; "
+            f"{len(cp.hardware)} KWOK nodes; admin kubeconfig {path}\n"
+            f"component logs in {cp.workdir}/logs; Ctrl-C stops it",
+            flush=True,
+        )
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
+        while stop["signal"] is None:
+            for name, comp in cp.components.items():
+                if not comp.alive():
+                    print(f"{name} exited:\n{comp.tail()}", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+    finally:
+        cp.stop()
+    print("stopped", flush=True)
+    return 0
 
 
 _SIM_FLAGS = (
@@ -112,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         return asyncio.run(_serve(args))
+    if args.command == "real" and args.real_command == "serve":
+        return _serve_real(args)
     return 2
 
 

