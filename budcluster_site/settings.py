@@ -268,6 +268,9 @@ DEPLOY_VERIFY_TRIES = env_int("DEPLOY_VERIFY_TRIES", 15)
 DEPLOY_VERIFY_INTERVAL = env_float("DEPLOY_VERIFY_INTERVAL", 5.0)
 # Service type of the runtime (LoadBalancer gives the endpoint address; ClusterIP + ingress URL otherwise).
 DEPLOY_SERVICE_TYPE = env_str("DEPLOY_SERVICE_TYPE", "LoadBalancer")
+# Pod Security Admission level a deployment's namespace enforces (warn/audit always "restricted"). vLLM images
+# run as root, so "restricted" refuses them on a real kubelet; "baseline" is as strict as they can run.
+DEPLOY_POD_SECURITY_LEVEL = env_str("DEPLOY_POD_SECURITY_LEVEL", "baseline")
 # Deployment health beat: per-deployment timeout and parallelism.
 DEPLOYMENT_HEALTH_TIMEOUT = env_float("DEPLOYMENT_HEALTH_TIMEOUT", 5.0)
 DEPLOYMENT_HEALTH_CONCURRENCY = env_int("DEPLOYMENT_HEALTH_CONCURRENCY", 16)

@@ -8,6 +8,7 @@ and runs again converges to the same objects without duplicates.
 
 from __future__ import annotations
 
+import yaml
 from django.db import transaction
 
 from core import helm
@@ -97,11 +98,32 @@ def rollback(gateway: ClusterGateway, rel: Release, to_number: int) -> Revision:
     )
 
 
+KEEP_ANNOTATION = "helm.sh/resource-policy"
+
+
+def kept_objects(manifest: str) -> set[tuple[str, str, str | None]]:
+    """(kind, name, namespace) of the objects a chart marks ``helm.sh/resource-policy: keep``: as with Helm,
+    uninstalling the release leaves them in place (the collectors chart keeps BudCluster's own namespace,
+    which holds the credentials the rest of the teardown runs with)."""
+    kept = set()
+    for doc in yaml.safe_load_all(manifest or ""):
+        if not isinstance(doc, dict):
+            continue
+        meta = doc.get("metadata") or {}
+        if (meta.get("annotations") or {}).get(KEEP_ANNOTATION) == "keep":
+            kept.add((doc.get("kind", ""), meta.get("name", ""), meta.get("namespace")))
+    return kept
+
+
 def uninstall(gateway: ClusterGateway, rel: Release) -> int:
-    """Delete every object of the current revision (reverse order); returns how many were deleted."""
+    """Delete every object of the current revision (reverse order) but those the chart keeps; returns how
+    many were deleted."""
     current = rel.revisions.filter(number=rel.current_revision).first()
+    kept = kept_objects(current.manifest) if current else set()
     deleted = 0
     for ref in reversed(current.applied if current else []):
+        if (ref["kind"], ref["name"], ref.get("namespace")) in kept:
+            continue
         if gateway.delete(ref["apiVersion"], ref["kind"], ref["name"], ref.get("namespace")):
             deleted += 1
     rel.status = ReleaseStatus.UNINSTALLED

@@ -103,6 +103,16 @@ REGISTER = Workflow(
 # --- deletion ----------------------------------------------------------------------------------------------------
 
 
+def _namespaces_left_to_playbook() -> set[str]:
+    """BudCluster's own namespace (collectors, and its service account with the token this teardown may be
+    running with) is removed by the teardown playbook, last; without playbooks, here."""
+    from django.conf import settings
+
+    if not getattr(settings, "CLUSTER_SETUP_PLAYBOOKS", True):
+        return set()
+    return {getattr(settings, "COLLECTOR_NAMESPACE", "bud-system")}
+
+
 def teardown(ctx: StepContext) -> dict:
     """Remove what BudCluster installed on the cluster (every recorded release), newest first."""
     from .releases import uninstall
@@ -120,7 +130,7 @@ def teardown(ctx: StepContext) -> dict:
                 ctx.check_cancel()
                 deleted += uninstall(gw, release)
                 ctx.event(f"uninstalled {release.namespace}/{release.name}")
-            namespaces = {r.namespace for r in releases}
+            namespaces = {r.namespace for r in releases} - _namespaces_left_to_playbook()
             for namespace in sorted(namespaces):
                 gw.delete("v1", "Namespace", namespace)
     except GatewayError as exc:

@@ -89,6 +89,27 @@ def namespace_for(name: str) -> str:
     return f"bud-{sanitise(name, NAMESPACE_MAX_NAME)}-{secrets.token_hex(4)}"
 
 
+def namespace_object(deployment: Deployment) -> dict:
+    """The deployment's Namespace: labelled for BudCluster and with the Pod Security level its pods run under
+    (enforce ``DEPLOY_POD_SECURITY_LEVEL``; warn and audit at "restricted", so operators see what tightening
+    would break)."""
+    level = str(getattr(settings, "DEPLOY_POD_SECURITY_LEVEL", "baseline"))
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": deployment.namespace,
+            "labels": {
+                DEPLOYMENT_LABEL: str(deployment.pk),
+                "app.kubernetes.io/managed-by": "budcluster",
+                "pod-security.kubernetes.io/enforce": level,
+                "pod-security.kubernetes.io/warn": "restricted",
+                "pod-security.kubernetes.io/audit": "restricted",
+            },
+        },
+    }
+
+
 def runtime_release_name(deployment: Deployment) -> str:
     return sanitise(deployment.name, 40)
 

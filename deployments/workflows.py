@@ -106,17 +106,7 @@ def place(ctx: StepContext) -> dict:
 
 def namespace(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    obj = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {
-            "name": deployment.namespace,
-            "labels": {
-                services.DEPLOYMENT_LABEL: str(deployment.pk),
-                "app.kubernetes.io/managed-by": "budcluster",
-            },
-        },
-    }
+    obj = services.namespace_object(deployment)
     try:
         with _gateway(deployment) as gw:
             gw.apply(obj)

@@ -8,6 +8,7 @@ import pytest
 
 from devcluster.testing import devcluster_fixture
 from provisioning.ansible import run_playbook
+from tests.worker import wait_for
 
 pytest.importorskip("ansible_runner")
 pytest.importorskip("ansible_collections.kubernetes.core")
@@ -51,7 +52,8 @@ def test_setup_is_idempotent_and_teardown_removes_it(dc):
     kubeconfig = dc.kubeconfig_yaml()
     first = run_playbook("setup_cluster.yml", kubeconfig=kubeconfig)
     assert first.ok, first.summary()
-    assert first.changed == 3
+    # namespaces, service account + token, role, binding, own namespace owned by the role
+    assert first.changed == 5
     tasks = [e.task for e in first.events]
     assert len(tasks) == len(set(tasks))  # one event per task (single host)
     by_task = {e.task: e for e in first.events}
@@ -62,6 +64,20 @@ def test_setup_is_idempotent_and_teardown_removes_it(dc):
     assert _get(dc, "serviceaccounts", "budcluster", "bud-system") is not None
     binding = _get(dc, "clusterrolebindings.rbac.authorization.k8s.io", "budcluster")
     assert binding["subjects"][0]["name"] == "budcluster"
+    role = _get(dc, "clusterroles.rbac.authorization.k8s.io", "budcluster")
+    # The binding and BudCluster's own namespace go with the role (teardown deletes the role last).
+    owner = [{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "name": "budcluster",
+              "uid": role["metadata"]["uid"]}]  # fmt: skip
+    assert binding["metadata"]["ownerReferences"] == owner
+    system = _get(dc, "namespaces", "bud-system")
+    assert system["metadata"]["ownerReferences"] == owner
+    assert system["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert _get(dc, "namespaces", "bud-runtime")["metadata"]["labels"][
+        "pod-security.kubernetes.io/enforce"
+    ] == ("baseline")
+    # No bind/escalate: BudCluster cannot grant itself more than it holds.
+    verbs = {v for rule in role["rules"] for v in rule["verbs"]}
+    assert not verbs & {"bind", "escalate", "impersonate", "*"}
 
     second = run_playbook("setup_cluster.yml", kubeconfig=kubeconfig, extravars={"platform": "kubernetes"})
     assert second.ok, second.summary()
@@ -70,8 +86,12 @@ def test_setup_is_idempotent_and_teardown_removes_it(dc):
 
     down = run_playbook("teardown_cluster.yml", kubeconfig=kubeconfig)
     assert down.ok, down.summary()
-    assert down.changed == 2
+    assert down.changed == 2  # bud-runtime, then the role (the binding and bud-system follow it)
     assert _get(dc, "clusterroles.rbac.authorization.k8s.io", "budcluster") is None
+    wait_for(
+        lambda: _get(dc, "clusterrolebindings.rbac.authorization.k8s.io", "budcluster") is None,
+        what="the garbage collector to remove the binding",
+    )
     namespace = _get(dc, "namespaces", "bud-system")
     assert namespace is None or namespace["metadata"].get("deletionTimestamp")
 
