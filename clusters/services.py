@@ -5,11 +5,13 @@ The API, the admin, the management commands and the Celery tasks all call these 
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -187,29 +189,60 @@ def replace_kubeconfig(
         )
 
 
-REQUIRED_PERMISSIONS = [
-    ("list", "nodes", ""),
-    ("create", "namespaces", ""),
-    ("create", "deployments", "apps"),
-    ("create", "daemonsets", "apps"),
-    ("create", "services", ""),
-    ("create", "secrets", ""),
-    ("create", "persistentvolumeclaims", ""),
-    ("create", "jobs", "batch"),
-]
+# The one definition of what BudCluster may do on a cluster: the ClusterRole the setup playbook grants (and
+# scripts/budcluster-kubeconfig.sh). Registration checks every rule of it before installing anything.
+CLUSTER_ROLE_FILE = (
+    Path(__file__).resolve().parent.parent / "playbooks" / "files" / "budcluster-clusterrole.yaml"
+)
+_OPENSHIFT_GROUP_SUFFIX = ".openshift.io"
+
+
+@functools.cache
+def required_permissions(openshift: bool = False) -> tuple[tuple[str, str, str], ...]:
+    """(verb, group, resource) for every rule of BudCluster's ClusterRole; OpenShift-only groups only on
+    OpenShift (a Kubernetes cluster's own role need not mention them)."""
+    with open(CLUSTER_ROLE_FILE, encoding="utf-8") as fh:
+        role = yaml.safe_load(fh)
+    wanted = []
+    for rule in role["rules"]:
+        for group in rule.get("apiGroups") or [""]:
+            if group.endswith(_OPENSHIFT_GROUP_SUFFIX) and not openshift:
+                continue
+            for resource in rule["resources"]:
+                wanted.extend((verb, group, resource) for verb in rule["verbs"])
+    return tuple(wanted)
+
+
+def permission_name(verb: str, group: str, resource: str) -> str:
+    """``create customresourcedefinitions.apiextensions.k8s.io (all namespaces)``: what kubectl auth can-i
+    takes, and where the right is needed (BudCluster's role is cluster-wide)."""
+    name = f"{resource}.{group}" if group and "/" not in resource else resource
+    if group and "/" in resource:
+        base, sub = resource.split("/", 1)
+        name = f"{base}.{group}/{sub}"
+    return f"{verb} {name} (cluster-wide)"
+
+
+def missing_permissions(gateway: ClusterGateway, openshift: bool = False) -> list[str]:
+    """The rules of BudCluster's role the credentials lack, asked with SelfSubjectAccessReviews (eight at a
+    time: a remote API server answers each in tens of milliseconds and the role has about a hundred)."""
+    wanted = required_permissions(openshift)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        allowed = list(pool.map(lambda p: gateway.can_i(p[0], p[2], p[1]), wanted))
+    return [permission_name(*p) for p, ok in zip(wanted, allowed, strict=True) if not ok]
 
 
 def verify_connection(gateway: ClusterGateway) -> dict:
-    """Reach the API, list nodes and check the permissions BudCluster needs; raise GatewayError if not."""
+    """Reach the API, list nodes and check every permission BudCluster needs; raise GatewayError naming each
+    missing one (before anything is installed, so a refused registration leaves nothing behind)."""
     version = gateway.version()
     nodes = gateway.list("v1", "Node")
-    missing = [
-        f"{verb} {group + '/' if group else ''}{resource}"
-        for verb, resource, group in REQUIRED_PERMISSIONS
-        if not gateway.can_i(verb, resource, group)
-    ]
+    missing = missing_permissions(gateway, gateway.is_openshift())
     if missing:
-        raise GatewayError("the credentials lack permissions BudCluster needs: " + ", ".join(missing))
+        raise GatewayError(
+            f"the credentials lack {len(missing)} permission(s) BudCluster needs "
+            f"(see playbooks/files/budcluster-clusterrole.yaml): " + ", ".join(missing)
+        )
     return {"version": version.get("gitVersion", ""), "nodes": len(nodes)}
 
 

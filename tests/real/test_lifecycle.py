@@ -108,7 +108,9 @@ def test_whole_lifecycle_with_the_service_account_token(api, worker, real_cluste
     workers = api.get(f"/deployments/{deployment.pk}/workers").json()
     assert len(workers) == 3 and all(w["ready"] for w in workers)
     succeeded(
-        api.patch(f"/deployments/{deployment.pk}", {"engine_args": ["--enable-prefix-caching"]}, format="json")
+        api.patch(
+            f"/deployments/{deployment.pk}", {"engine_args": ["--enable-prefix-caching"]}, format="json"
+        )
     )
     succeeded(api.post(f"/deployments/{deployment.pk}/rollback", {"revision": 1}, format="json"))
     detail = api.get(f"/deployments/{deployment.pk}").json()
