@@ -475,6 +475,8 @@ def track_update(old: dict | None, new: dict, manager: str, api_version: str) ->
     )
     managed = clone(((old or {}).get("metadata") or {}).get("managedFields") or [])
     sent = (new.get("metadata") or {}).get("managedFields")
+    if sent is not None:
+        sent = [_normal_time(e) for e in sent if isinstance(e, dict)]
     if sent is not None and sent != managed:
         # The client rewrote ownership itself (kubectl does when moving from client-side to server-side apply).
         managed = clone(sent)
@@ -494,6 +496,19 @@ def track_update(old: dict | None, new: dict, manager: str, api_version: str) ->
             out.append(e if rest == paths else dict(e, fieldsV1=fields_v1(rest)))
     out.append(_entry(manager, "Update", api_version, mine_paths | changed))
     new["metadata"]["managedFields"] = out
+
+
+def _normal_time(entry: dict) -> dict:
+    """An entry with its `time` in the server's form: clients send back the same instant in other spellings
+    ("+00:00" for "Z"), which must not look like a change (a no-op update keeps its resourceVersion)."""
+    t = entry.get("time")
+    if not isinstance(t, str) or t.endswith("Z"):
+        return entry
+    try:
+        when = datetime.fromisoformat(t)
+    except ValueError:
+        return entry
+    return dict(entry, time=when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def _no_meta_noise(obj: dict) -> dict:

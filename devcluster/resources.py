@@ -202,6 +202,52 @@ BY_GVR: dict[tuple[str, str, str], ResourceInfo] = {(r.group, r.version, r.plura
 # Resources a namespace can hold; used when a namespace is deleted.
 NAMESPACED_KEYS: tuple[str, ...] = tuple(r.key for r in RESOURCES if r.namespaced)
 
+# Field selectors each built-in resource supports besides metadata.name and metadata.namespace (the real
+# registries' field label conversion functions); any other field is a 400, as on a real server.
+FIELD_SELECTORS: dict[str, tuple[str, ...]] = {
+    "pods": (
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "spec.hostNetwork",
+        "status.phase",
+        "status.podIP",
+        "status.podIPs",
+        "status.nominatedNodeName",
+    ),
+    "events": (
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ),
+    "namespaces": ("status.phase",),
+    "nodes": ("spec.unschedulable",),
+    "secrets": ("type",),
+    "services": ("spec.clusterIP", "spec.type"),
+    "replicationcontrollers": ("status.replicas",),
+    "replicasets.apps": ("status.replicas",),
+    "jobs.batch": ("status.successful",),
+    "persistentvolumeclaims": (),
+    "certificatesigningrequests.certificates.k8s.io": ("spec.signerName",),
+}
+
+
+def field_selectors(info: ResourceInfo) -> tuple[str, ...] | None:
+    """The fields a list or watch of `info` can select on; None when unknown (custom resources: anything)."""
+    if info.extra.get("crd"):
+        return None
+    return ("metadata.name", "metadata.namespace", *FIELD_SELECTORS.get(info.key, ()))
+
+
 # Create-only review resources: never stored.
 VIRTUAL_KEYS = frozenset(
     {

@@ -44,6 +44,7 @@ from devcluster.store import (
     clone,
     decode_continue,
     encode_continue,
+    parse_field_selector,
 )
 
 log = logging.getLogger(__name__)
@@ -486,7 +487,8 @@ class ApiServer:
                 )
             group = segs[1]
             if group not in groups or not group:
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+                # No handler is registered for an unknown group: the real server's mux answers plain text.
+                return web.Response(status=404, text="404 page not found\n")
             if len(segs) == 2:
                 return _json(_api_group(group, groups[group]))
             version = segs[2]
@@ -581,6 +583,7 @@ class ApiServer:
             raise ApiError(
                 405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
             )
+        _check_field_selector(info, q.get("fieldSelector"))
         items = vc.iter_objects(
             info.key, namespace, q.get("labelSelector") or None, q.get("fieldSelector") or None
         )
@@ -603,7 +606,9 @@ class ApiServer:
         meta: dict = {"resourceVersion": rv}
         if cont_token:
             meta["continue"] = cont_token
-            meta["remainingItemCount"] = remaining
+            if not (q.get("labelSelector") or q.get("fieldSelector")):
+                # The real server can only count what is left when nothing filters the list.
+                meta["remainingItemCount"] = remaining
         return _json(
             {"kind": info.list_kind_name, "apiVersion": info.api_version, "metadata": meta, "items": items}
         )
@@ -618,6 +623,7 @@ class ApiServer:
     ) -> web.StreamResponse:
         q = request.query
         fs = q.get("fieldSelector") or None
+        _check_field_selector(info, fs)
         if name:
             fs = f"metadata.name={name}" + (f",{fs}" if fs else "")
         watcher = Watcher(info.key, namespace, Selector(q.get("labelSelector") or None, fs))
@@ -782,6 +788,7 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         obj = self._check_body(body, info, namespace, None)
         self._prepare_create(info, obj)
+        _validate(info, obj)
         obj["apiVersion"] = info.api_version
         obj["kind"] = info.kind
         obj["metadata"].pop("managedFields", None)
@@ -808,6 +815,7 @@ class ApiServer:
                 new["status"] = clone(old["status"])
             else:
                 new.pop("status", None)
+        _validate(info, new)
         if manager_tracking:
             patch.track_update(old, new, self._manager(request), info.api_version)
         return vc.replace(info.key, new, dry_run=self._dry_run(request))
@@ -885,7 +893,22 @@ class ApiServer:
         q = request.query
         manager = q.get("fieldManager")
         if not manager:
-            raise ApiError(400, "BadRequest", "PATCH, application/apply-patch+yaml: fieldManager is required")
+            raise ApiError(
+                422,
+                "Invalid",
+                'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch',
+                {
+                    "group": "meta.k8s.io",
+                    "kind": "PatchOptions",
+                    "causes": [
+                        {
+                            "reason": "FieldValueRequired",
+                            "message": "Required value: is required for apply patch",
+                            "field": "fieldManager",
+                        }
+                    ],
+                },
+            )
         if not isinstance(body, dict) or not body.get("apiVersion") or not body.get("kind"):
             raise ApiError(400, "BadRequest", "apply patches must set apiVersion and kind")
         if body.get("kind") != info.kind or body.get("apiVersion") != info.api_version:
@@ -903,6 +926,7 @@ class ApiServer:
         new = patch.server_side_apply(clone(old) if old else None, body, manager, force, info.api_version)
         if old is None:
             self._prepare_create(info, new)
+            _validate(info, new)
             return _json(vc.create(info.key, new, dry_run=self._dry_run(request)), 201)
         self._check_immutable(info, old, new)
         return _json(self._finish_update(request, vc, info, old, new, manager_tracking=False))
@@ -956,6 +980,7 @@ class ApiServer:
             )
         opts = await self._delete_options(request)
         q = request.query
+        _check_field_selector(info, q.get("fieldSelector"))
         deleted = []
         for o in vc.iter_objects(
             info.key, namespace, q.get("labelSelector") or None, q.get("fieldSelector") or None
@@ -1105,6 +1130,98 @@ class ApiServer:
         if fn is None:
             raise ApiError(503, "ServiceUnavailable", f'no endpoints available for service "{service}"')
         return await fn(vc, namespace, service, port, path, request)
+
+
+_WORKLOADS = frozenset(
+    {"deployments.apps", "replicasets.apps", "statefulsets.apps", "daemonsets.apps", "replicationcontrollers"}
+)
+
+
+def _selector_matches(selector: dict, labels: dict) -> bool:
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if (
+            (op == "In" and labels.get(key) not in values)
+            or (op == "NotIn" and key in labels and labels[key] in values)
+            or (op == "Exists" and key not in labels)
+            or (op == "DoesNotExist" and key in labels)
+        ):
+            return False
+    return True
+
+
+def _validate(info: ResourceInfo, obj: dict) -> None:
+    """422 Invalid for the workload mistakes the real validation catches first: a negative replica count, a
+    missing or non-matching selector, a pod template without containers or a container without an image.
+    (Only these: the emulator does not re-implement every type's validation.)"""
+    if info.key not in _WORKLOADS:
+        return
+    spec = obj.get("spec") or {}
+    causes: list[tuple[str, str, str]] = []  # (field, reason, message)
+    replicas = spec.get("replicas")
+    if isinstance(replicas, int) and replicas < 0:
+        causes.append(
+            (
+                "spec.replicas",
+                "FieldValueInvalid",
+                f"Invalid value: {replicas}: must be greater than or equal to 0",
+            )
+        )
+    template = spec.get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    selector = spec.get("selector")
+    if info.key == "replicationcontrollers":
+        selector = {"matchLabels": selector or labels}
+    if not selector:
+        causes.append(("spec.selector", "FieldValueRequired", "Required value"))
+    elif not (selector.get("matchLabels") or selector.get("matchExpressions")):
+        causes.append(("spec.selector", "FieldValueInvalid", "Invalid value: {}: empty selector is invalid"))
+    if not selector or not _selector_matches(selector, labels):
+        causes.append(
+            (
+                "spec.template.metadata.labels",
+                "FieldValueInvalid",
+                f"Invalid value: {_DUMPS(labels)}: `selector` does not match template `labels`",
+            )
+        )
+    containers = (template.get("spec") or {}).get("containers") or []
+    if not containers:
+        causes.append(("spec.template.spec.containers", "FieldValueRequired", "Required value"))
+    for i, c in enumerate(containers):
+        if not (c or {}).get("image"):
+            causes.append(
+                (f"spec.template.spec.containers[{i}].image", "FieldValueRequired", "Required value")
+            )
+    if not causes:
+        return
+    listed = [f"{f}: {m}" for f, _, m in causes]
+    name = obj["metadata"].get("name", "")
+    raise ApiError(
+        422,
+        "Invalid",
+        f'{info.kind}{"." + info.group if info.group else ""} "{name}" is invalid: '
+        + (listed[0] if len(listed) == 1 else f"[{', '.join(listed)}]"),
+        {
+            "name": name,
+            **({"group": info.group} if info.group else {}),
+            "kind": info.kind,
+            "causes": [{"reason": r, "message": m, "field": f} for f, r, m in causes],
+        },
+    )
+
+
+def _check_field_selector(info: ResourceInfo, selector: str | None) -> None:
+    """400 for a field the resource cannot be selected on, with the real server's message."""
+    allowed = resources.field_selectors(info)
+    if not selector or allowed is None:
+        return
+    for path, _, _ in parse_field_selector(selector):
+        field = ".".join(path)
+        if field not in allowed:
+            only = ", ".join(f'"{f}"' for f in allowed)
+            raise ApiError(400, "BadRequest", f'"{field}" is not a known field selector: only {only}')
 
 
 def _not_found(info: ResourceInfo, name: str) -> ApiError:

@@ -52,6 +52,11 @@ _PATH_SEGMENT_NAMES = frozenset(
         "events.events.k8s.io",
     }
 )
+_SUBDOMAIN_RULE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
+    "start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -123,6 +128,26 @@ def _split_top(s: str) -> list[str]:
 
 
 _SET_RE = re.compile(r"^([^\s!=]+)\s+(in|notin)\s+\((.*)\)$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def _label_key(key: str, part: str) -> str:
+    """A label key as the real parser accepts it: [DNS-subdomain prefix/]name of at most 63 characters."""
+    prefix, _, name = key.rpartition("/")
+    if (prefix and not _DNS1123_SUBDOMAIN.match(prefix)) or len(name) > 63 or not _LABEL_NAME.match(name):
+        raise ApiError(
+            400, "BadRequest", f"unable to parse requirement: invalid label key {key!r} in {part!r}"
+        )
+    return key
+
+
+def _label_values(values: Iterable[str], part: str) -> frozenset[str]:
+    for v in values:
+        if v and (len(v) > 63 or not _LABEL_NAME.match(v)):
+            raise ApiError(
+                400, "BadRequest", f"unable to parse requirement: invalid label value {v!r} in {part!r}"
+            )
+    return frozenset(values)
 
 
 @lru_cache(maxsize=512)
@@ -132,23 +157,18 @@ def parse_label_selector(sel: str) -> tuple[tuple[str, str, frozenset[str]], ...
     for part in _split_top(sel):
         m = _SET_RE.match(part)
         if m:
-            values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
-            reqs.append((m.group(1), m.group(2), values))
-        elif "!=" in part:
-            k, v = part.split("!=", 1)
-            reqs.append((k.strip(), "!=", frozenset([v.strip()])))
-        elif "==" in part:
-            k, v = part.split("==", 1)
-            reqs.append((k.strip(), "=", frozenset([v.strip()])))
-        elif "=" in part:
-            k, v = part.split("=", 1)
-            reqs.append((k.strip(), "=", frozenset([v.strip()])))
+            values = [v.strip() for v in m.group(3).split(",") if v.strip()]
+            reqs.append((_label_key(m.group(1), part), m.group(2), _label_values(values, part)))
+        elif "!=" in part or "==" in part or "=" in part:
+            op = "!=" if "!=" in part else "==" if "==" in part else "="
+            k, v = part.split(op, 1)
+            reqs.append(
+                (_label_key(k.strip(), part), "!=" if op == "!=" else "=", _label_values([v.strip()], part))
+            )
         elif part.startswith("!"):
-            reqs.append((part[1:].strip(), "!exists", frozenset()))
-        elif re.match(r"^[A-Za-z0-9_./-]+$", part):
-            reqs.append((part, "exists", frozenset()))
+            reqs.append((_label_key(part[1:].strip(), part), "!exists", frozenset()))
         else:
-            raise ApiError(400, "BadRequest", f"unable to parse requirement: {part!r}")
+            reqs.append((_label_key(part, part), "exists", frozenset()))
     return tuple(reqs)
 
 
@@ -454,9 +474,19 @@ class VirtualCluster:
             raise ApiError(
                 422,
                 "Invalid",
-                f'{info.kind} "{name}" is invalid: metadata.name: Invalid value: "{name}": a lowercase RFC 1123 '
-                "subdomain must consist of lower case alphanumeric characters, '-' or '.'",
-                {"name": name, "kind": info.kind},
+                f'{info.kind} "{name}" is invalid: metadata.name: Invalid value: "{name}": {_SUBDOMAIN_RULE}',
+                {
+                    "name": name,
+                    **({"group": info.group} if info.group else {}),
+                    "kind": info.kind,
+                    "causes": [
+                        {
+                            "reason": "FieldValueInvalid",
+                            "message": f'Invalid value: "{name}": {_SUBDOMAIN_RULE}',
+                            "field": "metadata.name",
+                        }
+                    ],
+                },
             )
         table = self._table(key)
         if (ns, name) in table:
@@ -703,15 +733,28 @@ class VirtualCluster:
         return clone(ns_obj)
 
     def _finalize_namespace(self, name: str) -> None:
+        """The namespace controller: delete the contents; the namespace goes once nothing is left.
+
+        Contents with finalizers only get a deletionTimestamp and hold the namespace in Terminating until
+        their finalizers are removed (checked again every 0.2 s), as on a real cluster.
+        """
+        if self.peek("namespaces", None, name) is None:
+            return
+        held = False
         for key, table in list(self._objects.items()):
             if key == "namespaces":
                 continue
             for k in [k for k in table if k[0] == name]:
                 try:
-                    info = self.resource(key)
-                    self._remove(key, info, name, k[1], "Background")
+                    self.delete(key, name, k[1])
                 except ApiError:
                     continue
+                held = held or k in table
+        if held:
+            loop = self.loop
+            if loop is not None and loop.is_running():
+                loop.call_later(0.2, self._finalize_namespace, name)
+            return
         self._remove("namespaces", self.resource("namespaces"), "", name, "Background")
 
     # ------------------------------------------------------------------ change feed
