@@ -245,6 +245,10 @@ CRYPTO_RETIRED_KEYS_DIR = env_str("CRYPTO_RETIRED_KEYS_DIR", str(BASE_DIR / "cry
 # --- clusters ---------------------------------------------------------------------------------------------------
 BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS = env_bool("BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS", False)
 KUBECONFIG_MAX_BYTES = env_int("KUBECONFIG_MAX_BYTES", 1024 * 1024)
+# Cluster gateway: objects per list page, the largest answer read from a cluster, a whole paged list's deadline.
+GATEWAY_LIST_PAGE_SIZE = env_int("GATEWAY_LIST_PAGE_SIZE", 500)
+GATEWAY_MAX_RESPONSE_BYTES = env_int("GATEWAY_MAX_RESPONSE_BYTES", 64 * 1024 * 1024)
+GATEWAY_LIST_DEADLINE = env_float("GATEWAY_LIST_DEADLINE", 300.0)
 # The health sweep probes clusters in parallel, each with its own timeout, so one dead cluster costs only that.
 CLUSTER_HEALTH_TIMEOUT = env_float("CLUSTER_HEALTH_TIMEOUT", 5.0)
 CLUSTER_HEALTH_CONCURRENCY = env_int("CLUSTER_HEALTH_CONCURRENCY", 64)

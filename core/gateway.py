@@ -14,9 +14,16 @@ Safety:
 * Connect-time host check: the server's host name is resolved once per gateway by ``check_host_at_connect``
   (same rules as the static check) and the connection is pinned to that IP, with the name kept for SNI and
   certificate verification and the Host header, so a DNS answer cannot be re-pointed after validation.
-* Every call has a timeout; errors are mapped to a few typed exceptions with messages an operator can act on.
-  No exception or log line carries a token, key or kubeconfig.
-* Writes are server-side apply with field manager ``budcluster`` (idempotent: applying twice changes nothing).
+* Every call has a total deadline (its timeout covers the whole answer, not just each read, so a server that
+  drips bytes cannot hold a worker) and a response-size cap (``max_response_bytes``, counted after decompression,
+  so a flood or a gzip bomb is cut off); errors are mapped to a few typed exceptions with messages an operator
+  can act on. No exception or log line carries a token, key or kubeconfig.
+* Lists page with ``limit``/``continue`` (``page_size`` objects per request), so a 5,000-node inventory is a few
+  bounded answers instead of one huge one; an expired continue token (410 Gone) restarts the list once.
+* Writes are strict server-side apply: field manager ``budcluster`` and ``fieldValidation=Strict``. A field the
+  API server does not know (a typo in a chart, a field from a newer Kubernetes) or a duplicated one is refused
+  with its name (:class:`Invalid`) and nothing is written; applying the same object twice changes nothing (not
+  even resourceVersion).
 """
 
 from __future__ import annotations
@@ -42,6 +49,25 @@ logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "budcluster"
 DEFAULT_TIMEOUT = 10.0
+# Objects per list request. 500 is what kubectl and client-go's pager use: a page of 500 Nodes is a few MB,
+# well under the response cap, and a 1,000-node inventory is two requests. Settings: GATEWAY_LIST_PAGE_SIZE.
+DEFAULT_PAGE_SIZE = 500
+# Largest answer read from a cluster (decoded bytes). Settings: GATEWAY_MAX_RESPONSE_BYTES.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# A whole paged list (every page, and one restart after an expired continue token) must finish within this.
+# Settings: GATEWAY_LIST_DEADLINE.
+DEFAULT_LIST_DEADLINE = 300.0
+_ERROR_BODY_BYTES = 64 * 1024  # an error Status is small; read no more of it than this
+
+
+def _setting(name: str, default: Any) -> Any:
+    """A Django setting when Django is configured (the service), else the default (scripts, the devcluster)."""
+    try:
+        from django.conf import settings
+
+        return getattr(settings, name, default)
+    except Exception:  # ImproperlyConfigured outside the service
+        return default
 
 
 class GatewayError(Exception):
@@ -76,6 +102,15 @@ class Conflict(GatewayError):
 
 class Invalid(GatewayError):
     reason = "invalid"
+
+
+class Expired(Unreachable):
+    """410 Gone: a list's continue token (or a resourceVersion) is older than the API server still keeps.
+
+    A kind of Unreachable because it is transient in the same way: the cluster changed faster than we could read
+    it, and a later attempt normally succeeds (callers that retry unreachable clusters retry this too)."""
+
+    reason = "expired"
 
 
 @dataclass(frozen=True)
@@ -170,7 +205,13 @@ class ClusterGateway:
         connect_timeout: float | None = None,
         allow_loopback: bool | None = None,
         reuse: bool = False,
+        page_size: int | None = None,
+        max_response_bytes: int | None = None,
+        list_deadline: float | None = None,
     ) -> None:
+        """``timeout`` is the total deadline of each request (connect, send, and reading the whole answer);
+        ``page_size`` objects are asked for per list request (default ``DEFAULT_PAGE_SIZE``, 500);
+        ``max_response_bytes`` caps each answer; ``list_deadline`` bounds a whole paged list."""
         from clusters.kubeconfig import KubeconfigError, check_host_at_connect
 
         context_name = kubeconfig.get("current-context")
@@ -181,6 +222,13 @@ class ClusterGateway:
         self.server = cluster["server"].rstrip("/")
         self.namespace = context.get("namespace") or "default"
         self.timeout = timeout
+        self.page_size = int(page_size or _setting("GATEWAY_LIST_PAGE_SIZE", DEFAULT_PAGE_SIZE))
+        self.max_response_bytes = int(
+            max_response_bytes or _setting("GATEWAY_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES)
+        )
+        self.list_deadline = float(list_deadline or _setting("GATEWAY_LIST_DEADLINE", DEFAULT_LIST_DEADLINE))
+        if self.page_size < 1:
+            raise ValueError("page_size must be at least 1")
         url = urlsplit(self.server)
         self.host = url.hostname or ""
         port = url.port or 443
@@ -269,14 +317,24 @@ class ClusterGateway:
         timeout: float | None = None,
         raw: bool = False,
     ) -> Any:
+        """One call to the API server: JSON in, JSON (or text with ``raw``) out, errors as typed exceptions.
+
+        ``timeout`` (default: the gateway's) is a total deadline for the call, and the answer is read in chunks
+        up to ``max_response_bytes``: httpx's own timeouts apply to each read, so without this a server sending a
+        byte every few seconds, or an endless body, would hold the worker indefinitely. The deadline is checked
+        after every chunk, so a call ends at the latest one read timeout after it.
+        """
         url = self._base + path
         content = None
         headers = {}
         if body is not None:
             content = body if isinstance(body, str | bytes) else json.dumps(body)
             headers["Content-Type"] = content_type
+        limit = timeout if timeout is not None else self.timeout
+        deadline = time.monotonic() + limit
+        where = f"{method} {path}"
         try:
-            response = self._client.request(
+            with self._client.stream(
                 method,
                 url,
                 params=params,
@@ -287,11 +345,11 @@ class ClusterGateway:
                 if timeout is not None
                 else self._timeout,
                 extensions={"sni_hostname": self._sni},
-            )
+            ) as response:
+                failed = response.status_code >= 400
+                data = self._read(response, where, deadline, limit, cap=_ERROR_BODY_BYTES if failed else None)
         except httpx.TimeoutException:
-            raise Unreachable(
-                f"{self.server} did not answer within {timeout or self.timeout:g}s ({method} {path})"
-            ) from None
+            raise Unreachable(f"{self.server} did not answer within {limit:g}s ({where})") from None
         except httpx.ConnectError as exc:
             message = str(exc)
             if "CERTIFICATE_VERIFY_FAILED" in message:
@@ -302,24 +360,55 @@ class ClusterGateway:
             raise Unreachable(f"cannot connect to {self.server}: {message or type(exc).__name__}") from None
         except httpx.TransportError as exc:
             raise Unreachable(f"connection to {self.server} failed: {type(exc).__name__}: {exc}") from None
-        if response.status_code >= 400:
-            raise self._error(response, method, path)
+        if failed:
+            raise self._error(response.status_code, data, where)
         if raw:
-            return response.text
-        if not response.content:
+            return data.decode(response.encoding or "utf-8", errors="replace")
+        if not data:
             return {}
         try:
-            return response.json()
+            return json.loads(data)
         except ValueError:
-            raise Invalid(f"{self.server} answered {method} {path} with something that is not JSON") from None
+            raise Invalid(f"{self.server} answered {where} with something that is not JSON") from None
 
-    def _error(self, response: httpx.Response, method: str, path: str) -> GatewayError:
-        status = response.status_code
+    def _read(
+        self, response: httpx.Response, where: str, deadline: float, limit: float, *, cap: int | None
+    ) -> bytes:
+        """The body, within the deadline and the size cap (an error body is only read up to ``cap``)."""
+        maximum = cap or self.max_response_bytes
+        declared = response.headers.get("content-length", "")
+        if cap is None and declared.isdigit() and int(declared) > maximum:
+            raise Invalid(self._too_large(where, int(declared)))
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > maximum:
+                if cap is not None:  # an error body: what we have is enough to say what went wrong
+                    chunks.append(chunk[: len(chunk) - (size - maximum)])
+                    break
+                raise Invalid(self._too_large(where, size))
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise Unreachable(
+                    f"{self.server} did not finish answering {where} within {limit:g}s "
+                    f"({size} bytes received): the API server is overloaded or the connection is throttled"
+                )
+        return b"".join(chunks)
+
+    def _too_large(self, where: str, size: int) -> str:
+        return (
+            f"{self.server} answered {where} with more than {self.max_response_bytes // (1024 * 1024)} MiB "
+            f"({size} bytes so far); refusing to read further (lists are paged with page_size={self.page_size}; "
+            "a single object this large means a broken or hostile API server)"
+        )
+
+    def _error(self, status: int, data: bytes, where: str) -> GatewayError:
+        text = data.decode("utf-8", errors="replace")
         try:
-            detail = response.json().get("message") or response.text[:300]
-        except ValueError:
-            detail = response.text[:300]
-        where = f"{method} {path}"
+            detail = json.loads(text).get("message") or text[:300]
+        except (ValueError, AttributeError):
+            detail = text[:300]
         if status == 401:
             return Unauthorized(
                 f"unauthorized: the API server at {self.server} rejected the credentials (401)", status=status
@@ -332,8 +421,15 @@ class ClusterGateway:
             return NotFound(f"not found: {where}: {detail}", status=status)
         if status == 409:
             return Conflict(f"conflict: {where}: {detail}", status=status)
+        if status == 410:
+            return Expired(f"expired (410 Gone): {where}: {detail}", status=status)
         if status in (400, 415, 422):
             return Invalid(f"invalid request {where}: {detail}", status=status)
+        if status == 500 and "failed to create typed patch object" in detail:
+            # Server-side apply checks the object against the schema before fieldValidation runs and reports a
+            # field the schema lacks as a 500 (kubernetes/kubernetes#122480, #139253). The object is wrong, not
+            # the server: Invalid, so that no step retries it as if the cluster were unreachable.
+            return Invalid(f"invalid object {where}: {detail}", status=status)
         return Unreachable(f"{self.server} answered {status} to {where}: {detail}", status=status)
 
     # --- discovery ------------------------------------------------------------------------------------------
@@ -392,16 +488,62 @@ class ClusterGateway:
         label_selector: str | None = None,
         field_selector: str | None = None,
         timeout: float | None = None,
+        page_size: int | None = None,
     ) -> list[dict]:
-        params = {}
+        """Every object of a kind (in ``namespace``, or cluster-wide), read in pages of ``page_size`` objects.
+
+        Pages follow the API server's ``continue`` tokens, so each answer stays small and bounded (``timeout``
+        and the response cap apply to each page) while the whole list is one consistent snapshot. A continue
+        token can expire (410 Gone) when the list takes longer than the server keeps history (etcd compaction,
+        every 5 minutes by default): the list then starts again once from the first page, and a second expiry
+        raises :class:`Expired`. The whole list, restart included, must finish within ``list_deadline``.
+        """
+        path = self.resource(api_version, kind).path(namespace)
+        what = f"{kind} ({api_version}{f', namespace {namespace}' if namespace else ''})"
+        selectors = {}
         if label_selector:
-            params["labelSelector"] = label_selector
+            selectors["labelSelector"] = label_selector
         if field_selector:
-            params["fieldSelector"] = field_selector
-        body = self.request(
-            "GET", self.resource(api_version, kind).path(namespace), params=params or None, timeout=timeout
-        )
-        return body.get("items", [])
+            selectors["fieldSelector"] = field_selector
+        limit = int(page_size or self.page_size)
+        deadline = time.monotonic() + self.list_deadline
+        try:
+            return self._list_pages(path, selectors, limit, timeout, deadline, what)
+        except Expired:
+            logger.info("list of %s on %s: continue token expired, listing again", what, self.server)
+        try:
+            return self._list_pages(path, selectors, limit, timeout, deadline, what)
+        except Expired as exc:
+            raise Expired(
+                f"the list of {what} on {self.server} expired twice while paging (410 Gone: the API server no "
+                f"longer keeps the snapshot a continue token points to). The cluster changes faster than it can "
+                f"be read {limit} objects per page; try again, or raise the page size",
+                status=exc.status,
+            ) from None
+
+    def _list_pages(
+        self, path: str, selectors: dict, limit: int, timeout: float | None, deadline: float, what: str
+    ) -> list[dict]:
+        items: list[dict] = []
+        token = ""
+        seen: set[str] = set()
+        while True:
+            params = {**selectors, "limit": str(limit)}
+            if token:
+                params["continue"] = token
+            body = self.request("GET", path, params=params, timeout=timeout)
+            items.extend(body.get("items") or [])
+            token = (body.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+            if token in seen:  # a broken server could otherwise keep us paging forever
+                raise Invalid(f"{self.server} returned the same continue token twice while listing {what}")
+            seen.add(token)
+            if time.monotonic() > deadline:
+                raise Unreachable(
+                    f"listing {what} on {self.server} took longer than {self.list_deadline:g}s "
+                    f"({len(items)} objects read in {len(seen)} pages of {limit})"
+                )
 
     def pod_logs(
         self, namespace: str, name: str, *, tail_lines: int = 200, container: str | None = None
@@ -425,24 +567,33 @@ class ClusterGateway:
         return bool(answer.get("status", {}).get("allowed"))
 
     def is_openshift(self) -> bool:
-        """OpenShift clusters serve config.openshift.io ClusterVersion (as the original service checked)."""
-        try:
-            versions = self.request("GET", "/apis/config.openshift.io/v1/clusterversions")
-        except NotFound:
-            return False
-        return bool(versions.get("items"))
+        """OpenShift clusters serve the config.openshift.io API group (ClusterVersion lives there).
+
+        Asked through discovery, which every authenticated user may read: a GET of a resource the cluster
+        does not serve is authorized before it is found, so a least-privilege account gets 403, not 404."""
+        groups = self.request("GET", "/apis").get("groups") or []
+        return any(g.get("name") == "config.openshift.io" for g in groups)
 
     # --- writes ---------------------------------------------------------------------------------------------
 
     def apply(self, obj: dict, *, force: bool = True) -> dict:
-        """Server-side apply one object (create or update) as field manager ``budcluster``."""
+        """Server-side apply one object (create or update) as field manager ``budcluster``.
+
+        ``fieldValidation=Strict``: an unknown or duplicated field is refused (:class:`Invalid`, naming the field)
+        and nothing is written. Apply's own schema check already refuses unknown fields of typed kinds (as a 500,
+        see ``_error``); Strict states the contract and adds the strict decoding of the patch (duplicate fields),
+        which "Warn" (the server's default) would only report in a response header nobody reads."""
         meta = obj.get("metadata", {})
         info = self.resource(obj["apiVersion"], obj["kind"])
         namespace = meta.get("namespace") if info.namespaced else None
         if info.namespaced and not namespace:
             namespace = self.namespace
             obj = {**obj, "metadata": {**meta, "namespace": namespace}}
-        params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
+        params = {
+            "fieldManager": FIELD_MANAGER,
+            "fieldValidation": "Strict",
+            "force": "true" if force else "false",
+        }
         return self.request(
             "PATCH",
             info.path(namespace, meta["name"]),
