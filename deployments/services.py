@@ -729,8 +729,16 @@ def readiness(gw: ClusterGateway, deployment: Deployment) -> Readiness:
     pods = list_pods(gw, deployment)
     workers = upsert_workers(deployment, pods)
     problems = sorted({w["reason"] for w in workers if w["reason"]})
-    if any("Unschedulable" in p or "FailedScheduling" in p for p in problems) or any(
-        w["phase"] == WorkerPhase.PENDING and not w["node"] for w in workers
+    # Pods the controllers could not even create (admission refused them: Pod Security, quota, ...): the
+    # Deployment says so in its ReplicaFailure condition, with the API server's words.
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            problems.append(f"{cond.get('reason', 'FailedCreate')}: {cond.get('message', '')}")
+    live = [w for w in workers if w["phase"] != WorkerPhase.DELETING]
+    if (
+        any("Unschedulable" in p or "FailedScheduling" in p for p in problems)
+        or any(w["phase"] == WorkerPhase.PENDING and not w["node"] for w in workers)
+        or len(live) < desired
     ):
         problems += [e for e in scheduling_events(gw, deployment.namespace) if e not in problems]
     return Readiness(

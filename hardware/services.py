@@ -278,3 +278,44 @@ def node_capacities(cluster: Cluster) -> list:
 def _taint_text(taint: dict) -> str:
     value = f"={taint['value']}" if taint.get("value") else ""
     return f"{taint.get('key')}{value}:{taint.get('effect')}"
+
+
+# Collector DaemonSets (by name suffix) and the label prefix each publishes on the nodes its pods run on.
+COLLECTOR_LABEL_PREFIXES = {
+    "nfd-worker": "feature.node.kubernetes.io/",
+    "gpu-feature-discovery": "nvidia.com/gpu.",
+}
+
+
+def unlabelled_nodes(gw: ClusterGateway, namespace: str, daemonsets: list[str]) -> list[str]:
+    """Nodes a collector serves that do not carry the labels it publishes yet.
+
+    A collector serves the nodes where its pod is ready, and every node its DaemonSet's nodeSelector matches
+    (GPU feature discovery's selector is a label NFD publishes: its DaemonSet grows only after NFD ran)."""
+    nodes = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}) for n in gw.list("v1", "Node")}
+    missing: set[str] = set()
+    for name in daemonsets:
+        prefix = next((p for suffix, p in COLLECTOR_LABEL_PREFIXES.items() if name.endswith(suffix)), None)
+        if prefix is None:
+            continue
+        ds = gw.get_or_none("apps/v1", "DaemonSet", name, namespace) or {}
+        spec = ds.get("spec") or {}
+        served = set()
+        node_selector = ((spec.get("template") or {}).get("spec") or {}).get("nodeSelector") or {}
+        if node_selector:
+            served |= {
+                node
+                for node, labels in nodes.items()
+                if all(labels.get(k) == v for k, v in node_selector.items())
+            }
+        match = (spec.get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+        for pod in gw.list("v1", "Pod", namespace, label_selector=selector) if selector else []:
+            ready = any(
+                c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (pod.get("status") or {}).get("conditions") or []
+            )
+            if ready and (pod.get("spec") or {}).get("nodeName") in nodes:
+                served.add(pod["spec"]["nodeName"])
+        missing |= {node for node in served if not any(k.startswith(prefix) for k in nodes[node])}
+    return sorted(missing)

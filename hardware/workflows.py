@@ -41,6 +41,8 @@ def ensure_collectors(ctx: StepContext) -> dict:
 
 
 def wait_collectors(ctx: StepContext):
+    from .services import unlabelled_nodes
+
     """Every collector DaemonSet has a ready pod on each node it should run on."""
     from clusters.services import gateway_for
 
@@ -56,6 +58,12 @@ def wait_collectors(ctx: StepContext):
                 ready = status.get("numberReady", 0)
                 if ds is None or desired is None or ready < desired:
                     pending.append(f"{name} {ready}/{desired if desired is not None else '?'} ready")
+            if not pending:
+                # Ready pods are not yet published labels: NFD's master labels a node only after its worker
+                # sent the node's features, GFD after it read the devices. Read nodes once they carry them.
+                unlabelled = unlabelled_nodes(gw, rollout["namespace"], rollout["daemonsets"])
+                if unlabelled:
+                    pending.append("feature labels not yet on " + ", ".join(unlabelled))
     except GatewayError as exc:
         return NotYet(f"cluster not answering: {exc}")
     if pending:
