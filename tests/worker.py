@@ -100,3 +100,56 @@ def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.1, what: s
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_finished(run_id, timeout: float = 60.0):
+    """The run once it reached a terminal status; on timeout the failure says where each step stands."""
+    from core.choices import RunStatus
+    from core.models import Run
+
+    def done():
+        run = Run.objects.get(pk=run_id)
+        return run if run.status in RunStatus.terminal() else None
+
+    try:
+        return wait_for(done, timeout=timeout, interval=0.1, what=f"run {run_id} to finish")
+    except AssertionError:
+        run = Run.objects.get(pk=run_id)
+        steps = "; ".join(f"{s.name}={s.status} {s.message[:200]!r}" for s in run.steps.order_by("order"))
+        raise AssertionError(
+            f"run {run_id} did not finish within {timeout:g} s: {run.status} [{steps}]"
+        ) from None
+
+
+def kill_worker_during_step(
+    session_worker, start, step: str, *, name: str, extra_env: dict, timeout: float = 60
+):
+    """Run `start()` (which returns (subject, run_id)) on a worker that is SIGKILLed once `step` is running;
+    a replacement worker and the reaper must finish the run. Returns (subject, finished run). The session
+    worker is stopped meanwhile (so the doomed one takes the step) and started again afterwards."""
+    from core import workflow
+    from core.choices import StepStatus
+    from core.models import Run
+
+    session_worker.stop()
+    doomed = WorkerProcess(name=f"doomed-{name}", extra_env=extra_env).start()
+    replacement = None
+    try:
+        subject, run_id = start()
+        run = Run.objects.get(pk=run_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # as tight as a poll can be: the step lasts milliseconds
+            if run.steps.filter(name=step, status=StepStatus.RUNNING).exists():
+                break
+            time.sleep(0.005)
+        doomed.kill()
+        replacement = WorkerProcess(name=f"replacement-{name}", extra_env=extra_env).start()
+        wait_for(
+            lambda: workflow.reap_stale_runs(), timeout=30, interval=0.5, what="the reaper to resume the run"
+        )
+        return subject, run_finished(run_id, timeout)
+    finally:
+        doomed.kill()
+        if replacement:
+            replacement.stop()
+        session_worker.start()

@@ -11,7 +11,7 @@ from core.choices import RunStatus
 from core.models import Run
 from devcluster.sim.config import SimConfig
 from devcluster.testing import devcluster_fixture
-from tests.worker import wait_for
+from tests.worker import run_finished
 
 # Read by the worker subprocesses (they inherit this environment when they start, after collection).
 os.environ.setdefault("DEPLOY_POLL_INTERVAL", "0.3")
@@ -27,11 +27,7 @@ def _loopback(settings):
 
 
 def finished(run_id, timeout: float = 60) -> Run:
-    def done():
-        run = Run.objects.get(pk=run_id)
-        return run if run.status in RunStatus.terminal() else None
-
-    return wait_for(done, timeout=timeout, interval=0.1, what=f"run {run_id} to finish")
+    return run_finished(run_id, timeout)
 
 
 _REGISTERED_ONCE: set[str] = set()

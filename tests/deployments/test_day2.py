@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from clusters.models import Revision
 from clusters.services import gateway_for
-from core import workflow
 from core.choices import RunStatus, StepStatus
 from core.models import Run
 from deployments.models import Deployment
 from tests.conftest import WORKER_ENV
-from tests.worker import WorkerProcess, wait_for
+from tests.worker import kill_worker_during_step, wait_for
 
 from .conftest import SIM, finished
 
@@ -144,28 +141,10 @@ def test_pods_that_cannot_pull_fail_with_the_reason_verbatim(api, cluster):
 def test_worker_killed_during_install_run_completes_once_without_duplicates(
     api, cluster, celery_worker_process
 ):
-    celery_worker_process.stop()
-    doomed = WorkerProcess(name="doomed-deploy", extra_env=WORKER_ENV).start()
-    replacement = None
-    try:
-        deployment, run_id = _deploy(api, cluster, "killed")
-        run = Run.objects.get(pk=run_id)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if run.steps.filter(name="install", status=StepStatus.RUNNING).exists():
-                break
-            time.sleep(0.005)
-        doomed.kill()
-        replacement = WorkerProcess(name="replacement-deploy", extra_env=WORKER_ENV).start()
-        wait_for(
-            lambda: workflow.reap_stale_runs(), timeout=30, interval=0.5, what="the reaper to resume the run"
-        )
-        run = finished(run_id, timeout=60)
-    finally:
-        doomed.kill()
-        if replacement:
-            replacement.stop()
-        celery_worker_process.start()
+    deployment, run = kill_worker_during_step(
+        celery_worker_process, lambda: _deploy(api, cluster, "killed"), "install", name="deploy",
+        extra_env=WORKER_ENV,
+    )  # fmt: skip
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.resumed_count >= 1
     assert run.events.filter(status="succeeded", step="").count() == 1

@@ -3,19 +3,16 @@ controller with its finalizers, and a worker killed mid-install, on the real con
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from kubernetes import client
 
 from clusters.models import Release, Revision
 from clusters.services import gateway_for
-from core import workflow
 from core.choices import RunStatus, StepStatus
 from core.models import Run
 from deployments.models import Deployment
 from tests.conftest import WORKER_ENV
-from tests.worker import WorkerProcess, wait_for
+from tests.worker import WorkerProcess, kill_worker_during_step, wait_for
 
 from .test_lifecycle import finished, succeeded
 
@@ -166,28 +163,10 @@ def test_cancel_mid_deploy_leaves_nothing_behind(api, registered, real_cluster):
 def test_worker_killed_during_install_leaves_one_revision_and_no_duplicates(
     api, registered, real_cluster, celery_worker_process
 ):
-    celery_worker_process.stop()
-    doomed = WorkerProcess(name="doomed-real", extra_env=WORKER_ENV).start()
-    replacement = None
-    try:
-        deployment, run_id = _deploy(api, registered, "killed")
-        run = Run.objects.get(pk=run_id)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if run.steps.filter(name="install", status=StepStatus.RUNNING).exists():
-                break
-            time.sleep(0.005)
-        doomed.kill()
-        replacement = WorkerProcess(name="replacement-real", extra_env=WORKER_ENV).start()
-        wait_for(
-            lambda: workflow.reap_stale_runs(), timeout=30, interval=0.5, what="the reaper to resume the run"
-        )
-        run = finished(run_id)
-    finally:
-        doomed.kill()
-        if replacement:
-            replacement.stop()
-        celery_worker_process.start()
+    deployment, run = kill_worker_during_step(
+        celery_worker_process, lambda: _deploy(api, registered, "killed"), "install", name="real",
+        extra_env=WORKER_ENV, timeout=120,
+    )  # fmt: skip
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.resumed_count >= 1
     objects = _objects(real_cluster, deployment.namespace)

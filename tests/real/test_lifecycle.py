@@ -19,7 +19,7 @@ from clusters.models import Cluster
 from core.choices import RunStatus
 from core.models import Run
 from deployments.models import Deployment
-from tests.worker import wait_for
+from tests.worker import run_finished, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,11 +32,7 @@ def _loopback(settings):
 
 
 def finished(run_id, timeout: float = 120) -> Run:
-    def done():
-        run = Run.objects.get(pk=run_id)
-        return run if run.status in RunStatus.terminal() else None
-
-    return wait_for(done, timeout=timeout, interval=0.1, what=f"run {run_id} to finish")
+    return run_finished(run_id, timeout)
 
 
 def succeeded(response, timeout: float = 120) -> Run:
