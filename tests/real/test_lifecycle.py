@@ -133,5 +133,12 @@ def test_whole_lifecycle_with_the_service_account_token(api, worker, real_cluste
     assert not Cluster.objects.filter(pk=cluster.pk).exists()
     rbac = client.RbacAuthorizationV1Api(real_cluster.client())
     assert "budcluster" not in [r.metadata.name for r in rbac.list_cluster_role().items]
+    # The garbage collector removes what the role owned: its binding and BudCluster's own namespace.
+    wait_for(
+        lambda: "budcluster" not in [b.metadata.name for b in rbac.list_cluster_role_binding().items]
+        and "bud-system" not in [n.metadata.name for n in core.list_namespace().items],
+        timeout=60,
+        what="the binding and bud-system to be garbage collected",
+    )
     lap("delete cluster")
     print("lifecycle timings (s):", timings, "total", round(time.monotonic() - started, 1))
