@@ -212,7 +212,7 @@ class ClusterGateway:
         """``timeout`` is the total deadline of each request (connect, send, and reading the whole answer);
         ``page_size`` objects are asked for per list request (default ``DEFAULT_PAGE_SIZE``, 500);
         ``max_response_bytes`` caps each answer; ``list_deadline`` bounds a whole paged list."""
-        from clusters.kubeconfig import KubeconfigError, check_host_at_connect
+        from core.netguard import AddressRefused, check_host_at_connect
 
         context_name = kubeconfig.get("current-context")
         contexts = {c["name"]: c["context"] for c in kubeconfig.get("contexts", [])}
@@ -234,7 +234,7 @@ class ClusterGateway:
         port = url.port or 443
         try:
             ip = check_host_at_connect(self.host, port, allow_loopback=allow_loopback, timeout=timeout)
-        except KubeconfigError as exc:
+        except AddressRefused as exc:
             raise Unreachable(str(exc)) from None
         netloc_ip = f"[{ip}]" if ":" in ip else ip
         self._base = f"https://{netloc_ip}:{port}{url.path.rstrip('/')}"

@@ -220,7 +220,7 @@ def default_endpoint(deployment: Deployment) -> str:
 
 def check_endpoint(url: str) -> None:
     """Refuse endpoint addresses a kubeconfig's server could not have (link-local, metadata, ...)."""
-    from clusters.kubeconfig import KubeconfigError, check_host_at_connect
+    from core.netguard import AddressRefused, check_host_at_connect
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -229,7 +229,7 @@ def check_endpoint(url: str) -> None:
         check_host_at_connect(
             parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout=10
         )
-    except KubeconfigError as exc:
+    except AddressRefused as exc:
         raise BenchmarkError(f"endpoint {url} refused: {exc}") from None
 
 

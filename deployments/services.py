@@ -775,12 +775,12 @@ def endpoint_url(gw: ClusterGateway, deployment: Deployment) -> str:
 def _endpoint_client(url: str, timeout: float) -> httpx.Client:
     """An HTTP client for an address the cluster reported: checked with the kubeconfig guard's rules first
     (a hostile cluster must not point the service at link-local / metadata addresses)."""
-    from clusters.kubeconfig import KubeconfigError, check_host_at_connect
+    from core.netguard import AddressRefused, check_host_at_connect
 
     parts = urlsplit(url)
     try:
         check_host_at_connect(parts.hostname or "", parts.port or 80, timeout=timeout)
-    except KubeconfigError as exc:
+    except AddressRefused as exc:
         raise GatewayError(f"endpoint {url} refused: {exc}") from None
     return httpx.Client(
         base_url=url, timeout=timeout, trust_env=False, follow_redirects=False, verify=system_ssl_context()

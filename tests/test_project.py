@@ -106,3 +106,31 @@ def test_env_sample_documents_every_setting_read_from_environment():
     readme = (ROOT / "README.md").read_text()
     missing = sorted(n for n in names if n not in sample or n not in readme)
     assert not missing, f"undocumented settings: {missing}"
+
+
+APPS = ("clusters", "hardware", "deployments", "provisioning")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module a file imports, at module level or inside functions."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_imports_no_app():
+    """Layers point down: the shared machinery (workflow engine, gateway, address guard, crypto) in `core`
+    knows nothing of the apps built on it, not even through a lazy import inside a function."""
+    root = Path(__file__).resolve().parent.parent / "core"
+    offenders = {
+        str(path.relative_to(root.parent)): sorted(_imported_modules(path) & set(APPS))
+        for path in root.rglob("*.py")
+        if "migrations" not in path.parts and "tests" not in path.parts
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
