@@ -76,7 +76,7 @@ def verify_cluster(ctx: StepContext) -> dict:
 
 def place(ctx: StepContext) -> dict:
     """Read the inventory again and plan; the chosen placement is stored once (a re-run reuses it)."""
-    from hardware.services import node_capacities, refresh_inventory
+    from hardware.services import refresh_inventory
 
     deployment = _deployment(ctx)
     if not deployment.placement.get("candidate"):
@@ -86,7 +86,7 @@ def place(ctx: StepContext) -> dict:
         except GatewayError as exc:
             raise _gateway_failed(exc) from None
         try:
-            result = services.place(deployment.config, node_capacities(deployment.cluster))
+            result = services.place(deployment.config, services.node_capacities(deployment.cluster))
         except placement_engine.PlacementError as exc:
             raise StepFailed(str(exc)) from None
         except ValueError as exc:
@@ -442,7 +442,7 @@ DEPLOY = Workflow(
 
 def check_capacity(ctx: StepContext) -> dict:
     """Scaling up needs room for the extra replicas on the same kind of device (inventory read again)."""
-    from hardware.services import node_capacities, refresh_inventory
+    from hardware.services import refresh_inventory
 
     deployment = _deployment(ctx)
     services.set_status(deployment, DeploymentStatus.DEPLOYING, ctx.run.title, kind="update")
@@ -457,7 +457,7 @@ def check_capacity(ctx: StepContext) -> dict:
     try:
         result = services.place(
             deployment.config,
-            node_capacities(deployment.cluster),
+            services.node_capacities(deployment.cluster),
             replicas=extra,
             device_type=deployment.placement["candidate"]["device_type"],
         )

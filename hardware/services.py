@@ -247,39 +247,6 @@ def device_info(cluster: Cluster) -> list[dict]:
     return out
 
 
-def node_capacities(cluster: Cluster) -> list:
-    """The stored inventory as placement input (``deployments.placement.NodeCapacity``)."""
-    from deployments.placement import NodeCapacity
-
-    rows = []
-    for node in Node.objects.filter(cluster=cluster):
-        rows.append(
-            NodeCapacity(
-                name=node.name,
-                ready=node.ready,
-                schedulable=node.schedulable,
-                accelerator_type=node.accelerator_type,
-                accelerator_vendor=node.accelerator_vendor or "",
-                accelerator_model=node.accelerator_model or "",
-                device_count=node.accelerator_count,
-                free_devices=node.free_accelerators,
-                device_memory_mib=node.accelerator_memory_mib or 0,
-                cpu_cores=node.cpu_cores or 0,
-                free_cpu_millicores=node.free_cpu_millicores,
-                memory_bytes=node.memory_bytes or 0,
-                free_memory_bytes=node.free_memory_bytes,
-                cpu_flags=frozenset(node.cpu_flags or ()),
-                taints=tuple(_taint_text(t) for t in node.taints or []),
-            )
-        )
-    return rows
-
-
-def _taint_text(taint: dict) -> str:
-    value = f"={taint['value']}" if taint.get("value") else ""
-    return f"{taint.get('key')}{value}:{taint.get('effect')}"
-
-
 # Collector DaemonSets (by name suffix) and the label prefix each publishes on the nodes its pods run on.
 COLLECTOR_LABEL_PREFIXES = {
     "nfd-worker": "feature.node.kubernetes.io/",

@@ -92,8 +92,8 @@ COLLECT_STEPS = [
         wait_collectors,
         eta=20,
         poll=Poll(
-            interval=lambda ctx: float(getattr(settings, "COLLECTOR_POLL_INTERVAL", 3.0)),
-            timeout=lambda ctx: float(getattr(settings, "COLLECTOR_TIMEOUT", 600.0)),
+            interval=lambda ctx: float(settings.COLLECTOR_POLL_INTERVAL),
+            timeout=lambda ctx: float(settings.COLLECTOR_TIMEOUT),
             what="the collector DaemonSets to be ready on every eligible node",
         ),
     ),

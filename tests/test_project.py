@@ -124,12 +124,20 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-def test_core_imports_no_app():
-    """Layers point down: the shared machinery (workflow engine, gateway, address guard, crypto) in `core`
-    knows nothing of the apps built on it, not even through a lazy import inside a function."""
-    root = Path(__file__).resolve().parent.parent / "core"
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        # The shared machinery (workflow engine, gateway, address guard, crypto) knows no app built on it.
+        ("core", APPS),
+        # The inventory serves placement; placement reads the inventory, never the other way round.
+        ("hardware", ("deployments",)),
+    ],
+)
+def test_layers_point_down(package, forbidden):
+    """No module of `package` imports `forbidden`, not even lazily inside a function."""
+    root = Path(__file__).resolve().parent.parent / package
     offenders = {
-        str(path.relative_to(root.parent)): sorted(_imported_modules(path) & set(APPS))
+        str(path.relative_to(root.parent)): sorted(_imported_modules(path) & set(forbidden))
         for path in root.rglob("*.py")
         if "migrations" not in path.parts and "tests" not in path.parts
     }

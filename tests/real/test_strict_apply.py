@@ -24,7 +24,7 @@ from core.gateway import FIELD_MANAGER, ClusterGateway, Invalid
 from deployments import services as deploy_services
 from deployments.choices import ModelSource
 from devcluster.real.testing import real_cluster_fixture
-from hardware.services import node_capacities, refresh_inventory
+from hardware.services import refresh_inventory
 from hardware.workflows import COLLECTOR_CHART
 from tests.worker import wait_for
 
@@ -164,7 +164,7 @@ def inventory_with_accelerators(cluster: Cluster, gw: ClusterGateway) -> list:
 
     def described():
         refresh_inventory(cluster, gw)
-        nodes = node_capacities(cluster)
+        nodes = deploy_services.node_capacities(cluster)
         cuda = [n for n in nodes if n.accelerator_type == "cuda"]
         return nodes if cuda and all(n.device_memory_mib for n in cuda) else None
 
