@@ -23,7 +23,7 @@ from kubernetes import client
 from clusters.kubeconfig import KubeconfigError, validate_kubeconfig
 from devcluster.real.testing import real_cluster_fixture
 from tests.tools import kubectl_binary
-from tests.worker import wait_for
+from tests.worker import run_finished, wait_for
 
 # A control plane of this module's own: these tests assert on BudCluster's default objects (bud-system,
 # budcluster), which other modules' tests remove from the session's control plane (cluster deletion runs the
@@ -367,14 +367,7 @@ def test_printed_kubeconfig_registers_the_cluster_and_deploys_a_model(api, worke
         return f"{run.kind} {run.status}: {run.error!r} [{steps}]"
 
     def finished(run_id, timeout: float) -> Run:
-        def done():
-            run = Run.objects.get(pk=run_id)
-            return run if run.status in RunStatus.terminal() else None
-
-        try:
-            return wait_for(done, timeout=timeout, interval=0.2, what=f"run {run_id} to finish")
-        except AssertionError:
-            pytest.fail(f"run did not finish within {timeout:g} s: {describe(Run.objects.get(pk=run_id))}")
+        return run_finished(run_id, timeout)
 
     response = api.post(
         "/clusters/register", {"name": "eks-exec", "kubeconfig": printed.stdout}, format="json"
