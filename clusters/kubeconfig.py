@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +66,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from core import netguard
+from core.conf import setting
 from core.netguard import HostVerdict
 
 __all__ = [
@@ -78,29 +78,13 @@ __all__ = [
     "validate_kubeconfig",
 ]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 
 class KubeconfigError(ValueError):
     """The kubeconfig (or a host) is refused; the message names the problem and carries no secret."""
 
 
-def _setting(name: str, default: Any) -> Any:
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
-    try:
-        return getattr(settings, name, default)
-    except ImproperlyConfigured:
-        return default
-
-
 def max_bytes() -> int:
-    return int(_setting("KUBECONFIG_MAX_BYTES", 1024 * 1024))
-
-
-def _allow_loopback(value: bool | None) -> bool:
-    return netguard.loopback_allowed(value)
+    return int(setting("KUBECONFIG_MAX_BYTES", 1024 * 1024))
 
 
 # --- YAML ---------------------------------------------------------------------------------------------------
@@ -369,7 +353,7 @@ def validate_kubeconfig(
     ``context`` selects a context (otherwise ``current-context``, or the only context). ``allow_loopback``
     defaults to ``settings.BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS``.
     """
-    loopback_ok = _allow_loopback(allow_loopback)
+    loopback_ok = netguard.loopback_allowed(allow_loopback)
     limit = max_bytes()
     size = len(raw) if isinstance(raw, bytes | bytearray) else len(raw.encode("utf-8", "surrogatepass"))
     if size > limit:

@@ -214,12 +214,12 @@ def required_permissions(openshift: bool = False) -> tuple[tuple[str, str, str],
 
 
 def permission_name(verb: str, group: str, resource: str) -> str:
-    """``create customresourcedefinitions.apiextensions.k8s.io (all namespaces)``: what kubectl auth can-i
+    """``create customresourcedefinitions.apiextensions.k8s.io (cluster-wide)``: what kubectl auth can-i
     takes, and where the right is needed (BudCluster's role is cluster-wide)."""
-    name = f"{resource}.{group}" if group and "/" not in resource else resource
-    if group and "/" in resource:
-        base, sub = resource.split("/", 1)
-        name = f"{base}.{group}/{sub}"
+    base, _, subresource = resource.partition("/")
+    name = f"{base}.{group}" if group else base
+    if subresource:
+        name += f"/{subresource}"
     return f"{verb} {name} (cluster-wide)"
 
 

@@ -64,6 +64,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from core.conf import setting
+
 __all__ = [
     "KEY_BYTES",
     "TOKEN_RE",
@@ -113,35 +115,24 @@ class CryptoError(Exception):
 # --- settings -----------------------------------------------------------------------------------------------
 
 
-def _setting(name: str, default: Any) -> Any:
-    """Read a Django setting lazily; ``default`` when Django is not configured (pure tests)."""
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
-    try:
-        return getattr(settings, name, default)
-    except ImproperlyConfigured:
-        return default
-
-
 def _resolve(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.is_absolute():
         return p
-    base = _setting("BASE_DIR", None)
+    base = setting("BASE_DIR", None)
     return Path(base) / p if base else p
 
 
 def symmetric_key_path() -> Path:
-    return _resolve(_setting("CRYPTO_SYMMETRIC_KEY_PATH", DEFAULT_SYMMETRIC_KEY_PATH))
+    return _resolve(setting("CRYPTO_SYMMETRIC_KEY_PATH", DEFAULT_SYMMETRIC_KEY_PATH))
 
 
 def retired_keys_dir() -> Path:
-    return _resolve(_setting("CRYPTO_RETIRED_KEYS_DIR", DEFAULT_RETIRED_KEYS_DIR))
+    return _resolve(setting("CRYPTO_RETIRED_KEYS_DIR", DEFAULT_RETIRED_KEYS_DIR))
 
 
 def private_key_path() -> Path:
-    return _resolve(_setting("CRYPTO_PRIVATE_KEY_PATH", DEFAULT_PRIVATE_KEY_PATH))
+    return _resolve(setting("CRYPTO_PRIVATE_KEY_PATH", DEFAULT_PRIVATE_KEY_PATH))
 
 
 # --- keys ---------------------------------------------------------------------------------------------------

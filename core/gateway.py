@@ -45,6 +45,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from core.conf import setting
+
 logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "budcluster"
@@ -58,16 +60,6 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Settings: GATEWAY_LIST_DEADLINE.
 DEFAULT_LIST_DEADLINE = 300.0
 _ERROR_BODY_BYTES = 64 * 1024  # an error Status is small; read no more of it than this
-
-
-def _setting(name: str, default: Any) -> Any:
-    """A Django setting when Django is configured (the service), else the default (scripts, the devcluster)."""
-    try:
-        from django.conf import settings
-
-        return getattr(settings, name, default)
-    except Exception:  # ImproperlyConfigured outside the service
-        return default
 
 
 class GatewayError(Exception):
@@ -222,11 +214,11 @@ class ClusterGateway:
         self.server = cluster["server"].rstrip("/")
         self.namespace = context.get("namespace") or "default"
         self.timeout = timeout
-        self.page_size = int(page_size or _setting("GATEWAY_LIST_PAGE_SIZE", DEFAULT_PAGE_SIZE))
+        self.page_size = int(page_size or setting("GATEWAY_LIST_PAGE_SIZE", DEFAULT_PAGE_SIZE))
         self.max_response_bytes = int(
-            max_response_bytes or _setting("GATEWAY_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES)
+            max_response_bytes or setting("GATEWAY_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES)
         )
-        self.list_deadline = float(list_deadline or _setting("GATEWAY_LIST_DEADLINE", DEFAULT_LIST_DEADLINE))
+        self.list_deadline = float(list_deadline or setting("GATEWAY_LIST_DEADLINE", DEFAULT_LIST_DEADLINE))
         if self.page_size < 1:
             raise ValueError("page_size must be at least 1")
         url = urlsplit(self.server)

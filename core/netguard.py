@@ -29,8 +29,9 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote
+
+from core.conf import setting
 
 __all__ = [
     "AddressRefused",
@@ -48,18 +49,8 @@ class AddressRefused(ValueError):
     """A host BudCluster must not connect to (or cannot judge); the message names it and carries no secret."""
 
 
-def _setting(name: str, default: Any) -> Any:
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
-    try:
-        return getattr(settings, name, default)
-    except ImproperlyConfigured:
-        return default
-
-
 def loopback_allowed(value: bool | None = None) -> bool:
-    return bool(_setting("BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS", False)) if value is None else value
+    return bool(setting("BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS", False)) if value is None else value
 
 
 # --- hosts --------------------------------------------------------------------------------------------------

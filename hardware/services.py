@@ -254,19 +254,19 @@ COLLECTOR_LABEL_PREFIXES = {
 }
 
 
-def unlabelled_nodes(gw: ClusterGateway, namespace: str, daemonsets: list[str]) -> list[str]:
-    """Nodes a collector serves that do not carry the labels it publishes yet.
+def unlabelled_nodes(gw: ClusterGateway, namespace: str, daemonsets: dict[str, dict]) -> list[str]:
+    """Nodes a collector serves that do not carry the labels it publishes yet (``daemonsets``: the collector
+    DaemonSets as just read, by name).
 
     A collector serves the nodes where its pod is ready, and every node its DaemonSet's nodeSelector matches
     (GPU feature discovery's selector is a label NFD publishes: its DaemonSet grows only after NFD ran)."""
     nodes = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}) for n in gw.list("v1", "Node")}
     missing: set[str] = set()
-    for name in daemonsets:
+    for name, ds in daemonsets.items():
         prefix = next((p for suffix, p in COLLECTOR_LABEL_PREFIXES.items() if name.endswith(suffix)), None)
         if prefix is None:
             continue
-        ds = gw.get_or_none("apps/v1", "DaemonSet", name, namespace) or {}
-        spec = ds.get("spec") or {}
+        spec = (ds or {}).get("spec") or {}
         served = set()
         node_selector = ((spec.get("template") or {}).get("spec") or {}).get("nodeSelector") or {}
         if node_selector:

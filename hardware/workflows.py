@@ -41,18 +41,20 @@ def ensure_collectors(ctx: StepContext) -> dict:
 
 
 def wait_collectors(ctx: StepContext):
-    from .services import unlabelled_nodes
-
-    """Every collector DaemonSet has a ready pod on each node it should run on."""
+    """Every collector DaemonSet has a ready pod on each node it should run on, and those nodes carry the
+    labels the collectors publish."""
     from clusters.services import gateway_for
+
+    from .services import unlabelled_nodes
 
     cluster = step_cluster(ctx)
     rollout = ctx.outputs["ensure_collectors"]
     pending = []
     try:
         with gateway_for(cluster) as gw:
+            daemonsets = {}
             for name in rollout["daemonsets"]:
-                ds = gw.get_or_none("apps/v1", "DaemonSet", name, rollout["namespace"])
+                ds = daemonsets[name] = gw.get_or_none("apps/v1", "DaemonSet", name, rollout["namespace"])
                 status = (ds or {}).get("status") or {}
                 desired = status.get("desiredNumberScheduled")
                 ready = status.get("numberReady", 0)
@@ -61,7 +63,7 @@ def wait_collectors(ctx: StepContext):
             if not pending:
                 # Ready pods are not yet published labels: NFD's master labels a node only after its worker
                 # sent the node's features, GFD after it read the devices. Read nodes once they carry them.
-                unlabelled = unlabelled_nodes(gw, rollout["namespace"], rollout["daemonsets"])
+                unlabelled = unlabelled_nodes(gw, rollout["namespace"], daemonsets)
                 if unlabelled:
                     pending.append("feature labels not yet on " + ", ".join(unlabelled))
     except GatewayError as exc:

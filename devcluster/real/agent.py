@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
@@ -105,8 +106,6 @@ class Agent:
         from kubernetes import watch
 
         listing = list_fn(_preload_content=False)
-        import json
-
         body = json.loads(listing.data)
         for item in body.get("items") or []:
             handle("ADDED", item)
@@ -166,10 +165,7 @@ class Agent:
         from kubernetes import client as k8s
 
         core = k8s.CoreV1Api(self.api)
-        node = core.read_node(node_name, _preload_content=False)
-        import json
-
-        node_obj = json.loads(node.data)
+        node_obj = json.loads(core.read_node(node_name, _preload_content=False).data)
         labels = hardware.collector_labels(pod, self.cp.hardware.get(node_name) or {}, node_obj)
         if labels:
             core.patch_node(node_name, {"metadata": {"labels": labels}})

@@ -193,8 +193,7 @@ class ControlPlane:
             self._start_apiserver(deadline=started + timeout)
             self._create_nodes()
             self._start_controllers()
-            self._wait_nodes_ready(deadline=started + timeout)
-            self._wait_default_service_account(deadline=started + timeout)
+            self._wait_settled(deadline=started + timeout)
             if self.agent:
                 from devcluster.real.agent import Agent
 
@@ -477,40 +476,33 @@ class ControlPlane:
         finally:
             api.close()
 
-    def _wait_nodes_ready(self, deadline: float) -> None:
+    def _wait_settled(self, deadline: float) -> None:
+        """Every node Ready (KWOK's heartbeats) and the `default` ServiceAccount created by the controller-manager
+        (pods cannot be created in a namespace before it exists)."""
         from kubernetes import client as k8s
 
         api = self.client()
         try:
             core = k8s.CoreV1Api(api)
 
-            def ready() -> bool:
+            def nodes_ready() -> bool:
                 items = core.list_node().items
                 return bool(items) and all(
                     any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
                     for n in items
                 )
 
-            self._wait(self.components["kwok"], ready, deadline, "every node Ready (KWOK)")
-        finally:
-            api.close()
+            def default_account() -> bool:
+                core.read_namespaced_service_account("default", "default")  # 404 until it exists
+                return True
 
-    def _wait_default_service_account(self, deadline: float) -> None:
-        """Pods cannot be created in a namespace before its `default` ServiceAccount exists."""
-        from kubernetes import client as k8s
-
-        api = self.client()
-        try:
-            core = k8s.CoreV1Api(api)
-
-            def exists() -> bool:
-                try:
-                    core.read_namespaced_service_account("default", "default")
-                    return True
-                except k8s.ApiException:
-                    return False
-
-            self._wait(self.components["kube-controller-manager"], exists, deadline, "default ServiceAccount")
+            self._wait(self.components["kwok"], nodes_ready, deadline, "every node Ready (KWOK)")
+            self._wait(
+                self.components["kube-controller-manager"],
+                default_account,
+                deadline,
+                "the default ServiceAccount",
+            )
         finally:
             api.close()
 
