@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+import ansible_collections.kubernetes.core  # noqa: F401  (the playbooks need it; `ansible` ships it)
+import ansible_runner  # noqa: F401  (BudCluster runs the playbooks through it)
 
 from devcluster.testing import devcluster_fixture
 from provisioning.ansible import run_playbook
 from tests.worker import wait_for
-
-pytest.importorskip("ansible_runner")
-pytest.importorskip("ansible_collections.kubernetes.core")
 
 dc = devcluster_fixture(name="dc", nodes="cpu-small", clusters=1, scope="module")
 ocp = devcluster_fixture(name="ocp", nodes="cpu-small", clusters=1, openshift=True, scope="module")

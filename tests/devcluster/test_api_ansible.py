@@ -6,15 +6,11 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
+import ansible_collections.kubernetes.core  # noqa: F401  (the `ansible` package ships it)
+import ansible_runner
 
 from devcluster.server import DevCluster
 from devcluster.testing import write_kubeconfig
-
-ansible_runner = pytest.importorskip("ansible_runner")
-pytest.importorskip(
-    "ansible_collections.kubernetes.core", reason="kubernetes.core comes with the `ansible` package"
-)
 
 PLAYBOOK = """
 - hosts: localhost

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helm_python
 import pytest
 
 from devcluster.server import DevCluster
-
-helm_python = pytest.importorskip("helm_python")
 
 CHART = {
     "Chart.yaml": "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
