@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 
 
 def rss_mib() -> float:

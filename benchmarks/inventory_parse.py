@@ -20,7 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hardware.inventory import load_node_objects, parse_nodes  # noqa: E402
+from hardware.inventory import parse_nodes  # noqa: E402
+from hardware.nodefiles import load_node_objects  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "nodes"
 

@@ -230,6 +230,8 @@ WORKFLOW_STALE_AFTER = env_float("WORKFLOW_STALE_AFTER", 90.0)
 # After a step succeeds, the worker runs the run's next steps itself (no broker round trip) for up to this many
 # seconds of the message's time; 0 sends every step through the broker.
 WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 5.0)
+# Modules that compose workflows from several apps' steps (imported after every app's own workflows module).
+WORKFLOW_MODULES = ["budcluster_site.workflows"]
 # Extra modules that declare workflows (imported by web and worker); used by the test suite's demo workflow.
 WORKFLOW_EXTRA_MODULES = env_list("WORKFLOW_EXTRA_MODULES", [])
 

@@ -1,15 +1,17 @@
-"""Operators' console for clusters: coloured status, node counts, masked credentials, actions."""
+"""Operators' console for clusters: coloured status, node counts, masked credentials, actions.
+
+Apps built on clusters extend this admin (the hardware app registers a subclass with the node inventory inline
+and the collection action); every action calls the same service function as the API.
+"""
 
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin, messages
-from django.db.models import Count, Q
+from django.contrib import admin
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyInline, status_badge
+from core.admin import ReadOnlyInline, start_each, status_badge
 from core.fields import describe_stored
-from hardware.admin import NodeInline
 
 from . import services
 from .choices import ClusterStatus
@@ -59,25 +61,18 @@ class ClusterForm(forms.ModelForm):
 @admin.register(Cluster)
 class ClusterAdmin(admin.ModelAdmin):
     form = ClusterForm
-    list_display = ("name", "coloured_status", "platform", "node_count", "server_url", "last_checked")
+    list_display = ("name", "coloured_status", "platform", "server_url", "last_checked")
     list_filter = ("status", "platform")
     search_fields = ("name", "server_url")
     readonly_fields = (
         "status", "reason", "platform", "server_url", "credentials", "kubernetes_version", "not_available_since",
         "last_checked", "created_by", "created_at", "updated_at",
     )  # fmt: skip
-    inlines = (NodeInline, ClusterEventInline)
-    actions = ("check_health_now", "collect_node_info", "rerun_registration", "delete_clusters")
+    inlines = (ClusterEventInline,)
+    actions = ("check_health_now", "rerun_registration", "delete_clusters")
 
     def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .defer("kubeconfig")
-            .annotate(
-                _nodes=Count("nodes", distinct=True), _ready=Count("nodes", filter=Q(nodes__ready=True))
-            )
-        )
+        return super().get_queryset(request).defer("kubeconfig")
 
     def get_actions(self, request):
         actions = super().get_actions(request)
@@ -90,12 +85,6 @@ class ClusterAdmin(admin.ModelAdmin):
     @admin.display(description="status", ordering="status")
     def coloured_status(self, obj: Cluster) -> str:
         return status_badge(CLUSTER_COLOURS.get(obj.status, "pending"), obj.get_status_display())
-
-    @admin.display(description="nodes (ready)")
-    def node_count(self, obj: Cluster) -> str:
-        if not hasattr(obj, "_nodes"):
-            return "-"
-        return f"{obj._nodes} ({obj._ready})"
 
     @admin.display(description="credentials")
     def credentials(self, obj: Cluster) -> str:
@@ -118,33 +107,19 @@ class ClusterAdmin(admin.ModelAdmin):
             request, f"Checked {report.checked} cluster(s) in {report.seconds:.1f}s; {changed}."
         )
 
-    @admin.action(description="Collect node information (roll out collectors, refresh inventory)")
-    def collect_node_info(self, request, queryset) -> None:
-        from hardware.workflows import COLLECT
-
-        for cluster in queryset.filter(status=ClusterStatus.AVAILABLE):
-            COLLECT.launch(subject=cluster, params={"cluster_id": cluster.pk}, user=request.user)
-        self.message_user(request, "Node information collection started for the available selected clusters.")
-
     @admin.action(description="Re-run registration (verify again)")
     def rerun_registration(self, request, queryset) -> None:
-        from .workflows import REGISTER
-
-        for cluster in queryset:
-            services.set_status(cluster, ClusterStatus.REGISTERING, "re-verification requested")
-            REGISTER.launch(subject=cluster, params={"cluster_id": cluster.pk}, user=request.user)
-        self.message_user(request, f"Registration re-run for {queryset.count()} cluster(s).")
+        start_each(
+            self, request, queryset, lambda c: services.rerun_registration(c, user=request.user),
+            done="Registration re-run for {count} cluster(s).",
+        )  # fmt: skip
 
     @admin.action(description="Delete selected clusters (runs the deletion workflow)", permissions=["delete"])
     def delete_clusters(self, request, queryset) -> None:
-        started = 0
-        for cluster in queryset.exclude(status=ClusterStatus.DELETING):
-            try:
-                services.request_delete(cluster, user=request.user)
-                started += 1
-            except services.RegistrationRefused as exc:
-                self.message_user(request, str(exc), messages.WARNING)
-        self.message_user(request, f"Deletion started for {started} cluster(s).")
+        start_each(
+            self, request, queryset, lambda c: services.request_delete(c, user=request.user),
+            done="Deletion started for {count} cluster(s).",
+        )  # fmt: skip
 
 
 class RevisionInline(ReadOnlyInline):

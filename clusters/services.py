@@ -1,6 +1,8 @@
-"""Cluster domain functions: registration, duplicate detection, live health, the periodic sweep, deletion.
+"""Cluster domain functions: registration, updates, duplicate detection, live health, the periodic sweep, deletion.
 
-The API, the admin, the management commands and the Celery tasks all call these functions.
+The API, the admin, the management commands and the Celery tasks all call these functions; each owns its
+eligibility rule and refuses with a ``RegistrationRefused`` carrying a stable code. Workflows are started by kind
+(``cluster.register``, ``cluster.delete``: composed in ``budcluster_site.workflows``).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -16,13 +18,17 @@ from typing import Any
 
 import yaml
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from core import crypto
+from core.errors import Refused
 from core.gateway import ClusterGateway, GatewayError
 from core.models import Run, recorded_user
+from core.sweep import sweep_each
+from core.workflow import get_workflow
 
+from . import extensions
 from .choices import ClusterStatus
 from .kubeconfig import KubeconfigError, ValidatedKubeconfig, validate_kubeconfig
 from .models import Cluster, ClusterEvent
@@ -35,26 +41,50 @@ ERROR_AFTER = timedelta(hours=24)
 ERROR_RETRY_EVERY = timedelta(hours=24)
 
 
-class RegistrationRefused(Exception):
-    """The registration request is refused; the message says why (answered as 400/409)."""
+class RegistrationRefused(Refused):
+    """A cluster request (register, update, re-verify, delete) is refused; the message says why."""
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+    class Code(models.TextChoices):
+        KUBECONFIG_REQUIRED = "kubeconfig_required", "No kubeconfig was given"
+        KUBECONFIG_TOO_LARGE = "kubeconfig_too_large", "The kubeconfig upload is larger than allowed"
+        KUBECONFIG_UNDECRYPTABLE = (
+            "kubeconfig_undecryptable",
+            "The encrypted kubeconfig could not be decrypted",
+        )
+        KUBECONFIG_INVALID = "kubeconfig_invalid", "The kubeconfig is malformed, unsafe or lacks the context"
+        NAME_TAKEN = "name_taken", "Another cluster has this name"
+        SERVER_REGISTERED = "server_registered", "Another live cluster record has this API server"
+        ACTIVE_DEPLOYMENTS = "active_deployments", "The cluster has active deployments (pass force)"
+        ALREADY_DELETING = "already_deleting", "The cluster is already being deleted"
+        CLUSTER_BUSY = "cluster_busy", "The cluster is being provisioned or deleted"
 
 
 # --- kubeconfig in and out -------------------------------------------------------------------------------------
 
 
-def read_kubeconfig_upload(*, text: str | bytes | None = None, envelope: Any = None) -> bytes:
-    """The kubeconfig bytes from a plaintext upload or an RSA envelope (``core.crypto.decrypt_envelope``)."""
+def read_kubeconfig_upload(
+    *, text: str | bytes | None = None, envelope: Any = None, upload: Any = None
+) -> bytes:
+    """The kubeconfig bytes from plaintext, an uploaded file (refused unread when larger than
+    ``KUBECONFIG_MAX_BYTES``) or an RSA envelope (``core.crypto.decrypt_envelope``)."""
+    Code = RegistrationRefused.Code
+    if upload is not None:
+        limit = int(settings.KUBECONFIG_MAX_BYTES)
+        if upload.size > limit:
+            raise RegistrationRefused(
+                f"kubeconfig refused: kubeconfig is {upload.size} bytes, more than the {limit} bytes allowed",
+                code=Code.KUBECONFIG_TOO_LARGE,
+            )
+        return upload.read()
     if envelope is not None:
         try:
             return crypto.decrypt_envelope(envelope)
         except crypto.CryptoError as exc:
-            raise RegistrationRefused(f"encrypted kubeconfig could not be decrypted: {exc}") from None
+            raise RegistrationRefused(
+                f"encrypted kubeconfig could not be decrypted: {exc}", code=Code.KUBECONFIG_UNDECRYPTABLE
+            ) from None
     if text is None:
-        raise RegistrationRefused("a kubeconfig is required")
+        raise RegistrationRefused("a kubeconfig is required", code=Code.KUBECONFIG_REQUIRED)
     return text.encode("utf-8") if isinstance(text, str) else text
 
 
@@ -62,7 +92,9 @@ def validate(raw: bytes, context: str | None = None) -> ValidatedKubeconfig:
     try:
         return validate_kubeconfig(raw, context)
     except KubeconfigError as exc:
-        raise RegistrationRefused(f"kubeconfig refused: {exc}") from None
+        raise RegistrationRefused(
+            f"kubeconfig refused: {exc}", code=RegistrationRefused.Code.KUBECONFIG_INVALID
+        ) from None
 
 
 def step_cluster(ctx: Any) -> Cluster:
@@ -132,18 +164,16 @@ def register_cluster(
     user: Any = None,
 ) -> tuple[Cluster, Run]:
     """Validate, store (encrypted) and start the registration run. Raises RegistrationRefused."""
-    from .workflows import REGISTER
-
     checked = validate(kubeconfig, context)
     with transaction.atomic():
-        if Cluster.objects.filter(name=name).exists():
-            raise RegistrationRefused(f"a cluster named {name!r} already exists", status=409)
+        _refuse_taken_name(name)
         existing, replaceable = find_duplicate(checked.server)
         if existing is not None:
             if not replaceable:
                 raise RegistrationRefused(
                     f"cluster {existing.name!r} is already registered with server {checked.server} "
                     f"(status {existing.status})",
+                    code=RegistrationRefused.Code.SERVER_REGISTERED,
                     status=409,
                 )
             logger.info("registration of %s replaces %s (%s)", name, existing.name, existing.status)
@@ -159,22 +189,67 @@ def register_cluster(
             created_by=recorded_user(user),
         )
         record_event(cluster, "registration", "registration requested", new=ClusterStatus.REGISTERING)
-        run = REGISTER.launch(subject=cluster, params={"cluster_id": cluster.pk}, user=user)
+        run = get_workflow("cluster.register").launch(
+            subject=cluster, params={"cluster_id": cluster.pk}, user=user
+        )
     return cluster, run
+
+
+def _refuse_taken_name(name: str, *, exclude_pk: int | None = None) -> None:
+    if Cluster.objects.filter(name=name).exclude(pk=exclude_pk).exists():
+        raise RegistrationRefused(
+            f"a cluster named {name!r} already exists", code=RegistrationRefused.Code.NAME_TAKEN, status=409
+        )
+
+
+def update_cluster(
+    cluster: Cluster,
+    changes: dict[str, Any],
+    *,
+    kubeconfig: bytes | None = None,
+    context: str | None = None,
+    user: Any = None,
+) -> Run | None:
+    """Change name, ingress URL or labels; with a new kubeconfig, store it and re-verify (returns that run).
+    A refusal (name taken, kubeconfig invalid or already registered) changes nothing."""
+    if "name" in changes:
+        _refuse_taken_name(changes["name"], exclude_pk=cluster.pk)
+    with transaction.atomic():
+        for key, value in changes.items():
+            setattr(cluster, key, value)
+        if changes:
+            cluster.save(update_fields=[*changes.keys(), "updated_at"])
+        if kubeconfig is not None:
+            return replace_kubeconfig(cluster, kubeconfig, context, user=user)
+    return None
+
+
+def rerun_registration(cluster: Cluster, *, user: Any = None) -> Run:
+    """Verify a registered cluster again (the whole registration run: permissions, setup, collection)."""
+    if cluster.status in (ClusterStatus.DELETING, ClusterStatus.PROVISIONING):
+        raise RegistrationRefused(
+            f"cluster {cluster.name} is {cluster.status}; registration cannot re-run now",
+            code=RegistrationRefused.Code.CLUSTER_BUSY,
+            status=409,
+        )
+    set_status(cluster, ClusterStatus.REGISTERING, "re-verification requested")
+    return get_workflow("cluster.register").launch(
+        subject=cluster, params={"cluster_id": cluster.pk}, user=user, title="Re-verify cluster"
+    )
 
 
 def replace_kubeconfig(
     cluster: Cluster, kubeconfig: bytes, context: str | None = None, user: Any = None
 ) -> Run:
     """Store a new kubeconfig and re-run verification (the registration workflow)."""
-    from .workflows import REGISTER
-
     checked = validate(kubeconfig, context)
     with transaction.atomic():
         existing, _ = find_duplicate(checked.server, exclude_pk=cluster.pk)
         if existing is not None:
             raise RegistrationRefused(
-                f"cluster {existing.name!r} is already registered with server {checked.server}", status=409
+                f"cluster {existing.name!r} is already registered with server {checked.server}",
+                code=RegistrationRefused.Code.SERVER_REGISTERED,
+                status=409,
             )
         old = cluster.status
         cluster.kubeconfig = checked.normalized_yaml()
@@ -184,7 +259,7 @@ def replace_kubeconfig(
         cluster.reason = "kubeconfig replaced; verifying"
         cluster.save()
         record_event(cluster, "kubeconfig", "kubeconfig replaced; verifying", old=old, new=cluster.status)
-        return REGISTER.launch(
+        return get_workflow("cluster.register").launch(
             subject=cluster, params={"cluster_id": cluster.pk}, user=user, title="Re-verify cluster"
         )
 
@@ -373,11 +448,9 @@ def sweep(
     if cluster_ids is not None:
         qs = qs.filter(pk__in=cluster_ids)
     clusters = [c for c in qs if c.status != ClusterStatus.ERROR or _retry_due(c, now)]
-    results: dict[int, tuple[bool, str]] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(clusters) or 1))) as pool:
-        futures = {pool.submit(_probe, c, timeout): c for c in clusters}
-        for future in as_completed(futures):
-            results[futures[future].pk] = future.result()
+    results: dict[int, tuple[bool, str]] = {
+        c.pk: result for c, result in sweep_each(clusters, lambda c: _probe(c, timeout), workers=workers)
+    }
 
     report = SweepReport(checked=len(clusters))
     changed: list[Cluster] = []
@@ -429,13 +502,19 @@ def sweep(
 
 
 def request_delete(cluster: Cluster, *, force: bool = False, user: Any = None) -> Run:
-    """Start the deletion run; refuses while deployments are active unless ``force``."""
-    from .workflows import DELETE
-
-    active = active_deployment_count(cluster)
+    """Start the deletion run; refuses while it is already being deleted, and while deployments are active
+    unless ``force``."""
+    if cluster.status == ClusterStatus.DELETING:
+        raise RegistrationRefused(
+            f"cluster {cluster.name} is already being deleted",
+            code=RegistrationRefused.Code.ALREADY_DELETING,
+            status=409,
+        )
+    active = extensions.active_deployments(cluster)
     if active and not force:
         raise RegistrationRefused(
             f"cluster {cluster.name} has {active} active deployment(s); delete them first or pass force=true",
+            code=RegistrationRefused.Code.ACTIVE_DEPLOYMENTS,
             status=409,
         )
     with transaction.atomic():
@@ -445,14 +524,6 @@ def request_delete(cluster: Cluster, *, force: bool = False, user: Any = None) -
         )
         cluster.status = ClusterStatus.DELETING
         record_event(cluster, "deletion", "deletion requested", old=old, new=ClusterStatus.DELETING)
-        return DELETE.launch(subject=cluster, params={"cluster_id": cluster.pk, "force": force}, user=user)
-
-
-def active_deployment_count(cluster: Cluster) -> int:
-    from django.apps import apps
-
-    try:
-        deployment = apps.get_model("deployments", "Deployment")
-    except LookupError:
-        return 0
-    return deployment.objects.filter(cluster=cluster).exclude(status__in=["deleted", "failed"]).count()
+        return get_workflow("cluster.delete").launch(
+            subject=cluster, params={"cluster_id": cluster.pk, "force": force}, user=user
+        )

@@ -1,10 +1,15 @@
-"""Cluster workflows: registration and deletion (declared steps, run by the workflow engine)."""
+"""The clusters app's steps of the cluster lifecycle workflows.
+
+``cluster.register`` and ``cluster.delete`` are composed in ``budcluster_site.workflows`` from these steps and
+those of provisioning (cluster setup and teardown) and hardware (collection); this module declares no workflow
+and imports no app above clusters.
+"""
 
 from __future__ import annotations
 
 from core import crypto
 from core.gateway import GatewayError
-from core.workflow import Step, StepContext, StepFailed, Workflow
+from core.workflow import Step, StepContext, StepFailed
 
 from .choices import ClusterStatus, Platform
 from .models import Cluster, Release
@@ -67,37 +72,15 @@ def mark_error(ctx: StepContext) -> dict:
     return {"status": ClusterStatus.ERROR}
 
 
-REGISTER_STEPS = [
+CONNECT_STEPS = [
     Step("verify", "Verify connection and permissions", verify, eta=3),
     Step("identify_platform", "Identify platform", identify_platform, eta=1),
+]
+ACCEPT_STEPS = [
     Step("store", "Store encrypted credentials", store, eta=1),
     Step("mark_available", "Mark cluster available", mark_available, eta=1),
 ]
-
-
-def _optional_steps(module: str, name: str) -> list[Step]:
-    """Steps another app contributes to cluster workflows (empty when that app does not provide them)."""
-    import importlib
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        return []
-    return list(getattr(importlib.import_module(module), name, []))
-
-
-def register_steps() -> list[Step]:
-    """Verify, then cluster setup (Ansible, provisioning app), store, available, then hardware collection."""
-    setup = _optional_steps("provisioning.workflows", "SETUP_STEPS")
-    collect = _optional_steps("hardware.workflows", "COLLECT_STEPS")
-    return [*REGISTER_STEPS[:2], *setup, *REGISTER_STEPS[2:], *collect]
-
-
-REGISTER = Workflow(
-    kind="cluster.register",
-    title="Register cluster",
-    steps=register_steps(),
-    cleanup=[Step("mark_error", "Record why registration failed", mark_error)],
-)
+REGISTER_CLEANUP = [Step("mark_error", "Record why registration failed", mark_error)]
 
 
 # --- deletion ----------------------------------------------------------------------------------------------------
@@ -155,14 +138,6 @@ def deletion_failed(ctx: StepContext) -> dict:
     return {}
 
 
-DELETE = Workflow(
-    kind="cluster.delete",
-    title="Delete cluster",
-    steps=[
-        Step("teardown", "Remove what BudCluster installed", teardown, eta=10),
-        *_optional_steps("provisioning.workflows", "TEARDOWN_STEPS"),
-        *_optional_steps("provisioning.workflows", "DESTROY_STEPS"),
-        Step("delete_record", "Delete the cluster record", delete_record, eta=1),
-    ],
-    cleanup=[Step("deletion_failed", "Record why deletion failed", deletion_failed)],
-)
+TEARDOWN_STEPS = [Step("teardown", "Remove what BudCluster installed", teardown, eta=10)]
+FORGET_STEPS = [Step("delete_record", "Delete the cluster record", delete_record, eta=1)]
+DELETE_CLEANUP = [Step("deletion_failed", "Record why deletion failed", deletion_failed)]

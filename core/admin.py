@@ -1,12 +1,16 @@
-"""Admin for runs: read-only, steps and events inline, a cancel action."""
+"""Admin for runs (read-only, steps and events inline, a cancel action) and what every app's admin shares."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from . import workflow
 from .choices import RunStatus
+from .errors import Refused
 from .models import Run, RunEvent, RunStep
 
 STATUS_COLOURS = {
@@ -28,6 +32,23 @@ def status_badge(value: str, label: str | None = None) -> str:
         colour,
         label or value,
     )
+
+
+def start_each(
+    model_admin: admin.ModelAdmin, request, objects: Iterable[Any], start: Callable[[Any], Any], *, done: str
+) -> int:
+    """An admin action over the selected objects: ``start(obj)`` calls the service (the same one the API calls);
+    a refusal becomes that object's warning and the others go on; ``done`` (with ``{count}``) sums up."""
+    started = 0
+    for obj in objects:
+        try:
+            start(obj)
+        except Refused as exc:
+            model_admin.message_user(request, str(exc), messages.WARNING)
+            continue
+        started += 1
+    model_admin.message_user(request, done.format(count=started))
+    return started
 
 
 class ReadOnlyInline(admin.TabularInline):

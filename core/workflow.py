@@ -45,10 +45,11 @@ from celery.exceptions import TaskPredicate
 from django.apps import apps
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, TextChoices
 from django.utils import timezone
 
 from .choices import RunStatus, StepPhase, StepStatus
+from .errors import Refused
 from .models import Run, RunEvent, RunStep, recorded_user
 
 if TYPE_CHECKING:
@@ -181,14 +182,18 @@ def get_workflow(kind: str) -> Workflow:
 
 
 def autodiscover() -> None:
-    """Import ``<app>.workflows`` of every installed app, plus ``WORKFLOW_EXTRA_MODULES``."""
+    """Import ``<app>.workflows`` of every installed app, then ``WORKFLOW_MODULES`` (workflows composed from
+    several apps' steps) and ``WORKFLOW_EXTRA_MODULES``."""
     for config in apps.get_app_configs():
         try:
             importlib.import_module(f"{config.name}.workflows")
         except ModuleNotFoundError as exc:
             if exc.name != f"{config.name}.workflows":
                 raise
-    for module in getattr(settings, "WORKFLOW_EXTRA_MODULES", []):
+    for module in [
+        *getattr(settings, "WORKFLOW_MODULES", []),
+        *getattr(settings, "WORKFLOW_EXTRA_MODULES", []),
+    ]:
         importlib.import_module(module)
 
 
@@ -726,6 +731,22 @@ def request_cancel(run: Run, *, reason: str = "cancelled by request") -> bool:
         run.refresh_from_db()
         _begin_cleanup(None, run, cancelled=True, reason=reason)
     return True
+
+
+class RunRefused(Refused):
+    """A request about a run is refused (the run has already ended)."""
+
+    class Code(TextChoices):
+        RUN_ENDED = "run_ended", "The run has already ended"
+
+    default_status = 409
+
+
+def cancel(run: Run, *, reason: str = "cancelled by request") -> None:
+    """``request_cancel`` for a caller that must say why not: refuses a run that has already ended."""
+    if not request_cancel(run, reason=reason):
+        run.refresh_from_db(fields=["status"])
+        raise RunRefused(f"Run already {run.status}; nothing to cancel.", code=RunRefused.Code.RUN_ENDED)
 
 
 def reap_stale_runs() -> list[str]:

@@ -19,7 +19,7 @@ from clusters.choices import ClusterStatus
 from clusters.models import Cluster
 from core.admin import ReadOnlyInline, status_badge
 
-from . import services
+from . import health, services
 from .catalog import list_models
 from .choices import BenchmarkStatus, DeploymentStatus, DeviceType
 from .models import Benchmark, Deployment, DeploymentEvent, Worker
@@ -187,7 +187,7 @@ class DeploymentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Check health now")
     def check_health_now(self, request, queryset) -> None:
-        report = services.sweep(deployment_ids=list(queryset.values_list("pk", flat=True)))
+        report = health.sweep(deployment_ids=list(queryset.values_list("pk", flat=True)))
         changed = ", ".join(f"{d}: {a} → {b}" for d, a, b in report["transitions"]) or "no status changed"
         self.message_user(request, f"Checked {report['checked']} deployment(s); {changed}.")
 
@@ -227,7 +227,7 @@ class DeploymentAdmin(admin.ModelAdmin):
             config = {k: v for k, v in data.items() if v not in ("", None)}
             try:
                 outcome = services.plan(cluster, config, name=name).as_dict()
-            except ValueError as exc:
+            except services.DeploymentRefused as exc:
                 error = str(exc)
         context = {
             **self.admin_site.each_context(request),

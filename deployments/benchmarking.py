@@ -38,12 +38,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings as django_settings
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 from rest_framework import serializers
 
+from core.choices import RunStatus
+from core.errors import Refused
 from core.models import recorded_user
-from core.workflow import Cancelled, StepContext, StepFailed
+from core.workflow import Cancelled, StepContext, StepFailed, get_workflow
 
 from . import benchstats
 from .catalog import EMBEDDING
@@ -57,6 +59,7 @@ from .loadgen import (
     run_sweep_sync,
 )
 from .models import Benchmark, Deployment
+from .services import active_run
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -67,12 +70,15 @@ class BenchmarkError(StepFailed):
     """The benchmark could not run or measured nothing; the message says why (a failed step in a run)."""
 
 
-class BenchmarkRefused(Exception):
-    """``start_benchmark`` refuses: ``status`` is the HTTP status (409: the deployment is not running)."""
+class BenchmarkRefused(Refused):
+    """``start_benchmark`` refuses (409): the deployment cannot be benchmarked now; the message says why."""
 
-    def __init__(self, message: str, *, status: int = 409) -> None:
-        super().__init__(message)
-        self.status = status
+    default_status = 409
+
+    class Code(models.TextChoices):
+        NOT_RUNNING = "not_running", "The deployment is not running"
+        NO_ENDPOINT = "no_endpoint", "The deployment has no endpoint URL yet"
+        RUN_IN_PROGRESS = "run_in_progress", "Another run of the deployment is in progress"
 
 
 # --- options -------------------------------------------------------------------------------------------------
@@ -414,29 +420,29 @@ def _store(row: Benchmark, opts: dict, results: list[BenchmarkResult], *, cancel
     _finish(row, status, **fields)
 
 
-# --- the benchmark workflow (declared in workflows.py) ----------------------------------------------------------
+# --- the benchmark workflow (``deployment.benchmark``, declared in workflows.py) ---------------------------------
 
 
 def check_benchmarkable(deployment: Deployment) -> None:
     """A benchmark needs a running deployment with an endpoint and no other run of it in progress (409)."""
-    from .services import active_run
-
+    Code = BenchmarkRefused.Code
     if deployment.status != DeploymentStatus.RUNNING:
         raise BenchmarkRefused(
-            f"deployment {deployment.name} is {deployment.status}; benchmarks need a running deployment"
+            f"deployment {deployment.name} is {deployment.status}; benchmarks need a running deployment",
+            code=Code.NOT_RUNNING,
         )
     if not deployment.endpoint_url:
-        raise BenchmarkRefused(f"deployment {deployment.name} has no endpoint URL yet")
+        raise BenchmarkRefused(f"deployment {deployment.name} has no endpoint URL yet", code=Code.NO_ENDPOINT)
     if active_run(deployment) is not None:
-        raise BenchmarkRefused(f"deployment {deployment.name} has a run in progress")
+        raise BenchmarkRefused(
+            f"deployment {deployment.name} has a run in progress", code=Code.RUN_IN_PROGRESS
+        )
 
 
 def start_benchmark(
     deployment: Deployment, options: dict | None, *, user: Any = None
 ) -> tuple[Benchmark, Any]:
     """Validate (ValidationError → 400), check the deployment (BenchmarkRefused → 409), store and launch."""
-    from .workflows import BENCHMARK
-
     opts = clean_options(options)
     check_benchmarkable(deployment)
     with transaction.atomic():
@@ -450,7 +456,7 @@ def start_benchmark(
         what = f"{opts['requests']} requests at concurrency " + (
             ",".join(map(str, opts["sweep"])) if opts.get("sweep") else str(opts["concurrency"])
         )
-        run = BENCHMARK.launch(
+        run = get_workflow("deployment.benchmark").launch(
             subject=deployment,
             params={"deployment_id": deployment.pk, "benchmark_id": row.pk},
             user=user,
@@ -481,8 +487,6 @@ def benchmark_stopped(ctx: StepContext) -> dict:
 
 def reconcile() -> int:
     """Settle benchmarks whose run ended without them (cancelled while still queued: no step ran)."""
-    from core.choices import RunStatus
-
     now = timezone.now()
     active = Benchmark.objects.filter(status__in=BenchmarkStatus.active())
     n = active.filter(run__status=RunStatus.CANCELLED).update(

@@ -14,13 +14,14 @@
 
 Only successful requests feed the latency and token figures (a failed request has no TTFT worth averaging);
 ITL pools the gaps of every successful request, as vLLM's benchmark does.  Percentiles interpolate linearly
-between closest ranks (numpy's default), hand-written because it is five lines and keeps this module free
-of numpy for callers that only need the summary.
+between closest ranks, as numpy's default (and vLLM's benchmark, which uses it) does: the standard library's
+``statistics.quantiles(method="inclusive")`` is that same definition, so numpy is not needed here.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -29,31 +30,37 @@ from deployments.loadgen import BenchmarkResult, RequestRecord
 
 METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "output_throughput_per_user")
 STATS = ("mean", "median", "p25", "p75", "p95", "p99", "min", "max")
-_QUANTILES = {"median": 50.0, "p25": 25.0, "p75": 75.0, "p95": 95.0, "p99": 99.0}
+_PERCENTILES = {"p25": 25, "p75": 75, "p95": 95, "p99": 99}
 TARGET_KEYS = ("ttft_ms", "e2e_ms", "throughput_per_user")
 DEFAULT_MARGIN = 0.5
 SAMPLES_VERSION = 1
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """q-th percentile (0..100) of already-sorted values, linear interpolation between closest ranks."""
-    if not sorted_values:
+def percentile(values: Sequence[float], q: int) -> float:
+    """q-th percentile (1..99) of `values`, linear interpolation between closest ranks."""
+    if not values:
         raise ValueError("percentile of no values")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+    return _percentiles(values)[q - 1]
+
+
+def _percentiles(values: Sequence[float]) -> list[float]:
+    """The 1st..99th percentiles (index q - 1)."""
+    if len(values) == 1:
+        # statistics.quantiles wants two points before Python 3.13; every percentile of one value is that value.
+        return [float(values[0])] * 99
+    return statistics.quantiles(values, n=100, method="inclusive")
 
 
 def describe(values: Iterable[float]) -> dict[str, float | None]:
     """mean, median, p25, p75, p95, p99, min, max of `values` (all None when empty)."""
-    data = sorted(values)
+    data = list(values)
     if not data:
         return dict.fromkeys(STATS)
-    out: dict[str, float | None] = {"mean": math.fsum(data) / len(data)}
-    for name, q in _QUANTILES.items():
-        out[name] = percentile(data, q)
-    out["min"], out["max"] = data[0], data[-1]
+    cuts = _percentiles(data)
+    out: dict[str, float | None] = {"mean": statistics.fmean(data), "median": statistics.median(data)}
+    for name, q in _PERCENTILES.items():
+        out[name] = cuts[q - 1]
+    out["min"], out["max"] = min(data), max(data)
     return {k: out[k] for k in STATS}
 
 

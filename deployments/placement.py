@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, overload
 
 from deployments.catalog import DTYPE_ALIASES, EMBEDDING, ModelSpec, resolve_model
+from hardware import gpus
 
 KIB = 1024
 MIB = 1024**2
@@ -97,7 +98,6 @@ MIN_CPU_CORES = 4  # below this a CPU replica answers too slowly to be worth dep
 CPU_RESERVED_CORES = 2  # left to the kubelet and system daemons on a CPU node (as the original service did)
 ACCELERATOR_CPU_BASE_CORES = 4  # API server, engine core and tokenizer processes
 ACCELERATOR_CPU_CORES_PER_DEVICE = 1  # one worker process per device
-SHM_SIZE = "2Gi"
 MAX_MODEL_LEN_MARGIN = 1.1
 
 # Extended resource names of the device plugins, and the node label that names the device product.
@@ -107,40 +107,14 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Taints the runtime chart tolerates (the device plugins' own); any other NoSchedule/NoExecute taint blocks.
 TOLERATED_TAINT_KEYS = frozenset(ACCELERATOR_RESOURCE.values())
 
-# Memory per device when the inventory lacks it (no GPU feature discovery label). First match wins, so the
-# more specific names come first. Gaudi figures from Intel's specs: Gaudi2 96 GB HBM2E, Gaudi3 128 GB HBM2E.
-KNOWN_DEVICE_MEMORY_MIB: tuple[tuple[str, int], ...] = (
-    ("gaudi3", 128 * 1024),
-    ("hl-325", 128 * 1024),
-    ("gaudi2", 96 * 1024),
-    ("hl-225", 96 * 1024),
-    ("gaudi", 32 * 1024),
-    ("h200", 143_771),
-    ("h100-nvl", 95_830),
-    ("h100", 81_559),
-    ("a100-sxm4-40gb", 40_960),
-    ("a100-pcie-40gb", 40_960),
-    ("a100", 81_920),
-    ("l40s", 46_068),
-    ("l40", 46_068),
-    ("a10g", 23_028),
-    ("l4", 23_034),
-    ("t4", 15_360),
-    ("mi300x", 196_608),
-    ("mi250", 65_536),
-)
-
 ISA_RANK = {"amx": 0, "avx512": 1, "avx2": 2}
 ISA_LABEL = {"amx": "AMX", "avx512": "AVX-512", "avx2": "AVX2"}
 
 
 def known_device_memory_mib(accelerator_model: str) -> int:
-    """Memory per device for a product name, 0 when unknown."""
-    lowered = accelerator_model.lower().replace(" ", "-")
-    for needle, mib in KNOWN_DEVICE_MEMORY_MIB:
-        if needle in lowered:
-            return mib
-    return 0
+    """Memory per device for a product name when the inventory lacks it (no feature-discovery label): the
+    published figure from the one GPU table (``hardware.gpus``); 0 when the name is unknown."""
+    return gpus.memory_mib(accelerator_model) or 0
 
 
 def _normalise_flag(flag: str) -> str:
@@ -1043,80 +1017,3 @@ def plan_placement(
         candidates=tuple(candidates),
         refusals=refusals,
     )
-
-
-# -------------------------------------------------------------------------------------- runtime values
-
-
-def _quantity_gi(num_bytes: int) -> str:
-    return f"{max(1, math.ceil(num_bytes / GIB))}Gi"
-
-
-def runtime_values(
-    result: PlacementResult,
-    candidate: Candidate | None = None,
-    *,
-    served_model_name: str | None = None,
-) -> dict:
-    """Flat values for the runtime chart, from a placement (its best candidate unless one is given).
-
-    Keys:
-      model, served_model_name, model_kind   HF id, name clients use, "generation" or "embedding"
-      device_type                            cuda | rocm | hpu | cpu
-      tensor_parallel_size, replicas
-      accelerator_resource, accelerator_count  e.g. "nvidia.com/gpu", TP ("" and 0 on CPU)
-      node_selector                          product label (nvidia.com/gpu.product) when all replicas share a
-                                             product, else kubernetes.io/hostname for a single node, else {}
-      node_names                             nodes the plan chose (for a node-affinity term)
-      cpu_request, cpu_limit                 cores as a Kubernetes quantity ("6")
-      memory_request, memory_limit           model memory + buffer ("17Gi")
-      shm_size                               /dev/shm size
-      max_model_len, max_num_seqs            context planned for, concurrency
-      gpu_memory_utilization                 accelerators only (0 on CPU)
-      dtype, quantization                    quantization "" when none
-      cpu_kvcache_space_gib                  VLLM_CPU_KVCACHE_SPACE for the CPU backend (0 elsewhere)
-      engine_args                            vLLM CLI flags following from the above, in a stable order
-    """
-    chosen = candidate or result.best
-    model = result.model
-    name = served_model_name or model.name
-    cpu = chosen.device_type == "cpu"
-    cores = max(1, math.ceil(chosen.cpu_millicores / 1000))
-    memory = _quantity_gi(chosen.host_memory_bytes)
-    engine_args = [
-        f"--served-model-name={name}",
-        f"--tensor-parallel-size={chosen.tensor_parallel_size}",
-        f"--max-model-len={result.context_len}",
-        f"--max-num-seqs={result.concurrency}",
-        f"--dtype={result.dtype}",
-    ]
-    if not cpu:
-        engine_args.append(f"--gpu-memory-utilization={result.gpu_memory_utilization:g}")
-    # fp8 quantizes a 16-bit checkpoint on load; AWQ/GPTQ/int8/int4 checkpoints declare their own method
-    # in config.json and vLLM detects it, so no flag for them.
-    if result.quantization == "fp8":
-        engine_args.append("--quantization=fp8")
-    return {
-        "model": model.hf_id,
-        "served_model_name": name,
-        "model_kind": model.kind,
-        "device_type": chosen.device_type,
-        "tensor_parallel_size": chosen.tensor_parallel_size,
-        "replicas": chosen.replicas,
-        "accelerator_resource": "" if cpu else ACCELERATOR_RESOURCE[chosen.device_type],
-        "accelerator_count": chosen.devices_per_replica,
-        "node_selector": dict(chosen.node_selector),
-        "node_names": chosen.nodes,
-        "cpu_request": str(cores),
-        "cpu_limit": str(cores),
-        "memory_request": memory,
-        "memory_limit": memory,
-        "shm_size": SHM_SIZE,
-        "max_model_len": result.context_len,
-        "max_num_seqs": result.concurrency,
-        "gpu_memory_utilization": 0 if cpu else result.gpu_memory_utilization,
-        "dtype": result.dtype,
-        "quantization": result.quantization or "",
-        "cpu_kvcache_space_gib": max(1, math.ceil(result.estimate.kv_cache_bytes / GIB)) if cpu else 0,
-        "engine_args": engine_args,
-    }

@@ -1,4 +1,4 @@
-"""Deployment workflows: deploy, update (scale / engine args / image), rollback, delete.
+"""Deployment workflows: deploy, update (scale / engine args / image), rollback, delete, benchmark.
 
 Deploy::
 
@@ -8,6 +8,11 @@ Deploy::
     reasons verbatim) → verify the endpoint (``/v1/models`` + a completion or embedding) → benchmark (optional)
     → running.        cleanup on failure or cancel: uninstall every release, delete the namespace → failed.
 
+Step bodies hold no rules of their own: they open the cluster gateway, call a named function of
+``deployments.services`` (the actions' rules), ``deployments.health`` (reading the cluster) or
+``deployments.benchmarking``, and translate its errors — a refusal or a chart error fails the step, an
+unreachable cluster is retried (or, in a waiting step, waited out until the step's deadline).
+
 Every step is idempotent, so a worker killed anywhere leaves no duplicates when the step runs again: the
 namespace, secrets and chart objects are server-side applied (create-or-update), the placement is computed
 once and stored on the deployment, ``install_or_upgrade`` returns the current revision when the manifest is
@@ -16,23 +21,20 @@ unchanged, and a rollback re-run finds the revision it already created.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
 
-from clusters.choices import ReleaseStatus
-from clusters.models import Release, Revision
-from core.gateway import GatewayError, Unreachable
+from clusters.services import gateway_for
+from core.gateway import ClusterGateway, GatewayError, Unreachable
 from core.helm import ChartError
 from core.workflow import NotYet, Poll, Step, StepContext, StepFailed, TransientError, Workflow
 
-from . import placement as placement_engine
-from . import services
-from .choices import DeploymentStatus, ModelSource
-from .models import Deployment, Worker
+from . import benchmarking, charts, health, services
+from .choices import DeploymentStatus
+from .models import Deployment
 
 
 def _deployment(ctx: StepContext) -> Deployment:
@@ -42,9 +44,11 @@ def _deployment(ctx: StepContext) -> Deployment:
         raise StepFailed(f"deployment {ctx.params['deployment_id']} no longer exists") from None
 
 
-def _gateway(deployment: Deployment, timeout: float = 30.0):
+def _gateway(deployment: Deployment, timeout: float = 30.0) -> ClusterGateway:
+    """The cluster's gateway, reusing this process's connection from step to step; a kubeconfig that cannot be
+    used fails the step."""
     try:
-        return services._gateway(deployment.cluster, timeout=timeout)
+        return gateway_for(deployment.cluster, timeout=timeout)
     except GatewayError as exc:
         raise StepFailed(str(exc)) from None
 
@@ -52,6 +56,28 @@ def _gateway(deployment: Deployment, timeout: float = 30.0):
 def _gateway_failed(exc: GatewayError) -> Exception:
     """Unreachable clusters are worth a retry; anything else (forbidden, invalid) is not."""
     return TransientError(str(exc)) if isinstance(exc, Unreachable) else StepFailed(str(exc))
+
+
+@contextmanager
+def _cluster(deployment: Deployment, timeout: float = 30.0) -> Iterator[ClusterGateway]:
+    """The gateway for a step that changes the cluster: refusals and chart errors fail the step, an unreachable
+    cluster is retried."""
+    gw = _gateway(deployment, timeout)
+    try:
+        with gw:
+            yield gw
+    except (services.DeploymentRefused, ChartError) as exc:
+        raise StepFailed(str(exc)) from None
+    except GatewayError as exc:
+        raise _gateway_failed(exc) from None
+
+
+@contextmanager
+def _refusal_fails_step() -> Iterator[None]:
+    try:
+        yield
+    except services.DeploymentRefused as exc:
+        raise StepFailed(str(exc)) from None
 
 
 def _poll_interval(ctx: StepContext) -> float:
@@ -63,40 +89,19 @@ def _poll_interval(ctx: StepContext) -> float:
 
 def verify_cluster(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    if deployment.status == DeploymentStatus.DELETING:
-        raise StepFailed("the deployment is being deleted")
-    try:
-        with _gateway(deployment, timeout=10) as gw:
-            version = gw.version().get("gitVersion", "")
-    except GatewayError as exc:
-        raise _gateway_failed(exc) from None
+    with _refusal_fails_step():
+        services.refuse_if_deleting(deployment)
+    with _cluster(deployment, timeout=10) as gw:
+        version = gw.version().get("gitVersion", "")
     services.set_status(deployment, DeploymentStatus.DEPLOYING, "deploying", kind="deploy")
     return {"cluster": deployment.cluster.name, "version": version}
 
 
 def place(ctx: StepContext) -> dict:
     """Read the inventory again and plan; the chosen placement is stored once (a re-run reuses it)."""
-    from hardware.services import refresh_inventory
-
     deployment = _deployment(ctx)
-    if not deployment.placement.get("candidate"):
-        try:
-            with _gateway(deployment, timeout=60) as gw:
-                refresh_inventory(deployment.cluster, gw)
-        except GatewayError as exc:
-            raise _gateway_failed(exc) from None
-        try:
-            result = services.place(deployment.config, services.node_capacities(deployment.cluster))
-        except placement_engine.PlacementError as exc:
-            raise StepFailed(str(exc)) from None
-        except ValueError as exc:
-            raise StepFailed(f"invalid request: {exc}") from None
-        record = services.placement_record(result)
-        if deployment.config.get("served_model_name"):
-            record["runtime"]["served_model_name"] = deployment.config["served_model_name"]
-        Deployment.objects.filter(pk=deployment.pk).update(placement=record)
-        deployment.placement = record
-    candidate = deployment.placement["candidate"]
+    with _cluster(deployment, timeout=60) as gw:
+        candidate = services.place_deployment(gw, deployment)["candidate"]
     return {
         "summary": candidate["summary"],
         "nodes": candidate["nodes"],
@@ -106,61 +111,22 @@ def place(ctx: StepContext) -> dict:
 
 def namespace(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    obj = services.namespace_object(deployment)
-    try:
-        with _gateway(deployment) as gw:
-            gw.apply(obj)
-    except GatewayError as exc:
-        raise _gateway_failed(exc) from None
+    with _cluster(deployment) as gw:
+        services.create_namespace(gw, deployment)
     return {"namespace": deployment.namespace}
 
 
 def create_secrets(ctx: StepContext) -> dict:
-    """Credentials from the request become Kubernetes Secrets, then leave the database.
-
-    Only Secret names appear in outputs and values; the charts read the Secrets by ``existingSecret``.
-    """
     deployment = _deployment(ctx)
-    creds = deployment.credentials or {}
-    wanted: dict[str, dict[str, str]] = {}
-    if creds.get("hf_token"):
-        wanted[services.HF_SECRET] = {"token": creds["hf_token"]}
-    if creds.get("s3_access_key_id"):
-        wanted[services.S3_SECRET] = {
-            "AWS_ACCESS_KEY_ID": creds["s3_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": creds.get("s3_secret_access_key", ""),
-        }
-    labels = {services.DEPLOYMENT_LABEL: str(deployment.pk), "app.kubernetes.io/managed-by": "budcluster"}
-    try:
-        with _gateway(deployment) as gw:
-            for name, data in wanted.items():
-                gw.create_secret(deployment.namespace, name, data, labels=labels)
-    except GatewayError as exc:
-        raise _gateway_failed(exc) from None
-    if deployment.credentials is not None:
-        Deployment.objects.filter(pk=deployment.pk).update(credentials=None)
-    # After a re-run the credentials are already gone from the row: report what the config says exists.
-    return {"secrets": sorted(wanted) or list(deployment.config.get("secret_names") or [])}
+    with _cluster(deployment) as gw:
+        names = services.store_credentials(gw, deployment)
+    return {"secrets": names}
 
 
 def transfer(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    if deployment.config.get("source") == ModelSource.NONE:
-        return {"skipped": "source none: the engine downloads the model itself"}
-    runtime = deployment.placement["runtime"]
-    weights = deployment.placement["result"]["estimate"]["weights_bytes"]
-    values = services.transfer_chart_values(
-        deployment.config,
-        runtime,
-        weights,
-        has_secret=bool(
-            {services.HF_SECRET, services.S3_SECRET} & set(deployment.config.get("secret_names") or [])
-        ),
-    )
-    revision = _release(
-        deployment, services.TRANSFER_CHART, services.TRANSFER_RELEASE, values, description="model transfer"
-    )
-    return {"job": services.TRANSFER_JOB, "revision": revision.number, "bytes_total": weights}
+    with _cluster(deployment) as gw:
+        return services.start_transfer(gw, deployment)
 
 
 def wait_transfer(ctx: StepContext) -> Any:
@@ -168,85 +134,32 @@ def wait_transfer(ctx: StepContext) -> Any:
     started = ctx.outputs.get("transfer") or {}
     if started.get("skipped"):
         return {"skipped": started["skipped"]}
-    job_name = started.get("job", services.TRANSFER_JOB)
+    job = started.get("job", charts.TRANSFER_JOB)
     try:
         with _gateway(deployment) as gw:
-            job = gw.get_or_none("batch/v1", "Job", job_name, deployment.namespace) or {}
-            progress = gw.get_or_none("v1", "ConfigMap", f"{job_name}-progress", deployment.namespace) or {}
+            state = health.transfer_state(
+                gw, deployment.namespace, job, bytes_total=int(started.get("bytes_total") or 0)
+            )
     except GatewayError as exc:
         return NotYet(f"cluster not answering: {exc}")
-    data = progress.get("data") or {}
-    done = int(data.get("bytes_done") or 0)
-    total = int(data.get("bytes_total") or started.get("bytes_total") or 0)
-    conditions = {
-        c.get("type"): c
-        for c in (job.get("status") or {}).get("conditions") or []
-        if c.get("status") == "True"
-    }
-    if "Failed" in conditions or data.get("phase") == "Failed":
-        cond = conditions.get("Failed") or {}
-        raise StepFailed(
-            f"the weights transfer failed: {cond.get('reason', 'Failed')}: {cond.get('message', '')} "
-            f"({_gib(done)} of {_gib(total)} GiB copied; see the logs of Job {job_name})"
-        )
-    if "Complete" in conditions or data.get("phase") == "Succeeded":
-        return {"bytes": total or done, "job": job_name}
-    fraction = done / total if total else 0.0
-    return NotYet(f"{_gib(done)} of {_gib(total)} GiB copied", progress=fraction)
-
-
-def _gib(num: int) -> str:
-    return f"{num / placement_engine.GIB:.1f}"
-
-
-def _release(deployment: Deployment, chart: str, release: str, values: dict, description: str) -> Revision:
-    """Render ``chart`` and apply it as ``release`` in the deployment's namespace (idempotent); chart errors fail
-    the step, an unreachable cluster is retried."""
-    from clusters.releases import install_or_upgrade
-
-    try:
-        with _gateway(deployment) as gw:
-            return install_or_upgrade(
-                gw, deployment.cluster, chart=chart, release=release, namespace=deployment.namespace,
-                values=values, description=description,
-            )  # fmt: skip
-    except ChartError as exc:
-        raise StepFailed(str(exc)) from None
-    except GatewayError as exc:
-        raise _gateway_failed(exc) from None
-
-
-def _install(deployment: Deployment, *, replicas: int, engine_args: list[str], image: str, description: str):
-    """Render and apply the runtime release with these settings; returns the revision (idempotent)."""
-    values = services.runtime_chart_values(
-        deployment_id=str(deployment.pk),
-        config=deployment.config,
-        runtime=deployment.placement["runtime"],
-        replicas=replicas,
-        engine_args=engine_args,
-        image=image,
-        has_hf_secret=services.HF_SECRET in (deployment.config.get("secret_names") or []),
-        ingress_host=services.ingress_host(deployment.cluster, deployment.namespace)
-        if (deployment.config.get("service_type") or settings.DEPLOY_SERVICE_TYPE) != "LoadBalancer"
-        else "",
-    )
-    revision = _release(
-        deployment, services.RUNTIME_CHART, services.runtime_release_name(deployment), values, description
-    )
-    if deployment.release_id != revision.release_id:
-        Deployment.objects.filter(pk=deployment.pk).update(release_id=revision.release_id)
-    return revision
+    if state.failed:
+        raise StepFailed(state.message())
+    if state.complete:
+        return {"bytes": state.total or state.done, "job": job}
+    return NotYet(state.message(), progress=state.progress)
 
 
 def install(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    revision = _install(
-        deployment,
-        replicas=deployment.replicas,
-        engine_args=list(deployment.engine_args),
-        image=deployment.image,
-        description="install",
-    )
+    with _cluster(deployment) as gw:
+        revision = services.install_runtime(
+            gw,
+            deployment,
+            replicas=deployment.replicas,
+            engine_args=list(deployment.engine_args),
+            image=deployment.image,
+            description="install",
+        )
     return {"revision": revision.number, "objects": [f"{o['kind']}/{o['name']}" for o in revision.applied]}
 
 
@@ -254,105 +167,61 @@ def wait_ready(ctx: StepContext) -> Any:
     deployment = _deployment(ctx)
     try:
         with _gateway(deployment) as gw:
-            state = services.readiness(gw, deployment)
+            state = health.observe_rollout(gw, deployment)
     except GatewayError as exc:
         return NotYet(f"cluster not answering: {exc}")
-    Deployment.objects.filter(pk=deployment.pk).update(ready_replicas=state.ready)
     if state.done:
         return {"ready": state.ready, "workers": [w["name"] for w in state.workers]}
-    return NotYet(state.message(), progress=state.ready / state.desired if state.desired else 0.0)
+    return NotYet(state.message(), progress=state.progress)
 
 
 def verify_endpoint(ctx: StepContext) -> Any:
     deployment = _deployment(ctx)
     try:
         with _gateway(deployment) as gw:
-            url = services.endpoint_url(gw, deployment)
+            url = health.endpoint_url(gw, deployment)
     except GatewayError as exc:
         return NotYet(f"cluster not answering: {exc}")
-    if not url:
-        return NotYet("the Service has no LoadBalancer address yet and the cluster has no ingress URL")
     try:
-        answer = services.probe_endpoint(
-            url,
-            deployment.placement["runtime"]["served_model_name"],
-            deployment.model_spec.get("kind", "generation"),
-        )
-    except GatewayError as exc:
+        return health.confirm_endpoint(deployment, url)
+    except health.NotServing as exc:
         return NotYet(str(exc))
-    Deployment.objects.filter(pk=deployment.pk).update(endpoint_url=url)
-    return answer
 
 
 def benchmark(ctx: StepContext) -> dict:
-    """Optional: ``deployments.benchmarking.run_benchmark(deployment, settings)`` when requested and present."""
+    """Optional: the benchmark given in the deploy request (``benchmarking.run_benchmark``)."""
     request = ctx.params.get("benchmark")
     if request is None:
         return {"skipped": "no benchmark requested"}
-    if importlib.util.find_spec("deployments.benchmarking") is None:
-        return {"skipped": "benchmarking is not available in this installation"}
-    module = importlib.import_module("deployments.benchmarking")
-    result = module.run_benchmark(_deployment(ctx), request, ctx=ctx)
-    return result if isinstance(result, dict) else {"result": result}
+    return benchmarking.run_benchmark(_deployment(ctx), request, ctx=ctx)
 
 
 def mark_running(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    with transaction.atomic():
-        current = Deployment.objects.select_for_update().get(pk=deployment.pk)
-        if current.status == DeploymentStatus.DELETING:
-            raise StepFailed("the deployment is being deleted")
-        services.set_status(current, DeploymentStatus.RUNNING, "", kind="deploy")
+    with _refusal_fails_step():
+        services.mark_running(deployment)
     return {"status": DeploymentStatus.RUNNING, "endpoint_url": deployment.endpoint_url}
 
 
 # --- cleanup -----------------------------------------------------------------------------------------------------
 
 
-def teardown(deployment: Deployment) -> dict:
-    """Uninstall every release in the deployment's namespace (newest first), then delete the namespace."""
-    from clusters.releases import uninstall
-
-    releases = list(
-        Release.objects.filter(cluster=deployment.cluster, namespace=deployment.namespace)
-        .exclude(status=ReleaseStatus.UNINSTALLED)
-        .order_by("-created_at")
-    )
-    deleted = 0
-    with _gateway(deployment) as gw:
-        for release in releases:
-            deleted += uninstall(gw, release)
-        namespace_deleted = gw.delete("v1", "Namespace", deployment.namespace)
-    Worker.objects.filter(deployment=deployment).delete()
-    Deployment.objects.filter(pk=deployment.pk).update(credentials=None)
-    return {
-        "releases": [r.name for r in releases],
-        "objects_deleted": deleted,
-        "namespace_deleted": namespace_deleted,
-    }
-
-
 def cleanup_resources(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
     if ctx.params.get("keep_on_failure"):
-        Deployment.objects.filter(pk=deployment.pk).update(credentials=None)
-        return {"kept": f"keep_on_failure: namespace {deployment.namespace} left for inspection"}
+        return services.keep_for_inspection(deployment)
     try:
-        return teardown(deployment)
+        with _gateway(deployment) as gw:
+            return services.teardown(gw, deployment)
     except GatewayError as exc:
         raise StepFailed(f"could not remove the deployment's objects: {exc}") from None
 
 
 def mark_failed(ctx: StepContext) -> dict:
-    deployment = Deployment.objects.filter(pk=ctx.params["deployment_id"]).first()
-    if deployment is None or deployment.status in (DeploymentStatus.DELETING, DeploymentStatus.DELETED):
-        return {"skipped": "deployment deleted"}
     ctx.run.refresh_from_db(fields=["error", "cancel_requested"])
-    reason = ctx.run.error or "the deploy run did not finish"
-    if ctx.run.cancel_requested and "cancel" not in reason:
-        reason = f"cancelled: {reason}"
-    services.set_status(deployment, DeploymentStatus.FAILED, reason, kind="deploy")
-    return {"status": DeploymentStatus.FAILED}
+    return services.deploy_failed(
+        ctx.params["deployment_id"], error=ctx.run.error, cancelled=ctx.run.cancel_requested
+    )
 
 
 def _eta(name: str, default: float):
@@ -442,119 +311,41 @@ DEPLOY = Workflow(
 
 def check_capacity(ctx: StepContext) -> dict:
     """Scaling up needs room for the extra replicas on the same kind of device (inventory read again)."""
-    from hardware.services import refresh_inventory
-
     deployment = _deployment(ctx)
-    services.set_status(deployment, DeploymentStatus.DEPLOYING, ctx.run.title, kind="update")
-    extra = int(ctx.params["changes"].get("replicas", deployment.replicas)) - deployment.replicas
+    services.begin_change(deployment, ctx.run.title, kind="update")
+    extra = services.extra_replicas(deployment, ctx.params["changes"])
     if extra <= 0:
         return {"extra_replicas": 0}
-    try:
-        with _gateway(deployment, timeout=60) as gw:
-            refresh_inventory(deployment.cluster, gw)
-    except GatewayError as exc:
-        raise _gateway_failed(exc) from None
-    try:
-        result = services.place(
-            deployment.config,
-            services.node_capacities(deployment.cluster),
-            replicas=extra,
-            device_type=deployment.placement["candidate"]["device_type"],
-        )
-    except placement_engine.PlacementError as exc:
-        raise StepFailed(f"no room for {extra} more replica(s): {exc}") from None
-    return {"extra_replicas": extra, "room": result.best.describe()}
+    with _cluster(deployment, timeout=60) as gw:
+        room = services.check_room(gw, deployment, extra)
+    return {"extra_replicas": extra, "room": room}
 
 
 def apply_update(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    changes = ctx.params["changes"]
-    replicas = int(changes.get("replicas", deployment.replicas))
-    engine_args = list(changes.get("engine_args", deployment.engine_args))
-    image = changes.get("image", deployment.image)
-    what = ", ".join(f"{k}={v}" for k, v in changes.items())
-    revision = _install(
-        deployment,
-        replicas=replicas,
-        engine_args=engine_args,
-        image=image,
-        description=f"update: {what}"[:200],
-    )
-    Deployment.objects.filter(pk=deployment.pk).update(
-        replicas=replicas, engine_args=engine_args, image=image
-    )
+    with _cluster(deployment) as gw:
+        revision = services.apply_changes(gw, deployment, ctx.params["changes"])
     return {"revision": revision.number}
-
-
-def _generated_args(runtime: dict) -> int:
-    return len(
-        services.runtime_chart_values(
-            deployment_id="",
-            config={},
-            runtime=runtime,
-            replicas=1,
-            engine_args=[],
-            image="",
-            has_hf_secret=False,
-        )["engine"]["extraArgs"]
-    )
 
 
 def apply_rollback(ctx: StepContext) -> dict:
     """Re-apply a stored revision as a new one (helm-style). A re-run finds the revision it already made."""
-    from clusters.releases import rollback
-
     deployment = _deployment(ctx)
-    services.set_status(deployment, DeploymentStatus.DEPLOYING, ctx.run.title, kind="rollback")
+    services.begin_change(deployment, ctx.run.title, kind="rollback")
     number = int(ctx.params["revision"])
-    release = deployment.release
-    if release is None:
-        raise StepFailed("the deployment has no runtime release")
-    target = Revision.objects.get(release=release, number=number)
-    current = release.revisions.filter(number=release.current_revision).first()
-    if (
-        current is not None
-        and current.created_at >= ctx.run.created_at
-        and current.description == f"rollback to {number}"
-    ):
-        revision = current  # this run already created it before its worker died
-    else:
-        try:
-            with _gateway(deployment) as gw:
-                revision = rollback(gw, release, number)
-        except ChartError as exc:
-            raise StepFailed(str(exc)) from None
-        except GatewayError as exc:
-            raise _gateway_failed(exc) from None
-    values = target.values
-    image = values.get("image") or {}
-    extra = list((values.get("engine") or {}).get("extraArgs") or [])
-    Deployment.objects.filter(pk=deployment.pk).update(
-        replicas=int(values.get("replicas", deployment.replicas)),
-        engine_args=extra[_generated_args(deployment.placement["runtime"]) :],
-        image=f"{image['repository']}:{image['tag']}" if image.get("repository") else "",
-    )
+    with _cluster(deployment) as gw:
+        revision = services.roll_back(gw, deployment, number, since=ctx.run.created_at)
     return {"revision": revision.number, "from_revision": number}
 
 
 def mark_updated(ctx: StepContext) -> dict:
-    deployment = _deployment(ctx)
-    services.set_status(
-        deployment, DeploymentStatus.RUNNING, "", kind="update", ready_replicas=deployment.replicas
-    )
+    services.finish_change(_deployment(ctx))
     return {"status": DeploymentStatus.RUNNING}
 
 
 def update_failed(ctx: StepContext) -> dict:
-    deployment = Deployment.objects.filter(pk=ctx.params["deployment_id"]).first()
-    if deployment is None or deployment.status in (DeploymentStatus.DELETING, DeploymentStatus.DELETED):
-        return {"skipped": "deployment deleted"}
     ctx.run.refresh_from_db(fields=["error"])
-    # The previous revision may still serve; the health beat settles RUNNING / DEGRADED / FAILED later.
-    services.set_status(
-        deployment, DeploymentStatus.DEGRADED, f"{ctx.run.title} failed: {ctx.run.error}", kind="update"
-    )
-    return {"status": DeploymentStatus.DEGRADED}
+    return services.change_failed(ctx.params["deployment_id"], title=ctx.run.title, error=ctx.run.error)
 
 
 UPDATE = Workflow(
@@ -590,41 +381,30 @@ ROLLBACK = Workflow(
 
 def remove_objects(ctx: StepContext) -> dict:
     deployment = _deployment(ctx)
-    try:
-        return teardown(deployment)
-    except GatewayError as exc:
-        raise _gateway_failed(exc) from None
+    with _cluster(deployment) as gw:
+        return services.teardown(gw, deployment)
 
 
 def wait_namespace_gone(ctx: StepContext) -> Any:
     deployment = _deployment(ctx)
     try:
         with _gateway(deployment) as gw:
-            ns = gw.get_or_none("v1", "Namespace", deployment.namespace)
+            left = health.namespace_left(gw, deployment.namespace)
     except GatewayError as exc:
         return NotYet(f"cluster not answering: {exc}")
-    if ns is not None:
-        phase = (ns.get("status") or {}).get("phase", "")
-        return NotYet(f"namespace {deployment.namespace} is {phase or 'still there'}")
+    if left:
+        return NotYet(f"namespace {deployment.namespace} is {left}")
     return {"namespace": deployment.namespace, "gone": True}
 
 
 def mark_deleted(ctx: StepContext) -> dict:
-    deployment = _deployment(ctx)
-    Worker.objects.filter(deployment=deployment).delete()
-    services.set_status(
-        deployment, DeploymentStatus.DELETED, "", kind="delete", ready_replicas=0, endpoint_url=""
-    )
+    services.mark_deleted(_deployment(ctx))
     return {"status": DeploymentStatus.DELETED}
 
 
 def delete_failed(ctx: StepContext) -> dict:
-    deployment = Deployment.objects.filter(pk=ctx.params["deployment_id"]).first()
-    if deployment is not None:
-        ctx.run.refresh_from_db(fields=["error"])
-        services.set_status(
-            deployment, DeploymentStatus.FAILED, f"deletion failed: {ctx.run.error}", kind="delete"
-        )
+    ctx.run.refresh_from_db(fields=["error"])
+    services.delete_failed(ctx.params["deployment_id"], error=ctx.run.error)
     return {}
 
 
@@ -655,22 +435,9 @@ DELETE = Workflow(
 
 # --- benchmark ---------------------------------------------------------------------------------------------------
 
-
-def _benchmark_step(ctx: StepContext) -> dict:
-    from .benchmarking import benchmark_step
-
-    return benchmark_step(ctx)
-
-
-def _benchmark_stopped(ctx: StepContext) -> dict:
-    from .benchmarking import benchmark_stopped
-
-    return benchmark_stopped(ctx)
-
-
 BENCHMARK = Workflow(
     kind="deployment.benchmark",
     title="Benchmark deployment",
-    steps=[Step("benchmark", "Run the benchmark", _benchmark_step, eta=30)],
-    cleanup=[Step("record_outcome", "Record why the benchmark stopped", _benchmark_stopped)],
+    steps=[Step("benchmark", "Run the benchmark", benchmarking.benchmark_step, eta=30)],
+    cleanup=[Step("record_outcome", "Record why the benchmark stopped", benchmarking.benchmark_stopped)],
 )

@@ -18,7 +18,7 @@ import sys
 
 import yaml
 
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 
 
 def _parser() -> argparse.ArgumentParser:

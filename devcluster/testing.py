@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from devcluster import kubeconfig as kc
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 
 
 def devcluster_fixture(

@@ -1,11 +1,22 @@
-"""Node inventory in the admin: its own list with filters, and inline on each cluster."""
+"""Node inventory in the admin: its own list with filters, and what hardware adds to the cluster admin.
+
+``clusters`` knows nothing of the inventory, so hardware extends its admin the way it extends its API: the
+Cluster admin registered here is ``clusters.admin.ClusterAdmin`` plus the node inline and the "Collect node
+information" action (the same ``hardware.services.start_collection`` and permission as
+``POST /clusters/{id}/collect-node-info``). This module imports ``clusters.admin`` first, so the replacement
+holds whatever order the admin autodiscovery imports the apps in.
+"""
 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import Count, Q
 
-from core.admin import ReadOnlyInline
+from clusters.admin import ClusterAdmin
+from clusters.models import Cluster
+from core.admin import ReadOnlyInline, start_each
 
+from . import services
 from .models import Node
 
 
@@ -32,3 +43,44 @@ class NodeInline(ReadOnlyInline):
     fields = ("name", "ready", "schedulable", "accelerator_type", "accelerator_model", "accelerator_count",
               "free_accelerators", "cpu_model", "memory_bytes")  # fmt: skip
     readonly_fields = fields
+
+
+class ClusterInventoryAdmin(ClusterAdmin):
+    """The clusters admin with node counts in the list, each cluster's nodes inline and the node collection
+    action."""
+
+    list_display = (*ClusterAdmin.list_display[:3], "node_count", *ClusterAdmin.list_display[3:])
+    inlines = (NodeInline, *ClusterAdmin.inlines)
+    actions = (*ClusterAdmin.actions, "collect_node_info")
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _nodes=Count("nodes", distinct=True), _ready=Count("nodes", filter=Q(nodes__ready=True))
+            )
+        )
+
+    @admin.display(description="nodes (ready)")
+    def node_count(self, obj: Cluster) -> str:
+        if not hasattr(obj, "_nodes"):
+            return "-"
+        return f"{obj._nodes} ({obj._ready})"
+
+    @admin.action(
+        description="Collect node information (roll out collectors, refresh inventory)",
+        permissions=["collect"],
+    )
+    def collect_node_info(self, request, queryset) -> None:
+        start_each(
+            self, request, queryset, lambda c: services.start_collection(c, user=request.user),
+            done="Node information collection started for {count} cluster(s).",
+        )  # fmt: skip
+
+    def has_collect_permission(self, request) -> bool:
+        return request.user.has_perm(services.COLLECT_PERMISSION)
+
+
+admin.site.unregister(Cluster)
+admin.site.register(Cluster, ClusterInventoryAdmin)

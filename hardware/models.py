@@ -32,7 +32,11 @@ class Node(models.Model):
     accelerator_vendor = models.CharField(max_length=50, null=True, blank=True, db_index=True)
     accelerator_model = models.CharField(max_length=200, null=True, blank=True, db_index=True)
     accelerator_resource = models.CharField(max_length=100, null=True, blank=True)
-    accelerator_count = models.IntegerField(default=0)
+    accelerator_count = models.IntegerField(
+        null=True,
+        default=0,
+        help_text="Whole devices; empty when a labeller saw devices that nothing counted",
+    )
     accelerator_memory_mib = models.IntegerField(null=True, blank=True)
     mig = models.JSONField(null=True, blank=True)
     driver_version = models.CharField(max_length=50, null=True, blank=True)

@@ -1,14 +1,23 @@
-"""Hardware domain functions: refresh a cluster's inventory, capacity views for the API and for placement.
+"""Hardware domain functions: start a collection run, refresh a cluster's inventory (one cluster, or every
+available one on the beat), and the capacity views the API shows.
+
+``start_collection`` is the one way to start the ``hardware.collect`` run (API, admin action): it owns which
+clusters may be collected and the permission it takes.
 
 ``refresh_inventory`` reads every Node and every non-terminated Pod once, parses nodes with the pure
-``hardware.inventory`` parser, subtracts what bound pods request (so "free GPUs" is true), and writes all rows in
-one bulk upsert plus one delete for nodes that left. Query count does not depend on the number of nodes.
+``hardware.inventory`` parser, subtracts what bound pods request (``hardware.pods``, so "free GPUs" is true), and
+writes all rows in one bulk upsert plus one delete for nodes that left. Query count does not depend on the number
+of nodes.
+
+``cluster_summaries`` is what the cluster API shows per cluster; ``HardwareConfig.ready`` registers it with
+``clusters.extensions``, so clusters never imports this app.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -16,11 +25,54 @@ from django.db import connection, models, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from clusters.choices import ClusterStatus
 from clusters.models import Cluster
-from core.gateway import ClusterGateway
+from clusters.services import gateway_for
+from core.errors import Refused
+from core.gateway import ClusterGateway, GatewayError
+from core.models import Run
+from core.sweep import sweep_each
+from core.workflow import get_workflow
 
-from .inventory import NodeInventory, parse_node, requested_by_pods
+from .inventory import NodeInventory, parse_node
 from .models import Node
+from .pods import requested_by_pods
+from .vendors.nvidia import mig_resource
+
+logger = logging.getLogger(__name__)
+
+# The permission that starts a collection, in the API (``permission_map``) and in the admin action alike.
+COLLECT_PERMISSION = "hardware.add_node"
+# Clusters whose nodes may be collected: registered ones. A cluster that stopped answering may be collected
+# (the run waits for it up to its deadline); registration collects by itself at its end, and a cluster being
+# provisioned or deleted, or in error, has nothing to collect from.
+COLLECTABLE = frozenset({ClusterStatus.AVAILABLE, ClusterStatus.NOT_AVAILABLE})
+
+
+class CollectionRefused(Refused):
+    """Node collection is refused for a cluster; the message says why."""
+
+    class Code(models.TextChoices):
+        CLUSTER_NOT_READY = (
+            "cluster_not_ready",
+            "The cluster is not available (registering, deleting or in error)",
+        )
+
+    default_status = 409
+
+
+def start_collection(cluster: Cluster, *, user: Any = None) -> Run:
+    """Start the ``hardware.collect`` run: roll out the collectors, wait for them on every node, store the
+    inventory. Refuses (409 ``cluster_not_ready``) a cluster that is neither available nor not available."""
+    if cluster.status not in COLLECTABLE:
+        raise CollectionRefused(
+            f"cluster {cluster.name} is {cluster.status}; it must be available",
+            code=CollectionRefused.Code.CLUSTER_NOT_READY,
+        )
+    return get_workflow("hardware.collect").launch(
+        subject=cluster, params={"cluster_id": cluster.pk}, user=user
+    )
+
 
 UPDATE_FIELDS = [
     "ready", "schedulable", "cordoned", "taints", "internal_ip", "roles", "cpu_vendor", "cpu_model",
@@ -109,7 +161,7 @@ def store_inventory(cluster: Cluster, nodes: list[dict], pods: list[dict]) -> di
         node_pods = by_node.get(inv.node)
         values = row_values(inv, requested_by_pods(inv.node, node_pods) if node_pods else _NO_PODS)
         totals["ready"] += values["ready"]
-        totals["accelerators"] += values["accelerator_count"]
+        totals["accelerators"] += values["accelerator_count"] or 0
         totals["free_accelerators"] += values["free_accelerators"]
         fingerprint = _fingerprint(values)
         if existing.get(inv.node) != fingerprint:
@@ -172,6 +224,30 @@ def refresh_inventory(cluster: Cluster, gateway: ClusterGateway) -> dict:
     return store_inventory(cluster, nodes, pods)
 
 
+def refresh_available(*, workers: int = 8) -> dict:
+    """Refresh the inventory of every available cluster, ``workers`` at a time (the periodic beat task).
+
+    Returns ``{"refreshed": n, "failed": {cluster name: why}}``; one cluster's failure is only its own.
+    """
+    clusters = list(Cluster.objects.filter(status=ClusterStatus.AVAILABLE))
+    results = sweep_each(clusters, _refresh_one, workers=workers, name="inventory-refresh")
+    for cluster, outcome in results:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, GatewayError):
+            # An unreachable or refusing cluster is routine; anything else is a bug worth its traceback.
+            logger.error("inventory refresh of %s failed unexpectedly", cluster.name, exc_info=outcome)
+    failed = {
+        cluster.name: str(outcome) or type(outcome).__name__
+        for cluster, outcome in results
+        if isinstance(outcome, BaseException)
+    }
+    return {"refreshed": len(results) - len(failed), "failed": failed}
+
+
+def _refresh_one(cluster: Cluster) -> dict:
+    with gateway_for(cluster, timeout=30, reuse=False) as gw:  # threads: no shared clients
+        return refresh_inventory(cluster, gw)
+
+
 def cluster_summaries(cluster_ids: list[int]) -> dict[int, dict]:
     """Per cluster: nodes, ready nodes, accelerators by model (total and free). Two queries for any page."""
     if not cluster_ids:
@@ -218,7 +294,10 @@ def device_info(cluster: Cluster) -> list[dict]:
                 }
             )
         for profile, count in (node.mig or {}).items():
-            held = (node.requested.get("resources") or {}).get(f"nvidia.com/mig-{profile}", 0)
+            resource = mig_resource(profile, node.accelerator_model)
+            if resource == node.accelerator_resource and node.accelerator_count:
+                continue  # MIG single strategy: the slices are the node's nvidia.com/gpu devices, listed above
+            held = (node.requested.get("resources") or {}).get(resource, 0)
             devices.append(
                 {
                     "type": "cuda-mig",

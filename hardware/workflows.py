@@ -1,16 +1,21 @@
 """Hardware collection: roll out the collectors chart, wait until it runs everywhere, store the inventory.
 
-These steps end cluster registration (``clusters.workflows`` picks up ``COLLECT_STEPS``) and make up the
-``hardware.collect`` workflow behind ``POST /clusters/{id}/collect-node-info``.
+These steps end cluster registration (``budcluster_site.workflows`` composes ``COLLECT_STEPS`` into
+``cluster.register``) and make up the ``hardware.collect`` workflow, which ``hardware.services.start_collection``
+starts (``POST /clusters/{id}/collect-node-info`` and the cluster admin's action).
 """
 
 from __future__ import annotations
 
 from django.conf import settings
 
-from clusters.services import step_cluster
+from clusters.releases import install_or_upgrade
+from clusters.services import gateway_for, step_cluster
 from core.gateway import GatewayError
+from core.helm import ChartError
 from core.workflow import NotYet, Poll, Step, StepContext, StepFailed, Workflow
+
+from .services import refresh_inventory, unlabelled_nodes
 
 COLLECTOR_CHART = "node_info_collector"
 COLLECTOR_RELEASE = "bud-node-info"
@@ -22,10 +27,6 @@ def collector_namespace() -> str:
 
 def ensure_collectors(ctx: StepContext) -> dict:
     """Install or upgrade the collectors release (idempotent server-side apply; revision stored)."""
-    from clusters.releases import install_or_upgrade
-    from clusters.services import gateway_for
-    from core.helm import ChartError
-
     cluster = step_cluster(ctx)
     values = {"namespace": collector_namespace(), **getattr(settings, "COLLECTOR_VALUES", {})}
     try:
@@ -43,10 +44,6 @@ def ensure_collectors(ctx: StepContext) -> dict:
 def wait_collectors(ctx: StepContext):
     """Every collector DaemonSet has a ready pod on each node it should run on, and those nodes carry the
     labels the collectors publish."""
-    from clusters.services import gateway_for
-
-    from .services import unlabelled_nodes
-
     cluster = step_cluster(ctx)
     rollout = ctx.outputs["ensure_collectors"]
     pending = []
@@ -74,10 +71,7 @@ def wait_collectors(ctx: StepContext):
 
 
 def read_nodes(ctx: StepContext) -> dict:
-    from clusters.services import gateway_for
-
-    from .services import refresh_inventory
-
+    """Read every Node and running Pod once and store the inventory."""
     cluster = step_cluster(ctx)
     try:
         with gateway_for(cluster, timeout=60) as gw:

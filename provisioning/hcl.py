@@ -1,10 +1,16 @@
-"""Static reading of Terraform modules (variables, outputs, providers, blocks) with python-hcl2.
+"""The one reader of HCL in the service: Terraform sources parsed with python-hcl2.
 
-Used where ``terraform validate`` cannot run (no provider downloads) to check a module's contract:
-required variables, sensitive outputs, pinned providers, no backend in source. python-hcl2 keeps HCL's
-quoting in its output (``'"name"'`` keys, ``'"text"'`` strings, ``'${expr}'`` expressions); this module
-strips string quotes so callers compare plain values. python-hcl2 is imported lazily: the runner does not
-need it.
+Everything that looks inside a ``.tf`` file goes through here: the runner refusing a module that declares its
+own backend (:func:`declared_backends`), provisioning choosing which variables a module takes and which are
+sensitive (:func:`load_module`), and the static checks of the modules where ``terraform validate`` cannot run
+(no provider downloads): required variables, sensitive outputs, pinned providers, no backend in source.
+
+A real parser rather than regular expressions: comments, heredocs and nested blocks cannot fool it, and a
+``backend`` block counts only inside a ``terraform`` block, where Terraform reads it.
+
+python-hcl2 keeps HCL's quoting in its output (``'"name"'`` keys, ``'"text"'`` strings, ``'${expr}'``
+expressions); this module strips string quotes so callers compare plain values. It is imported on first use
+(its grammar takes a tenth of a second to load), so processes that never read HCL do not pay for it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+
+class HclError(ValueError):
+    """A Terraform source python-hcl2 cannot parse; the message names the source and the position."""
+
+
+def parse(text: str, *, name: str = "<source>") -> dict[str, Any]:
+    """One HCL document as python-hcl2's dict (blocks are lists of dicts; markers start with ``__``)."""
+    import hcl2
+    from lark.exceptions import LarkError
+
+    try:
+        return hcl2.loads(text)
+    except LarkError as exc:
+        raise HclError(f"{name}: {exc}") from None
 
 
 def unquote(value: Any) -> Any:
@@ -28,6 +49,15 @@ def _blocks(items: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
         for label, body in item.items():
             result[unquote(label)] = {k: v for k, v in body.items() if not k.startswith("__")}
     return result
+
+
+def declared_backends(doc: dict[str, Any]) -> list[str]:
+    """Backend types a parsed document declares (``terraform { backend "s3" { ... } }`` gives ``["s3"]``)."""
+    found: list[str] = []
+    for block in doc.get("terraform") or []:
+        for backend in block.get("backend") or []:
+            found.extend(unquote(k) for k in backend if not k.startswith("__"))
+    return found
 
 
 @dataclass
@@ -53,14 +83,12 @@ class ModuleSpec:
 
 
 def load_module(path: str | Path) -> ModuleSpec:
-    """Parse every ``*.tf`` file of one module directory (not recursive)."""
-    import hcl2
-
+    """Parse every ``*.tf`` file of one module directory (not recursive). Raises :class:`HclError`."""
     spec = ModuleSpec(path=Path(path))
     for tf_file in sorted(spec.path.glob("*.tf")):
         text = tf_file.read_text()
         spec.sources[tf_file.name] = text
-        doc = hcl2.loads(text)
+        doc = parse(text, name=tf_file.name)
         spec.variables.update(_blocks(doc.get("variable")))
         spec.outputs.update(_blocks(doc.get("output")))
         for block in doc.get("terraform") or []:
@@ -70,8 +98,7 @@ def load_module(path: str | Path) -> ModuleSpec:
                 for name, req in providers.items():
                     if not name.startswith("__"):
                         spec.required_providers[name] = {k: unquote(v) for k, v in req.items()}
-            for backend in block.get("backend") or []:
-                spec.backends.extend(unquote(k) for k in backend if not k.startswith("__"))
+        spec.backends.extend(declared_backends(doc))
         for block in doc.get("resource") or []:
             for rtype, named in block.items():
                 for name, body in named.items():

@@ -1,14 +1,17 @@
 """Domain functions of the provisioning app: the only place its business rules live.
 
-The API, the admin, the ``provision`` command and the workflow steps all call these functions.
+The API, the admin, the ``provision`` command and the workflow steps all call these functions. A request they
+will not carry out raises :class:`ProvisioningRefused` with a stable ``code`` (the API answers it through core's
+exception handler; the admin and the commands print its message).
 
 * Credentials: :func:`create_credential` checks the provider's required fields and stores the secret part
   encrypted; :func:`delete_credential` refuses while a provisioned cluster still needs it (a destroy
   without credentials would leave cloud resources nobody can remove).
 * :func:`start_provisioning` freezes everything a later destroy needs on the cluster's
   :class:`~provisioning.models.Provisioning` row (module directory, variables, state location) and starts
-  the ``cluster.provision`` run. :func:`create_and_provision` first creates the cluster record
-  (status ``provisioning``, no kubeconfig).
+  the ``cluster.provision`` run (by kind, through ``core.workflow.get_workflow``). :func:`create_and_provision`
+  first creates the cluster record (status ``provisioning``, no kubeconfig). Both take the credential as a
+  record or as its id (the API's ``credential_id``).
 * The module is chosen by provider (``terraform/modules/aws-eks`` / ``azure-aks``).
   ``PROVISIONING_MODULE_OVERRIDE`` is a **test aid**: it points every provisioning at another module
   (``terraform/testing/local-cluster``, whose "cluster" is an existing API server such as a devcluster
@@ -31,17 +34,22 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models.deletion import ProtectedError
 from django.utils import timezone
 
 from clusters.choices import ClusterStatus
 from clusters.models import Cluster
+from clusters.services import record_event, set_status
 from core.choices import RunStatus, StepPhase, StepStatus
+from core.errors import Refused
 from core.models import Run, RunEvent, RunStep, recorded_user
+from core.workflow import get_workflow, send_chain
 
 from .choices import CREDENTIAL_SECRET_FIELDS, CloudProvider, ProvisioningStatus, StateBackend
+from .hcl import load_module
 from .models import CloudCredential, Provisioning
+from .terraform import TerraformRunner
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +62,37 @@ MODULES = {
 CLUSTER_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
 
 
-class ProvisioningRefused(Exception):
-    """The request is refused; the message says why (answered as 400/404/409)."""
+# The run every provisioning attempt is (declared in provisioning.workflows, started by kind).
+PROVISION_KIND = "cluster.provision"
 
-    def __init__(self, message: str, *, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+
+class ProvisioningRefused(Refused):
+    """A credential or provisioning request is refused; the message says why (answered as 400/404/409)."""
+
+    class Code(models.TextChoices):
+        UNKNOWN_PROVIDER = "unknown_provider", "The cloud provider is not one of aws, azure"
+        INVALID_CREDENTIALS = "invalid_credentials", "Credential fields missing or not taken by the provider"
+        CREDENTIAL_PROVIDER_MISMATCH = "credential_provider_mismatch", "Credential of another provider"
+        NAME_TAKEN = "name_taken", "Another credential or cluster has this name"
+        INVALID_NAME = "invalid_name", "The cluster name cannot be used for a cloud cluster"
+        CREDENTIAL_IN_USE = "credential_in_use", "A provisioned cluster still needs the credential"
+        NO_SUCH_CREDENTIAL = "no_such_credential", "No cloud credential has this id or name"
+        INVALID_NODE_POOLS = "invalid_node_pools", "Node pool sizes, names or roles are inconsistent"
+        MISSING_VARIABLES = "missing_variables", "The Terraform module needs variables not given"
+        MODULE_NOT_FOUND = "module_not_found", "The Terraform module directory does not exist"
+        ALREADY_REGISTERED = "already_registered", "The cluster has a kubeconfig (not made to provision)"
+        NOT_PROVISIONABLE = "not_provisionable", "The cluster's status does not allow provisioning it"
+        PROVISIONING_EXISTS = "provisioning_exists", "The cluster's provisioning did not fail or stop"
+        CLUSTER_BUSY = "cluster_busy", "A provisioning run of the cluster is still going"
+        MODULE_CHANGED = "module_changed", "Resources of an earlier attempt exist with another module"
+        NOT_AWAITING_APPROVAL = "not_awaiting_approval", "The run is not a provisioning run"
+        RUN_ENDED = "run_ended", "The run has already ended"
+        AUTO_APPROVED = "auto_approved", "The run was started with auto_approve"
+        PLAN_NOT_READY = "plan_not_ready", "The plan is not ready yet"
+        ALREADY_APPROVED = "already_approved", "The plan was already approved"
+
+
+Code = ProvisioningRefused.Code
 
 
 # --- credentials -------------------------------------------------------------------------------------------------
@@ -77,16 +110,22 @@ def create_credential(
     user: Any = None,
 ) -> CloudCredential:
     if provider not in CREDENTIAL_SECRET_FIELDS:
-        raise ProvisioningRefused(f"unknown provider {provider!r} (choose from aws, azure)")
+        raise ProvisioningRefused(
+            f"unknown provider {provider!r} (choose from aws, azure)", code=Code.UNKNOWN_PROVIDER
+        )
     required, optional = CREDENTIAL_SECRET_FIELDS[provider]
     unknown = sorted(set(secret) - set(required) - set(optional))
     if unknown:
-        raise ProvisioningRefused(f"{provider} credentials take no field(s) {', '.join(unknown)}")
+        raise ProvisioningRefused(
+            f"{provider} credentials take no field(s) {', '.join(unknown)}", code=Code.INVALID_CREDENTIALS
+        )
     missing = [f for f in required if not secret.get(f)]
     if provider == CloudProvider.AZURE:
         missing += [f for f, v in (("tenant_id", tenant_id), ("subscription_id", subscription_id)) if not v]
     if missing:
-        raise ProvisioningRefused(f"{provider} credentials need {', '.join(missing)}")
+        raise ProvisioningRefused(
+            f"{provider} credentials need {', '.join(missing)}", code=Code.INVALID_CREDENTIALS
+        )
     try:
         with transaction.atomic():
             return CloudCredential.objects.create(
@@ -100,7 +139,9 @@ def create_credential(
                 created_by=recorded_user(user),
             )
     except IntegrityError:
-        raise ProvisioningRefused(f"a credential named {name!r} already exists", status=409) from None
+        raise ProvisioningRefused(
+            f"a credential named {name!r} already exists", code=Code.NAME_TAKEN, status=409
+        ) from None
 
 
 def delete_credential(credential: CloudCredential) -> None:
@@ -112,12 +153,15 @@ def delete_credential(credential: CloudCredential) -> None:
     if users:
         raise ProvisioningRefused(
             f"credential {credential.name!r} is still needed to manage cluster(s) {', '.join(users)}",
+            code=Code.CREDENTIAL_IN_USE,
             status=409,
         )
     try:
         credential.delete()
     except ProtectedError:
-        raise ProvisioningRefused(f"credential {credential.name!r} is in use", status=409) from None
+        raise ProvisioningRefused(
+            f"credential {credential.name!r} is in use", code=Code.CREDENTIAL_IN_USE, status=409
+        ) from None
 
 
 def find_credential(ref: str | int) -> CloudCredential:
@@ -126,7 +170,30 @@ def find_credential(ref: str | int) -> CloudCredential:
     found = qs.filter(pk=int(ref)).first() if str(ref).isdigit() else None
     found = found or qs.filter(name=str(ref)).first()
     if found is None:
-        raise ProvisioningRefused(f"no cloud credential {ref!r}", status=404)
+        raise ProvisioningRefused(f"no cloud credential {ref!r}", code=Code.NO_SUCH_CREDENTIAL, status=404)
+    return found
+
+
+def check_credential(credential: CloudCredential, provider: str) -> None:
+    """The credential is for `provider` and complete (no cloud call: Terraform's plan checks access)."""
+    if credential.provider != provider:
+        raise ProvisioningRefused(
+            f"credential {credential.name!r} is for {credential.provider}, not {provider}",
+            code=Code.CREDENTIAL_PROVIDER_MISMATCH,
+            status=400,
+        )
+    missing = credential.missing_fields()
+    if missing:
+        raise ProvisioningRefused(
+            f"credential {credential.name!r} lacks {', '.join(missing)}", code=Code.INVALID_CREDENTIALS
+        )
+
+
+def get_credential(pk: int) -> CloudCredential:
+    """A credential by id only (the API's ``credential_id``: a name that looks like a number is not an id)."""
+    found = CloudCredential.objects.filter(pk=pk).first()
+    if found is None:
+        raise ProvisioningRefused(f"no cloud credential {pk}", code=Code.NO_SUCH_CREDENTIAL, status=404)
     return found
 
 
@@ -144,15 +211,19 @@ def normalize_node_pools(pools: Iterable[Mapping[str, Any]]) -> list[dict[str, A
         low, want, high = (int(pool.get(k, 0)) for k in ("min_size", "desired_size", "max_size"))
         if not (0 <= low <= want <= high) or high < 1:
             raise ProvisioningRefused(
-                f"node pool {pool.get('name')!r}: need 0 <= min_size <= desired_size <= max_size, max_size >= 1"
+                f"node pool {pool.get('name')!r}: need 0 <= min_size <= desired_size <= max_size, max_size >= 1",
+                code=Code.INVALID_NODE_POOLS,
             )
         result.append(pool)
     names = [p["name"] for p in result]
     if len(names) != len(set(names)):
-        raise ProvisioningRefused("node pool names must be unique")
+        raise ProvisioningRefused("node pool names must be unique", code=Code.INVALID_NODE_POOLS)
     systems = [p for p in result if p["role"] == "system"]
     if len(systems) != 1:
-        raise ProvisioningRefused(f"exactly one node pool must have role 'system' (got {len(systems)})")
+        raise ProvisioningRefused(
+            f"exactly one node pool must have role 'system' (got {len(systems)})",
+            code=Code.INVALID_NODE_POOLS,
+        )
     return result
 
 
@@ -243,8 +314,6 @@ def module_variables(
 
     A module that is not a cloud one (the override) also gets ``node_count``: the sum of desired sizes.
     """
-    from .hcl import load_module
-
     spec = load_module(module)
     values = {**candidates, "node_count": sum(int(p["desired_size"]) for p in node_pools)}
     values.update(getattr(settings, "PROVISIONING_MODULE_VARIABLES", {}) or {})
@@ -256,7 +325,9 @@ def module_variables(
         (secret if spec.variables[name].get("sensitive") is True else plain)[name] = value
     missing = sorted(spec.required_variables - set(plain) - set(secret))
     if missing:
-        raise ProvisioningRefused(f"module {module.name} needs variable(s) {', '.join(missing)}")
+        raise ProvisioningRefused(
+            f"module {module.name} needs variable(s) {', '.join(missing)}", code=Code.MISSING_VARIABLES
+        )
     return plain, secret
 
 
@@ -308,8 +379,6 @@ def drop_state(provisioning: Provisioning) -> None:
 
 def runner_for(provisioning: Provisioning):
     """A :class:`~provisioning.terraform.TerraformRunner` for this cluster's module, state and credential."""
-    from .terraform import TerraformRunner
-
     module = Path(provisioning.module)
     if not module.is_absolute():
         module = Path(settings.BASE_DIR) / module
@@ -353,11 +422,16 @@ def _relative(path: Path) -> str:
         return str(path.resolve())
 
 
-def create_and_provision(*, name: str, user: Any = None, **spec: Any) -> tuple[Provisioning, Run]:
+def create_and_provision(
+    *, name: str, credential: CloudCredential | int, user: Any = None, **spec: Any
+) -> tuple[Provisioning, Run]:
     """Create the cluster record (status provisioning, no kubeconfig) and start provisioning it."""
+    credential = _credential(credential)
     with transaction.atomic():
         if Cluster.objects.filter(name=name).exists():
-            raise ProvisioningRefused(f"a cluster named {name!r} already exists", status=409)
+            raise ProvisioningRefused(
+                f"a cluster named {name!r} already exists", code=Code.NAME_TAKEN, status=409
+            )
         _check_name(name)
         cluster = Cluster.objects.create(
             name=name,
@@ -365,17 +439,20 @@ def create_and_provision(*, name: str, user: Any = None, **spec: Any) -> tuple[P
             reason="provisioning requested",
             created_by=recorded_user(user),
         )
-        from clusters.services import record_event
-
         record_event(cluster, "provisioning", "cluster record created for provisioning", new=cluster.status)
-        return start_provisioning(cluster, user=user, **spec)
+        return start_provisioning(cluster, credential=credential, user=user, **spec)
+
+
+def _credential(credential: CloudCredential | int) -> CloudCredential:
+    return credential if isinstance(credential, CloudCredential) else get_credential(credential)
 
 
 def _check_name(name: str) -> None:
     if not CLUSTER_NAME_RE.match(name):
         raise ProvisioningRefused(
             f"cluster name {name!r} cannot be used for a cloud cluster: start with a letter, then letters, "
-            "digits or '-' (at most 63)"
+            "digits or '-' (at most 63)",
+            code=Code.INVALID_NAME,
         )
 
 
@@ -386,29 +463,24 @@ def start_provisioning(
     region: str,
     kubernetes_version: str,
     node_pools: Iterable[Mapping[str, Any]],
-    credential: CloudCredential,
+    credential: CloudCredential | int,
     auto_approve: bool = False,
     user: Any = None,
 ) -> tuple[Provisioning, Run]:
     """Freeze the request on the cluster's provisioning record and start the ``cluster.provision`` run."""
-    from clusters.services import record_event, set_status
-
-    from .workflows import PROVISION
-
+    credential = _credential(credential)
     _check_name(cluster.name)
     if provider not in MODULES:
-        raise ProvisioningRefused(f"unknown provider {provider!r} (choose from aws, azure)")
-    if credential.provider != provider:
         raise ProvisioningRefused(
-            f"credential {credential.name!r} is for {credential.provider}, not {provider}", status=400
+            f"unknown provider {provider!r} (choose from aws, azure)", code=Code.UNKNOWN_PROVIDER
         )
-    missing = credential.missing_fields()
-    if missing:
-        raise ProvisioningRefused(f"credential {credential.name!r} lacks {', '.join(missing)}")
+    check_credential(credential, provider)
     pools = normalize_node_pools(node_pools)
     module = module_dir(provider)
     if not module.is_dir():
-        raise ProvisioningRefused(f"Terraform module not found: {module}", status=500)
+        raise ProvisioningRefused(
+            f"Terraform module not found: {module}", code=Code.MODULE_NOT_FOUND, status=500
+        )
     candidates = cloud_variables(
         provider,
         cluster_name=cluster.name,
@@ -425,27 +497,34 @@ def start_provisioning(
             raise ProvisioningRefused(
                 f"cluster {cluster.name} already has a kubeconfig: only clusters created for provisioning "
                 "can be provisioned",
+                code=Code.ALREADY_REGISTERED,
                 status=409,
             )
         existing = Provisioning.objects.select_for_update().filter(cluster=cluster).first()
         if existing is not None:
             if existing.status not in ProvisioningStatus.restartable() and existing.status != "pending":
                 raise ProvisioningRefused(
-                    f"cluster {cluster.name} is already {existing.get_status_display().lower()}", status=409
+                    f"cluster {cluster.name} is already {existing.get_status_display().lower()}",
+                    code=Code.PROVISIONING_EXISTS,
+                    status=409,
                 )
             if (
                 existing.run_id
                 and Run.objects.filter(pk=existing.run_id, status__in=RunStatus.active()).exists()
             ):
-                raise ProvisioningRefused(f"cluster {cluster.name} is being provisioned", status=409)
+                raise ProvisioningRefused(
+                    f"cluster {cluster.name} is being provisioned", code=Code.CLUSTER_BUSY, status=409
+                )
             if existing.needs_destroy and existing.module != _relative(module):
                 raise ProvisioningRefused(
                     "resources from an earlier attempt exist with another module; delete the cluster first",
+                    code=Code.MODULE_CHANGED,
                     status=409,
                 )
         elif cluster.status != ClusterStatus.PROVISIONING:
             raise ProvisioningRefused(
                 f"cluster {cluster.name} is {cluster.status}; create it with POST /clusters/provision",
+                code=Code.NOT_PROVISIONABLE,
                 status=409,
             )
         backend, state_name = (
@@ -476,7 +555,7 @@ def start_provisioning(
         set_status(
             cluster, ClusterStatus.PROVISIONING, f"provisioning on {provider} {region}", kind="provisioning"
         )
-        run = PROVISION.launch(
+        run = get_workflow(PROVISION_KIND).launch(
             subject=cluster,
             params={"cluster_id": cluster.pk, "provisioning_id": provisioning.pk},
             user=user,
@@ -499,18 +578,26 @@ APPROVE_STEP = "approve"
 
 def approve(run: Run, user: Any = None) -> Provisioning:
     """Approve the plan of a provisioning run; the waiting step goes on at once. Raises ProvisioningRefused."""
-    from core.workflow import send_chain
-
     provisioning = Provisioning.objects.filter(run=run).select_related("cluster").first()
     if provisioning is None:
-        raise ProvisioningRefused(f"run {run.pk} is not a provisioning run waiting for approval", status=404)
+        raise ProvisioningRefused(
+            f"run {run.pk} is not a provisioning run waiting for approval",
+            code=Code.NOT_AWAITING_APPROVAL,
+            status=404,
+        )
     if run.status not in RunStatus.active():
-        raise ProvisioningRefused(f"run {run.pk} has already ended ({run.status})", status=409)
+        raise ProvisioningRefused(
+            f"run {run.pk} has already ended ({run.status})", code=Code.RUN_ENDED, status=409
+        )
     if provisioning.auto_approve:
-        raise ProvisioningRefused("this run was started with auto_approve; nothing to approve", status=409)
+        raise ProvisioningRefused(
+            "this run was started with auto_approve; nothing to approve", code=Code.AUTO_APPROVED, status=409
+        )
     plan_done = RunStep.objects.filter(run=run, name="plan", status=StepStatus.SUCCEEDED).exists()
     if not plan_done:
-        raise ProvisioningRefused("the plan is not ready yet; approve once it is shown", status=409)
+        raise ProvisioningRefused(
+            "the plan is not ready yet; approve once it is shown", code=Code.PLAN_NOT_READY, status=409
+        )
     now = timezone.now()
     with transaction.atomic():
         updated = Provisioning.objects.filter(pk=provisioning.pk, run=run, approved_at__isnull=True).update(
@@ -519,7 +606,7 @@ def approve(run: Run, user: Any = None) -> Provisioning:
             updated_at=now,
         )
         if not updated:
-            raise ProvisioningRefused("the plan was already approved", status=409)
+            raise ProvisioningRefused("the plan was already approved", code=Code.ALREADY_APPROVED, status=409)
         who = getattr(user, "username", "") or "someone"
         RunEvent.objects.create(
             run=run, step=APPROVE_STEP, status="approved", message=f"plan approved by {who}", data={"by": who}

@@ -11,7 +11,8 @@ How a run works
 * :class:`TerraformRunner` copies the module into a private work directory (mode 0700) and adds a
   generated ``_budcluster_backend.tf`` holding an empty backend block; the backend settings are passed
   to ``init`` as ``-backend-config``. The directory is removed by :meth:`TerraformRunner.close` (also
-  on ``with`` exit). Modules must not declare a backend of their own.
+  on ``with`` exit). Modules must not declare a backend of their own (checked with
+  :mod:`provisioning.hcl`, the service's one HCL reader).
 * State lives in PostgreSQL through the ``pg`` backend, one schema per cluster (``schema_name``). The
   password of the connection string is taken out and handed to the child as ``PGPASSWORD`` (libpq
   environment, honoured by the backend's driver), so it never appears in argv or in files. Without an
@@ -52,7 +53,6 @@ import json
 import logging
 import os
 import queue
-import re
 import shutil
 import signal
 import subprocess
@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
+from provisioning import hcl
 from provisioning.redact import MASK, Redactor
 from provisioning.toolchain import find_terraform_binary
 
@@ -361,8 +362,12 @@ class TerraformRunner:
         )
         # copytree copies the module directory's mode onto the root too: restore the private mode.
         self.workdir.chmod(0o700)
-        for tf_file in self.workdir.rglob("*.tf"):
-            if tf_file.parent == self.workdir and _declares_backend(tf_file.read_text()):
+        for tf_file in sorted(self.workdir.glob("*.tf")):
+            try:
+                doc = hcl.parse(tf_file.read_text(), name=tf_file.name)
+            except hcl.HclError:
+                continue  # Terraform's own init reports the syntax error, with its line and column
+            if hcl.declared_backends(doc):
                 raise TerraformError(f"{tf_file.name} declares a backend; the runner configures it")
         (self.workdir / BACKEND_FILE).write_text(f'terraform {{\n  backend "{self.backend}" {{}}\n}}\n')
         vars_file = self.workdir / VARS_FILE
@@ -785,12 +790,6 @@ def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
     except PermissionError:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
-
-
-def _declares_backend(source: str) -> bool:
-    """True when HCL source has a ``backend "..." {`` block (comments ignored)."""
-    without_comments = re.sub(r"(?m)(#|//).*$", "", re.sub(r"/\*.*?\*/", "", source, flags=re.DOTALL))
-    return re.search(r'(?m)^\s*backend\s+"[^"]+"\s*\{', without_comments) is not None
 
 
 def _strings(value: Any) -> Iterator[str]:

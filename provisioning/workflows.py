@@ -11,8 +11,11 @@ and runs ``init`` first: the state lives in the backend, the saved plan in the d
 step depends on files another worker left behind. Cancel reaches Terraform through the runner's
 ``should_cancel`` hook (SIGINT, then a bounded wait for a clean exit, which releases the state lock).
 
-Steps contributed to ``clusters.workflows`` (imported by it while it builds its workflows, so this module
-must not import ``clusters.workflows`` at top level):
+``provisioning.services`` starts the run by its kind (``core.workflow.get_workflow("cluster.provision")``), so
+the services do not import this module; this module imports them.
+
+Steps contributed to the cluster registration and deletion workflows (composed elsewhere, above both apps, from
+the lists below; this module knows nothing of those workflows):
 
 * ``SETUP_STEPS``: ``playbooks/setup_cluster.yml`` during registration, after verification;
 * ``TEARDOWN_STEPS``: ``playbooks/teardown_cluster.yml`` during deletion (an unreachable cluster is
@@ -30,13 +33,43 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from clusters.services import step_cluster
+from clusters.choices import ClusterStatus
+from clusters.services import (
+    RegistrationRefused,
+    gateway_for,
+    record_event,
+    replace_kubeconfig,
+    set_status,
+    step_cluster,
+)
 from core.choices import RunStatus
+from core.gateway import GatewayError
 from core.models import Run, RunEvent, RunStep
-from core.workflow import Cancelled, NotYet, Poll, Step, StepContext, StepFailed, Workflow
+from core.workflow import (
+    Cancelled,
+    NotYet,
+    Poll,
+    Step,
+    StepContext,
+    StepFailed,
+    Workflow,
+    request_cancel,
+)
 
+from .ansible import PlaybookError, run_playbook
 from .choices import ProvisioningStatus
 from .models import Provisioning
+from .services import (
+    PROVISION_KIND,
+    ProvisioningRefused,
+    check_credential,
+    drop_state,
+    runner_for,
+    saved_plan,
+    set_provisioning_status,
+    store_plan,
+)
+from .terraform import TerraformCancelled, TerraformError
 
 LOG_TAIL = 200
 
@@ -111,9 +144,6 @@ class _TerraformSink:
 
 def _terraform(ctx: StepContext, call, *, what: str) -> Any:
     """Run ``call(runner, sink)`` with a fresh runner; map the runner's errors onto the engine's."""
-    from .services import runner_for
-    from .terraform import TerraformCancelled, TerraformError
-
     provisioning = _provisioning(ctx)
     sink = _TerraformSink(ctx)
     try:
@@ -130,18 +160,13 @@ def _terraform(ctx: StepContext, call, *, what: str) -> Any:
 
 
 def check_credentials(ctx: StepContext) -> dict:
-    """The credential is complete and matches the provider (no cloud call: Terraform's plan checks access)."""
-    from .services import set_provisioning_status
-
+    """The credential is still complete and for the provider (it may have been edited since the request)."""
     provisioning = _provisioning(ctx)
     credential = provisioning.credential
-    if credential.provider != provisioning.provider:
-        raise StepFailed(
-            f"credential {credential.name} is for {credential.provider}, not {provisioning.provider}"
-        )
-    missing = credential.missing_fields()
-    if missing:
-        raise StepFailed(f"credential {credential.name} lacks {', '.join(missing)}")
+    try:
+        check_credential(credential, provisioning.provider)
+    except ProvisioningRefused as exc:
+        raise StepFailed(str(exc)) from None
     set_provisioning_status(provisioning.pk, ProvisioningStatus.PLANNING)
     return {
         "credential": credential.name,
@@ -158,8 +183,6 @@ def init(ctx: StepContext) -> dict:
 
 
 def plan(ctx: StepContext) -> dict:
-    from .services import set_provisioning_status, store_plan
-
     def body(provisioning: Provisioning, tf: Any, sink: _TerraformSink) -> dict:
         summary = tf.plan(on_log=sink.on_log, should_cancel=sink.should_cancel)
         data = summary.as_dict()
@@ -195,8 +218,6 @@ def await_approval(ctx: StepContext) -> Any:
 
 
 def apply(ctx: StepContext) -> dict:
-    from .services import saved_plan, set_provisioning_status
-
     def body(provisioning: Provisioning, tf: Any, sink: _TerraformSink) -> dict:
         planned = (
             int((provisioning.plan_summary or {}).get("add", 0))
@@ -231,9 +252,6 @@ def apply(ctx: StepContext) -> dict:
 
 def outputs(ctx: StepContext) -> dict:
     """Read the outputs; the (sensitive) kubeconfig goes straight into the cluster's registration."""
-    from clusters.services import RegistrationRefused, replace_kubeconfig
-
-    from .services import set_provisioning_status
 
     def body(provisioning: Provisioning, tf: Any, sink: _TerraformSink) -> dict:
         values = tf.output()
@@ -260,8 +278,6 @@ def outputs(ctx: StepContext) -> dict:
 
 
 def wait_registration(ctx: StepContext) -> Any:
-    from .services import set_provisioning_status
-
     provisioning = _provisioning(ctx)
     run = Run.objects.filter(pk=provisioning.registration_run_id).first()
     if run is None:
@@ -278,12 +294,6 @@ def wait_registration(ctx: StepContext) -> Any:
 
 def record_failure(ctx: StepContext) -> dict:
     """Cleanup: record why, stop a registration still running; resources stay until the cluster is deleted."""
-    from clusters.choices import ClusterStatus
-    from clusters.services import set_status
-    from core.workflow import request_cancel
-
-    from .services import set_provisioning_status
-
     provisioning = (
         Provisioning.objects.filter(pk=ctx.params["provisioning_id"]).select_related("cluster").first()
     )
@@ -343,7 +353,7 @@ PROVISION_STEPS = [
 ]
 
 PROVISION = Workflow(
-    kind="cluster.provision",
+    kind=PROVISION_KIND,
     title="Provision cluster",
     steps=PROVISION_STEPS,
     cleanup=[Step("record_failure", "Record why provisioning stopped", record_failure)],
@@ -370,8 +380,6 @@ def _task_sink(ctx: StepContext, playbook: str):
 
 
 def _playbook(ctx: StepContext, cluster: Any, playbook: str, extravars: dict) -> Any:
-    from .ansible import PlaybookError, run_playbook
-
     try:
         return run_playbook(
             playbook,
@@ -405,9 +413,6 @@ def setup_cluster(ctx: StepContext) -> dict:
 
 def teardown_cluster(ctx: StepContext) -> dict:
     """Remove what setup_cluster.yml created; an unreachable cluster is skipped when the deletion is forced."""
-    from clusters.services import gateway_for, record_event
-    from core.gateway import GatewayError
-
     if not _setup_enabled():
         return {"skipped": "CLUSTER_SETUP_PLAYBOOKS is off"}
     cluster = step_cluster(ctx)
@@ -439,8 +444,6 @@ def teardown_cluster(ctx: StepContext) -> dict:
 
 def stop_provisioning(ctx: StepContext) -> Any:
     """A provisioning run still going is cancelled (its Terraform is interrupted) and waited for."""
-    from core.workflow import request_cancel
-
     provisioning = Provisioning.objects.filter(cluster_id=ctx.params["cluster_id"]).first()
     if provisioning is None or provisioning.run_id is None:
         return {"skipped": "not provisioned"}
@@ -454,9 +457,6 @@ def stop_provisioning(ctx: StepContext) -> Any:
 
 def destroy(ctx: StepContext) -> dict:
     """``terraform destroy`` of a provisioned cluster, then drop its (empty) state."""
-    from .services import drop_state, runner_for, set_provisioning_status
-    from .terraform import TerraformCancelled, TerraformError
-
     provisioning = (
         Provisioning.objects.filter(cluster_id=ctx.params["cluster_id"]).select_related("credential").first()
     )

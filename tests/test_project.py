@@ -129,8 +129,13 @@ def _imported_modules(path: Path) -> set[str]:
     [
         # The shared machinery (workflow engine, gateway, address guard, crypto) knows no app built on it.
         ("core", APPS),
+        # Clusters are the base every other app builds on; apps above extend it (clusters.extensions, admin
+        # subclasses) and the lifecycle workflows are composed in budcluster_site.workflows.
+        ("clusters", ("hardware", "deployments", "provisioning")),
+        # Provisioning makes clusters; it knows nothing of what runs on them.
+        ("provisioning", ("hardware", "deployments")),
         # The inventory serves placement; placement reads the inventory, never the other way round.
-        ("hardware", ("deployments",)),
+        ("hardware", ("deployments", "provisioning")),
     ],
 )
 def test_layers_point_down(package, forbidden):
@@ -142,3 +147,24 @@ def test_layers_point_down(package, forbidden):
         if "migrations" not in path.parts and "tests" not in path.parts
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_apps_import_each_other_without_cycles():
+    """The apps' import graph (lazy imports included) has no cycle: each app can be read knowing only those
+    below it."""
+    import graphlib
+
+    root = Path(__file__).resolve().parent.parent
+    packages = ("core", *APPS)
+    graph = {
+        package: {
+            imported
+            for path in (root / package).rglob("*.py")
+            if "migrations" not in path.parts
+            for imported in _imported_modules(path) & set(packages)
+            if imported != package
+        }
+        for package in packages
+    }
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError naming the cycle
+    assert order[0] == "core"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from .. import extensions
 from ..choices import ClusterStatus, Platform
 from ..models import Cluster, ClusterEvent
 
@@ -24,12 +25,19 @@ def _labels(value: dict) -> dict:
     return value
 
 
-class ClusterRegisterSerializer(serializers.Serializer):
-    name = serializers.RegexField(
+def _name(**kwargs) -> serializers.RegexField:
+    """A cluster name: the same rule on registration and rename. Uniqueness is the service's rule (409
+    ``name_taken``), not a serializer's 400."""
+    return serializers.RegexField(
         r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
         help_text="Unique name (letters, digits, '.', '_', '-'; up to 100)",
         error_messages={"invalid": "name may hold letters, digits, '.', '_' and '-' (up to 100 characters)"},
+        **kwargs,
     )
+
+
+class ClusterRegisterSerializer(serializers.Serializer):
+    name = _name()
     kubeconfig = serializers.CharField(
         required=False, write_only=True, trim_whitespace=False, help_text="kubeconfig YAML text"
     )
@@ -83,16 +91,13 @@ class ClusterSerializer(serializers.ModelSerializer):
 
     def get_summary(self, obj: Cluster) -> dict | None:
         summaries = self.context.get("summaries")
-        if summaries is not None:
-            return summaries.get(obj.pk)
-        try:
-            from hardware.services import cluster_summaries
-        except ImportError:
-            return None
-        return cluster_summaries([obj.pk]).get(obj.pk)
+        if summaries is None:
+            summaries = extensions.summaries([obj.pk])
+        return summaries.get(obj.pk)
 
 
 class ClusterUpdateSerializer(serializers.ModelSerializer):
+    name = _name(required=False)
     kubeconfig = serializers.CharField(
         required=False,
         write_only=True,

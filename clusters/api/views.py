@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, parsers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -13,10 +12,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import crypto
-from core.api.responses import RUN_ACCEPTED, run_accepted
+from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
 from core.fields import raw_token
 
-from .. import services
+from .. import extensions, services
 from ..models import Cluster
 from .serializers import (
     ClusterEventSerializer,
@@ -25,9 +24,12 @@ from .serializers import (
     ClusterUpdateSerializer,
 )
 
-
-def _refused(exc: services.RegistrationRefused) -> Response:
-    return Response({"detail": str(exc)}, status=exc.status)
+REFUSED_400 = refusal(
+    services.RegistrationRefused, "Refused: the kubeconfig is missing, too large or invalid"
+)
+REFUSED_409 = refusal(
+    services.RegistrationRefused, "Refused: the name or server is taken, or the cluster is busy"
+)
 
 
 class ClusterViewSet(
@@ -55,12 +57,7 @@ class ClusterViewSet(
         queryset = self.filter_queryset(self.get_queryset())
         page = self.paginate_queryset(queryset)
         rows = page if page is not None else list(queryset)
-        try:
-            from hardware.services import cluster_summaries
-
-            summaries = cluster_summaries([c.pk for c in rows])
-        except ImportError:
-            summaries = {}
+        summaries = extensions.summaries([c.pk for c in rows])
         serializer = ClusterSerializer(
             rows, many=True, context={**self.get_serializer_context(), "summaries": summaries}
         )
@@ -70,7 +67,7 @@ class ClusterViewSet(
 
     @extend_schema(
         request=ClusterRegisterSerializer,
-        responses={202: RUN_ACCEPTED, 400: OpenApiResponse(), 409: OpenApiResponse()},
+        responses={202: RUN_ACCEPTED, 400: REFUSED_400, 409: REFUSED_409},
     )
     @action(detail=False, methods=["post"])
     def register(self, request):
@@ -78,34 +75,25 @@ class ClusterViewSet(
         body = ClusterRegisterSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        try:
-            if data.get("kubeconfig_file"):
-                upload = data["kubeconfig_file"]
-                from django.conf import settings
-
-                if upload.size > settings.KUBECONFIG_MAX_BYTES:
-                    raise services.RegistrationRefused(
-                        f"kubeconfig refused: kubeconfig is {upload.size} bytes, more than the "
-                        f"{settings.KUBECONFIG_MAX_BYTES} bytes allowed"
-                    )
-                raw = upload.read()
-            else:
-                raw = services.read_kubeconfig_upload(
-                    text=data.get("kubeconfig"), envelope=data.get("encrypted_kubeconfig")
-                )
-            cluster, run = services.register_cluster(
-                name=data["name"],
-                kubeconfig=raw,
-                context=data.get("context") or None,
-                ingress_url=data.get("ingress_url", ""),
-                labels=data.get("labels") or {},
-                user=request.user,
-            )
-        except services.RegistrationRefused as exc:
-            return _refused(exc)
+        raw = services.read_kubeconfig_upload(
+            text=data.get("kubeconfig"),
+            envelope=data.get("encrypted_kubeconfig"),
+            upload=data.get("kubeconfig_file"),
+        )
+        cluster, run = services.register_cluster(
+            name=data["name"],
+            kubeconfig=raw,
+            context=data.get("context") or None,
+            ingress_url=data.get("ingress_url", ""),
+            labels=data.get("labels") or {},
+            user=request.user,
+        )
         return run_accepted(run, request, cluster_id=cluster.pk)
 
-    @extend_schema(request=ClusterUpdateSerializer, responses={200: ClusterSerializer, 202: RUN_ACCEPTED})
+    @extend_schema(
+        request=ClusterUpdateSerializer,
+        responses={200: ClusterSerializer, 202: RUN_ACCEPTED, 400: REFUSED_400, 409: REFUSED_409},
+    )
     def update(self, request, *args, **kwargs):
         """Change name, ingress URL or labels; a new kubeconfig is validated and re-verified (202 + run)."""
         partial = kwargs.pop("partial", False)
@@ -115,22 +103,15 @@ class ClusterViewSet(
         data = dict(body.validated_data)
         kubeconfig = data.pop("kubeconfig", None)
         context = data.pop("context", None) or None
-        if "name" in data and Cluster.objects.filter(name=data["name"]).exclude(pk=cluster.pk).exists():
-            return Response({"detail": f"a cluster named {data['name']!r} already exists"}, status=409)
-        with transaction.atomic():
-            for key, value in data.items():
-                setattr(cluster, key, value)
-            if data:
-                cluster.save(update_fields=[*data.keys(), "updated_at"])
-            if kubeconfig is not None:
-                try:
-                    run = services.replace_kubeconfig(
-                        cluster, kubeconfig.encode(), context, user=request.user
-                    )
-                except services.RegistrationRefused as exc:
-                    transaction.set_rollback(True)
-                    return _refused(exc)
-                return run_accepted(run, request, cluster_id=cluster.pk)
+        run = services.update_cluster(
+            cluster,
+            data,
+            kubeconfig=kubeconfig.encode() if kubeconfig is not None else None,
+            context=context,
+            user=request.user,
+        )
+        if run is not None:
+            return run_accepted(run, request, cluster_id=cluster.pk)
         fresh = self.get_queryset().get(pk=cluster.pk)
         return Response(ClusterSerializer(fresh, context=self.get_serializer_context()).data)
 
@@ -140,19 +121,14 @@ class ClusterViewSet(
         ],
         responses={
             202: RUN_ACCEPTED,
-            409: OpenApiResponse(description="Active deployments or already deleting"),
+            409: refusal(services.RegistrationRefused, "Refused: active deployments, or already deleting"),
         },
     )
     def destroy(self, request, *args, **kwargs):
         """Start the deletion run: remove what BudCluster installed on the cluster, then the record."""
         cluster = self.get_object()
-        if cluster.status == "deleting":
-            return Response({"detail": f"cluster {cluster.name} is already being deleted"}, status=409)
         force = request.query_params.get("force", "").lower() in ("1", "true", "yes")
-        try:
-            run = services.request_delete(cluster, force=force, user=request.user)
-        except services.RegistrationRefused as exc:
-            return _refused(exc)
+        run = services.request_delete(cluster, force=force, user=request.user)
         return run_accepted(run, request, cluster_id=cluster.pk)
 
     @extend_schema(

@@ -2,6 +2,7 @@
 
 Clients of an API never get an HTML page or a stack trace: every error is ``{"detail": ...}`` with the right
 status, and unexpected exceptions are logged server-side with their traceback and answered with a plain 500.
+A service's refusal (``core.errors.Refused``) is answered with its status and ``{"detail", "code", ...}``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ..errors import Refused
+
 logger = logging.getLogger(__name__)
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, Refused):
+        return Response(exc.as_dict(), status=exc.status)
     if isinstance(exc, ValidationError):
         exc = exceptions.ValidationError(
             detail=exc.message_dict if hasattr(exc, "error_dict") else exc.messages

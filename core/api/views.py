@@ -10,6 +10,7 @@ from rest_framework.response import Response
 
 from .. import workflow
 from ..models import Run, RunEvent, RunStep
+from .responses import refusal
 from .serializers import RunCancelSerializer, RunDetailSerializer, RunSerializer
 
 
@@ -40,7 +41,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         request=RunCancelSerializer,
         responses={
             202: OpenApiResponse(RunDetailSerializer, description="Cancel requested"),
-            409: OpenApiResponse(description="The run has already ended"),
+            409: refusal(workflow.RunRefused, "The run has already ended"),
         },
     )
     @action(detail=True, methods=["post"])
@@ -49,8 +50,7 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         run = self.get_object()
         body = RunCancelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        if not workflow.request_cancel(run, reason=body.validated_data["reason"]):
-            return Response({"detail": f"Run already {run.status}; nothing to cancel."}, status=409)
+        workflow.cancel(run, reason=body.validated_data["reason"])
         run = self.get_queryset().get(pk=run.pk)
         return Response(
             RunDetailSerializer(run, context={"request": request}).data, status=status.HTTP_202_ACCEPTED

@@ -19,7 +19,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from core.api.responses import RUN_ACCEPTED, run_accepted
+from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
 from core.permissions import ModelPermissions
 
 from .. import benchmarking, plots
@@ -164,7 +164,8 @@ class BenchmarkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
 
 
 class DeploymentBenchmarkView(APIView):
-    """``POST /deployments/{id}/benchmark``: 202 + run; 400 for bad options and 409 unless running (no row)."""
+    """``POST /deployments/{id}/benchmark``: 202 + run; 400 for bad options and 409 unless running (no row; the
+    refusal is answered by the API's exception handler)."""
 
     permission_classes = (ModelPermissions,)
     queryset = Benchmark.objects.none()  # ModelPermissions: POST needs deployments.add_benchmark
@@ -174,14 +175,14 @@ class DeploymentBenchmarkView(APIView):
         responses={
             202: RUN_ACCEPTED,
             400: OpenApiResponse(description="Invalid options; nothing created"),
-            409: OpenApiResponse(description="The deployment is not running or has a run in progress"),
+            409: refusal(
+                benchmarking.BenchmarkRefused,
+                "Refused: the deployment is not running, has no endpoint yet, or has a run in progress",
+            ),
         },
     )
     def post(self, request, pk: int):
         deployment = get_object_or_404(Deployment.objects.select_related("cluster"), pk=pk)
-        try:
-            row, run = benchmarking.start_benchmark(deployment, request.data, user=request.user)
-        except benchmarking.BenchmarkRefused as exc:
-            return JsonResponse({"detail": str(exc)}, status=exc.status)
+        row, run = benchmarking.start_benchmark(deployment, request.data, user=request.user)
         url = reverse("benchmark-detail", kwargs={"pk": row.pk}, request=request)
         return run_accepted(run, request, benchmark_id=row.pk, benchmark_url=url, deployment_id=deployment.pk)

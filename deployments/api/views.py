@@ -1,5 +1,9 @@
 """Deployment endpoints (the original service's paths first): plan, deploy, list, detail, update, rollback, delete,
-workers and their logs."""
+workers and their logs.
+
+Views parse the request and call one service function each; a refusal (``services.DeploymentRefused``) is
+answered by the API's exception handler with its status and ``{"detail", "code", ...}``.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.response import Response
 
-from core.api.responses import RUN_ACCEPTED, run_accepted
+from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
 from core.gateway import GatewayError
 
-from .. import services
+from .. import health, services
 from ..models import Deployment, Worker
+from ..services import DeploymentRefused
 from .serializers import (
     DeploymentDetailSerializer,
     DeploymentSerializer,
@@ -26,9 +31,12 @@ from .serializers import (
     WorkerSerializer,
 )
 
-
-def _refused(exc: services.DeploymentRefused) -> Response:
-    return Response(exc.as_dict(), status=exc.status)
+INVALID_400 = refusal(
+    DeploymentRefused, "Refused: invalid request (model, dtype, context, ...), or values the charts refuse"
+)
+BUSY_409 = refusal(
+    DeploymentRefused, "Refused: not running yet, no installed runtime, or another run in progress"
+)
 
 
 class DeploymentViewSet(
@@ -62,7 +70,8 @@ class DeploymentViewSet(
         request=PlanSerializer,
         responses={
             200: OpenApiTypes.OBJECT,
-            422: OpenApiResponse(description="Fits nowhere: per-node reasons"),
+            400: INVALID_400,
+            422: OpenApiResponse(OpenApiTypes.OBJECT, description="Fits nowhere: per-node reasons"),
         },
     )
     @action(detail=False, methods=["post"])
@@ -73,23 +82,24 @@ class DeploymentViewSet(
         """
         body = PlanSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            outcome = services.plan(
-                body.validated_data["cluster"],
-                body.config(),
-                name=body.validated_data.get("name") or "preview",
-            )
-        except ValueError as exc:
-            raise ValidationError({"detail": str(exc)}) from None
+        outcome = services.plan(
+            body.validated_data["cluster"], body.config(), name=body.validated_data.get("name") or "preview"
+        )
         return Response(outcome.as_dict(), status=200 if outcome.ok else 422)
 
     @extend_schema(
         request=DeploySerializer,
         responses={
             202: RUN_ACCEPTED,
-            400: OpenApiResponse(),
-            409: OpenApiResponse(description="Cluster not available"),
-            422: OpenApiResponse(description="Fits nowhere: per-node reasons; nothing created"),
+            400: refusal(
+                DeploymentRefused, "Refused: invalid request, values the charts refuse, or S3 keys missing"
+            ),
+            409: refusal(DeploymentRefused, "Refused: the cluster is not available"),
+            422: refusal(
+                DeploymentRefused,
+                "Refused (no_fit): fits nowhere; nothing created. The answer also carries the placement report: "
+                "refusals (per node), refusals_total and estimate (the memory breakdown)",
+            ),
         },
     )
     @action(detail=False, methods=["post"])
@@ -98,56 +108,59 @@ class DeploymentViewSet(
         body = DeploySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        config = body.config()
-        for key in ("ready_timeout", "transfer_timeout", "benchmark"):
-            if data.get(key) is not None:
-                config[key] = data[key]
-        try:
-            deployment, run = services.start_deploy(
-                data["cluster"],
-                name=data["name"],
-                config=config,
-                credentials=body.credentials(),
-                keep_on_failure=data["keep_on_failure"],
-                user=request.user,
-            )
-        except services.DeploymentRefused as exc:
-            return _refused(exc)
+        deployment, run = services.start_deploy(
+            data["cluster"],
+            name=data["name"],
+            config=body.config(),
+            credentials=body.credentials(),
+            keep_on_failure=data["keep_on_failure"],
+            user=request.user,
+        )
         return run_accepted(run, request, deployment_id=deployment.pk, namespace=deployment.namespace)
 
-    @extend_schema(request=DeploymentUpdateSerializer, responses={202: RUN_ACCEPTED, 409: OpenApiResponse()})
+    @extend_schema(
+        request=DeploymentUpdateSerializer,
+        responses={
+            202: RUN_ACCEPTED,
+            400: refusal(DeploymentRefused, "Refused: nothing to change"),
+            409: BUSY_409,
+        },
+    )
     def partial_update(self, request, *args, **kwargs):
         """replicas → scale; engine_args / image → a new revision rolled out. 202 + run."""
         deployment = self.get_object()
         body = DeploymentUpdateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            run = services.start_update(deployment, user=request.user, **body.validated_data)
-        except services.DeploymentRefused as exc:
-            return _refused(exc)
+        run = services.start_update(deployment, user=request.user, **body.validated_data)
         return run_accepted(run, request, deployment_id=deployment.pk)
 
-    @extend_schema(request=RollbackSerializer, responses={202: RUN_ACCEPTED, 404: OpenApiResponse()})
+    @extend_schema(
+        request=RollbackSerializer,
+        responses={
+            202: RUN_ACCEPTED,
+            404: refusal(DeploymentRefused, "Refused: the deployment has no such revision"),
+            409: BUSY_409,
+        },
+    )
     @action(detail=True, methods=["post"])
     def rollback(self, request, pk=None):
         """Re-apply a stored revision as a new revision (helm-style). 202 + run."""
         deployment = self.get_object()
         body = RollbackSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            run = services.start_rollback(deployment, body.validated_data["revision"], user=request.user)
-        except services.DeploymentRefused as exc:
-            return _refused(exc)
+        run = services.start_rollback(deployment, body.validated_data["revision"], user=request.user)
         return run_accepted(run, request, deployment_id=deployment.pk)
 
-    @extend_schema(responses={202: RUN_ACCEPTED, 409: OpenApiResponse()})
+    @extend_schema(
+        responses={
+            202: RUN_ACCEPTED,
+            409: refusal(DeploymentRefused, "Refused: already being deleted, or deleted"),
+        }
+    )
     def destroy(self, request, *args, **kwargs):
         """Remove every object of the deployment and its namespace. 202 + run; the record stays as deleted."""
         deployment = self.get_object()
-        try:
-            run = services.start_delete(deployment, user=request.user)
-        except services.DeploymentRefused as exc:
-            return _refused(exc)
+        run = services.start_delete(deployment, user=request.user)
         return run_accepted(run, request, deployment_id=deployment.pk)
 
     @extend_schema(responses={200: WorkerSerializer(many=True)})
@@ -169,13 +182,13 @@ class DeploymentViewSet(
         deployment = self.get_object()
         worker = deployment.workers.filter(pk=worker_id).first()
         if worker is None:
-            return Response({"detail": f"deployment {deployment.pk} has no worker {worker_id}"}, status=404)
+            raise NotFound(f"deployment {deployment.pk} has no worker {worker_id}")
         try:
             tail = max(1, min(5000, int(request.query_params.get("tail", 200))))
         except ValueError:
             raise ValidationError({"tail": "must be an integer"}) from None
         try:
-            text = services.worker_logs(worker, tail_lines=tail)
+            text = health.worker_logs(worker, tail_lines=tail)
         except GatewayError as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
         return Response({"worker": worker.name, "node": worker.node, "logs": text})

@@ -1,7 +1,8 @@
 """Small helpers over Kubernetes objects kept as plain dicts (the store's representation).
 
-Quantities are parsed with the official client's `kubernetes.utils.parse_quantity` (exact Decimals, every
-suffix the API accepts) rather than by hand.
+Quantities are parsed with ``core.quantity.parse_quantity``, the strict and exact parser the inventory uses (the
+official client's ``parse_quantity`` rounds large values and accepts forms the API refuses; see that module), so
+the emulator and the inventory read every node the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from kubernetes.utils import parse_quantity
+from core.quantity import parse_quantity
 
 # The alphabet Kubernetes uses for generated name suffixes and hashes (no vowels, no look-alike digits).
 SAFE_CHARS = "bcdfghjklmnpqrstvwxz2456789"

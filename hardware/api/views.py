@@ -10,9 +10,8 @@ from rest_framework import generics
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from clusters.choices import ClusterStatus
 from clusters.models import Cluster
-from core.api.responses import RUN_ACCEPTED, run_accepted
+from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
 
 from .. import services
 from ..choices import AcceleratorType
@@ -61,17 +60,19 @@ class ClusterDeviceInfo(APIView):
 
 class CollectNodeInfo(APIView):
     queryset = Node.objects.all()
-    permission_map = {None: ["hardware.add_node"]}
+    permission_map = {None: [services.COLLECT_PERMISSION]}
 
-    @extend_schema(request=None, responses={202: RUN_ACCEPTED})
+    @extend_schema(
+        request=None,
+        responses={
+            202: RUN_ACCEPTED,
+            409: refusal(
+                services.CollectionRefused, "Refused: the cluster is registering, deleting or in error"
+            ),
+        },
+    )
     def post(self, request, cluster_pk: int):
         """Roll out the collectors, wait for them, and refresh the inventory (202 + run)."""
-        from ..workflows import COLLECT
-
         cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=cluster_pk)
-        if cluster.status not in (ClusterStatus.AVAILABLE, ClusterStatus.NOT_AVAILABLE):
-            return Response(
-                {"detail": f"cluster {cluster.name} is {cluster.status}; it must be available"}, status=409
-            )
-        run = COLLECT.launch(subject=cluster, params={"cluster_id": cluster.pk}, user=request.user)
+        run = services.start_collection(cluster, user=request.user)
         return run_accepted(run, request, cluster_id=cluster.pk)

@@ -7,22 +7,27 @@ Paths (``provisioning.api.urls`` is included before the clusters' URLs, so these
 * ``POST /clusters/{id}/provision`` — provision a record created without a kubeconfig (202 + run);
   ``GET`` shows its provisioning (spec, status, plan summary, outputs; never secrets);
 * ``POST /runs/{id}/approve`` — approve the plan of a run waiting for it (``core.approve_run``).
+
+The views only read the request and answer: every rule (which credential, whether the cluster may be
+provisioned, whether the run waits for approval) is in ``provisioning.services``, whose refusals
+(``ProvisioningRefused``, with a stable ``code``) core's exception handler answers.
 """
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
 
 from clusters.models import Cluster
-from core.api.responses import RUN_ACCEPTED, run_accepted
+from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
 from core.fields import raw_token
 from core.models import Run
 
 from .. import services
 from ..models import CloudCredential, Provisioning
+from ..services import ProvisioningRefused
 from .serializers import (
     CloudCredentialCreateSerializer,
     CloudCredentialSerializer,
@@ -31,9 +36,13 @@ from .serializers import (
     ProvisionSerializer,
 )
 
-
-def _refused(exc: services.ProvisioningRefused) -> Response:
-    return Response({"detail": str(exc)}, status=exc.status)
+START_REFUSALS = {
+    400: refusal(
+        ProvisioningRefused, "Bad request: provider, credential, name, node pools or module variables"
+    ),
+    404: refusal(ProvisioningRefused, "No cloud credential with credential_id"),
+    409: refusal(ProvisioningRefused, "Name taken, or the cluster cannot be provisioned now"),
+}
 
 
 class CloudCredentialViewSet(
@@ -49,35 +58,35 @@ class CloudCredentialViewSet(
     def get_serializer_class(self):
         return CloudCredentialCreateSerializer if self.action == "create" else CloudCredentialSerializer
 
-    @extend_schema(request=CloudCredentialCreateSerializer, responses={201: CloudCredentialSerializer})
+    @extend_schema(
+        request=CloudCredentialCreateSerializer,
+        responses={
+            201: CloudCredentialSerializer,
+            400: refusal(ProvisioningRefused, "Fields missing or not taken by the provider"),
+            409: refusal(ProvisioningRefused, "A credential with this name exists"),
+        },
+    )
     def create(self, request):
         """Store a cloud credential (secrets encrypted; they are never returned)."""
         body = CloudCredentialCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        try:
-            credential = services.create_credential(
-                name=data["name"],
-                provider=data["provider"],
-                secret=body.validated_secret(),
-                region=data["region"],
-                tenant_id=data["tenant_id"],
-                subscription_id=data["subscription_id"],
-                description=data["description"],
-                user=request.user,
-            )
-        except services.ProvisioningRefused as exc:
-            return _refused(exc)
+        credential = services.create_credential(
+            name=data["name"],
+            provider=data["provider"],
+            secret=body.validated_secret(),
+            region=data["region"],
+            tenant_id=data["tenant_id"],
+            subscription_id=data["subscription_id"],
+            description=data["description"],
+            user=request.user,
+        )
         fresh = self.get_queryset().get(pk=credential.pk)
         return Response(CloudCredentialSerializer(fresh).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(responses={204: None, 409: OpenApiResponse(description="Still needed by a cluster")})
+    @extend_schema(responses={204: None, 409: refusal(ProvisioningRefused, "Still needed by a cluster")})
     def destroy(self, request, *args, **kwargs):
-        credential = CloudCredential.objects.get(pk=self.get_object().pk)
-        try:
-            services.delete_credential(credential)
-        except services.ProvisioningRefused as exc:
-            return _refused(exc)
+        services.delete_credential(CloudCredential.objects.get(pk=self.get_object().pk))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -90,49 +99,32 @@ class ProvisionViewSet(viewsets.GenericViewSet):
         "show": ["provisioning.view_provisioning"],
     }
 
-    def _start(self, request, data: dict, cluster: Cluster | None) -> Response:
-        credential = CloudCredential.objects.filter(pk=data["credential_id"]).first()
-        if credential is None:
-            return Response({"detail": f"no cloud credential {data['credential_id']}"}, status=404)
-        spec = {
-            "provider": data["provider"],
-            "region": data["region"],
-            "kubernetes_version": data["kubernetes_version"],
-            "node_pools": data["node_pools"],
-            "credential": credential,
-            "auto_approve": data["auto_approve"],
-        }
-        try:
-            if cluster is None:
-                provisioning, run = services.create_and_provision(
-                    name=data["name"], user=request.user, **spec
-                )
-            else:
-                provisioning, run = services.start_provisioning(cluster, user=request.user, **spec)
-        except services.ProvisioningRefused as exc:
-            return _refused(exc)
-        return run_accepted(run, request, cluster_id=provisioning.cluster_id)
-
-    @extend_schema(
-        request=CreateAndProvisionSerializer, responses={202: RUN_ACCEPTED, 409: OpenApiResponse()}
-    )
+    @extend_schema(request=CreateAndProvisionSerializer, responses={202: RUN_ACCEPTED, **START_REFUSALS})
     def create_and_provision(self, request):
         """Create a cluster record and provision it (Terraform), then register it: one run."""
         body = CreateAndProvisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        return self._start(request, body.validated_data, None)
+        data = dict(body.validated_data)
+        provisioning, run = services.create_and_provision(
+            credential=data.pop("credential_id"), user=request.user, **data
+        )
+        return run_accepted(run, request, cluster_id=provisioning.cluster_id)
 
     @extend_schema(
         operation_id="clusters_provision",
         request=ProvisionSerializer,
-        responses={202: RUN_ACCEPTED, 409: OpenApiResponse()},
+        responses={202: RUN_ACCEPTED, **START_REFUSALS},
     )
     def provision(self, request, pk=None):
         """Provision a cluster record created without a kubeconfig (status provisioning)."""
         cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=pk)
         body = ProvisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        return self._start(request, body.validated_data, Cluster.objects.get(pk=cluster.pk))
+        data = dict(body.validated_data)
+        provisioning, run = services.start_provisioning(
+            cluster, credential=data.pop("credential_id"), user=request.user, **data
+        )
+        return run_accepted(run, request, cluster_id=provisioning.cluster_id)
 
     @extend_schema(operation_id="clusters_provisioning_retrieve", responses={200: ProvisioningSerializer})
     def show(self, request, pk=None):
@@ -149,17 +141,14 @@ class RunApprovalViewSet(viewsets.GenericViewSet):
         request=None,
         responses={
             202: RUN_ACCEPTED,
-            404: OpenApiResponse(description="Not a provisioning run"),
-            409: OpenApiResponse(description="Not waiting for approval"),
+            404: refusal(ProvisioningRefused, "Not a provisioning run"),
+            409: refusal(ProvisioningRefused, "Not waiting for approval: ended, auto-approved, no plan yet"),
         },
     )
     def approve(self, request, pk=None):
         """Approve the Terraform plan of a provisioning run; apply starts right away."""
         run = get_object_or_404(Run, pk=pk)
-        try:
-            provisioning = services.approve(run, request.user)
-        except services.ProvisioningRefused as exc:
-            return _refused(exc)
+        provisioning = services.approve(run, request.user)
         run.refresh_from_db()
         return run_accepted(
             run,

@@ -50,6 +50,7 @@ def test_benchmark_after_deploy_api_plots_admin_and_cancel(
     type(deployment).objects.filter(pk=deployment.pk).update(status="degraded")
     response = api.post(f"/deployments/{deployment.pk}/benchmark", {}, format="json")
     assert response.status_code == 409 and "running" in response.json()["detail"]
+    assert response.json()["code"] == "not_running"
     type(deployment).objects.filter(pk=deployment.pk).update(status="running")
     assert Benchmark.objects.count() == 1
 

@@ -89,6 +89,7 @@ def test_hostile_kubeconfig_refused_and_nothing_stored(api, settings, hostile_dc
         "/clusters/register", {"name": "hostile", "kubeconfig": yaml.safe_dump(config)}, format="json"
     )
     assert response.status_code == 400, (label, response.json())
+    assert response.json()["code"] == "kubeconfig_invalid"
     detail = response.json()["detail"]
     assert detail.startswith("kubeconfig refused:")
     assert reason.lower() in detail.lower(), detail

@@ -95,10 +95,12 @@ def test_duplicate_server_refused_and_nothing_stored(api, worker, dc):
     _finished(first.json()["run_id"])
     second = _register(api, dc, "dup-2", dc.names[2])
     assert second.status_code == 409
+    assert second.json()["code"] == "server_registered"
     assert "already registered" in second.json()["detail"]
     assert not Cluster.objects.filter(name="dup-2").exists()
     same_name = _register(api, dc, "dup-1", dc.names[3])
     assert same_name.status_code == 409
+    assert same_name.json()["code"] == "name_taken"
 
 
 def test_wrong_token_fails_with_unauthorized_in_plain_words(api, worker, dc):

@@ -126,3 +126,53 @@ def test_sweep_does_not_revive_a_failed_registration(dc3):
     assert report.checked == 0
     cluster.refresh_from_db()
     assert cluster.status == ClusterStatus.ERROR  # a new registration run is what brings it back
+
+
+def test_refused_updates_and_deletions_carry_codes_and_change_nothing(api, dc3):
+    first = _store(dc3, "keep-a", dc3.names[0])
+    _store(dc3, "keep-b", dc3.names[1])
+    renamed = api.patch(f"/clusters/{first.pk}", {"name": "keep-b", "labels": {"x": "y"}}, format="json")
+    assert renamed.status_code == 409
+    assert renamed.json() == {"detail": "a cluster named 'keep-b' already exists", "code": "name_taken"}
+    first.refresh_from_db()
+    assert (first.name, first.labels) == ("keep-a", {})
+
+    # A kubeconfig of a server another cluster holds is refused, and the label change with it is rolled back.
+    other = dc3.kubeconfig_yaml(dc3.names[1])
+    replaced = api.patch(f"/clusters/{first.pk}", {"labels": {"x": "y"}, "kubeconfig": other}, format="json")
+    assert replaced.status_code == 409 and replaced.json()["code"] == "server_registered"
+    first.refresh_from_db()
+    assert first.labels == {} and first.status == ClusterStatus.AVAILABLE
+
+    Cluster.objects.filter(pk=first.pk).update(status=ClusterStatus.DELETING)
+    again = api.delete(f"/clusters/{first.pk}")
+    assert again.status_code == 409 and again.json()["code"] == "already_deleting"
+    with pytest.raises(services.RegistrationRefused) as refused:
+        services.rerun_registration(Cluster.objects.get(pk=first.pk))
+    assert refused.value.code == "cluster_busy"
+    assert Cluster.objects.get(pk=first.pk).status == ClusterStatus.DELETING
+
+
+def test_refusal_codes_are_in_the_openapi_schema(api):
+    schema = yaml.safe_load(api.get("/schema").content)
+    code = schema["components"]["schemas"]["RegistrationRefused"]["properties"]["code"]
+    enum = schema["components"]["schemas"][code["allOf"][0]["$ref"].rsplit("/", 1)[1]]["enum"]
+    assert {"name_taken", "server_registered", "already_deleting", "kubeconfig_invalid"} <= set(enum)
+    register = schema["paths"]["/clusters/register"]["post"]["responses"]
+    assert register["409"]["content"]["application/json"]["schema"]["$ref"].endswith("/RegistrationRefused")
+
+
+def test_admin_cluster_page_shows_nodes_and_collection_action(admin_client, dc3):
+    cluster = _store(dc3, "admin-ext", dc3.names[2])
+    page = admin_client.get(f"/admin/clusters/cluster/{cluster.pk}/change/").content.decode()
+    assert 'id="nodes-group"' in page  # the hardware app's inline on the cluster page
+    listing = admin_client.get("/admin/clusters/cluster/").content.decode()
+    assert "collect_node_info" in listing and "rerun_registration" in listing
+    Cluster.objects.filter(pk=cluster.pk).update(status=ClusterStatus.DELETING)
+    response = admin_client.post(
+        "/admin/clusters/cluster/",
+        {"action": "rerun_registration", "_selected_action": [cluster.pk]},
+        follow=True,
+    )
+    text = response.content.decode()
+    assert "registration cannot re-run now" in text and "Registration re-run for 0 cluster(s)." in text

@@ -83,9 +83,10 @@ def test_scale_upgrade_and_rollback_create_revisions(api, cluster):
         dep = gw.get("apps/v1", "Deployment", "day2", deployment.namespace)
     assert "--enable-prefix-caching" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert dep["spec"]["replicas"] == 1
-    assert (
-        api.post(f"/deployments/{deployment.pk}/rollback", {"revision": 9}, format="json").status_code == 404
-    )
+    missing = api.post(f"/deployments/{deployment.pk}/rollback", {"revision": 9}, format="json")
+    assert missing.status_code == 404 and missing.json()["code"] == "no_such_revision"
+    unchanged = api.patch(f"/deployments/{deployment.pk}", {"replicas": 1}, format="json")
+    assert unchanged.status_code == 400 and unchanged.json()["code"] == "nothing_to_change"
 
 
 def test_cancel_during_transfer_cleans_up(api, cluster):

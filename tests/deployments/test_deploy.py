@@ -70,6 +70,8 @@ def test_8b_model_deploys_to_a_gpu_and_its_endpoint_answers(api, cluster, gpu):
     assert finished(response.json()["run_id"]).status == RunStatus.SUCCEEDED
     deployment.refresh_from_db()
     assert deployment.status == "deleted" and not Worker.objects.filter(deployment=deployment).exists()
+    again = api.delete(f"/deployments/{deployment.pk}")
+    assert again.status_code == 409 and again.json()["code"] == "already_deleted"
     from clusters.services import gateway_for
 
     with gateway_for(cluster) as gw:
@@ -113,8 +115,9 @@ def test_model_too_large_is_refused_by_plan_and_deploy_with_per_node_reasons(api
     assert body["estimate"]["weights_gib"] > 700
 
     deploy = api.post("/deployments/deploy", {**request, "name": "huge"}, format="json")
-    assert deploy.status_code == 422
+    assert deploy.status_code == 422 and deploy.json()["code"] == "no_fit"
     assert deploy.json()["refusals"] == body["refusals"]
+    assert deploy.json()["detail"] == body["detail"]
     # Nothing created: no deployment row, no run, no namespace on the cluster.
     assert not Deployment.objects.exists()
     assert not Run.objects.filter(kind__startswith="deployment.").exists()
@@ -158,7 +161,7 @@ def test_admin_lists_deployments_and_previews_a_plan(client, admin_user, cluster
 
 def test_health_beat_moves_running_failed_running_with_events_and_workers(api, cluster):
     from clusters.services import gateway_for
-    from deployments import services
+    from deployments.health import sweep
     from tests.worker import wait_for
 
     body = _deploy(api, cluster, "watched")
@@ -175,7 +178,7 @@ def test_health_beat_moves_running_failed_running_with_events_and_workers(api, c
     # Someone scales the runtime to zero behind BudCluster's back: no replica, no answer → failed.
     scale(0)
     wait_for(
-        lambda: services.sweep() and Deployment.objects.get(pk=deployment.pk).status == "failed",
+        lambda: sweep() and Deployment.objects.get(pk=deployment.pk).status == "failed",
         timeout=20, interval=0.5, what="the health beat to see the deployment failed",
     )  # fmt: skip
     deployment.refresh_from_db()
@@ -183,7 +186,7 @@ def test_health_beat_moves_running_failed_running_with_events_and_workers(api, c
     assert not deployment.workers.exists()
 
     scale(1)
-    wait_for(lambda: services.sweep() and Deployment.objects.get(pk=deployment.pk).status == "running",
+    wait_for(lambda: sweep() and Deployment.objects.get(pk=deployment.pk).status == "running",
              timeout=20, interval=0.5, what="running again")  # fmt: skip
     assert Worker.objects.filter(deployment=deployment, ready=True).count() == 1
     health = list(

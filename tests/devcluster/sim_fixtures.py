@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 from devcluster.sim import SimConfig
 from devcluster.sim.testing import wait_for
 from devcluster.testing import kube_client

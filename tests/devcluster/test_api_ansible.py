@@ -9,7 +9,7 @@ from pathlib import Path
 import ansible_collections.kubernetes.core  # noqa: F401  (the `ansible` package ships it)
 import ansible_runner
 
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 from devcluster.testing import write_kubeconfig
 
 PLAYBOOK = """

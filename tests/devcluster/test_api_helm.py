@@ -7,7 +7,7 @@ from pathlib import Path
 import helm_python
 import pytest
 
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 
 CHART = {
     "Chart.yaml": "apiVersion: v2\nname: demo\nversion: 0.1.0\n",

@@ -9,7 +9,7 @@ import uuid
 import pytest
 import yaml
 
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 from devcluster.testing import write_kubeconfig
 from tests.tools import kubectl_binary
 

@@ -15,7 +15,7 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 from devcluster.testing import kube_client
 
 

@@ -319,7 +319,7 @@ def _get_json(url: str, headers: dict | None = None) -> Any:
 
 def test_load_balancers_of_two_clusters_get_distinct_addresses():
     from devcluster import sim
-    from devcluster.server import DevCluster
+    from devcluster.harness import DevCluster
     from devcluster.testing import kube_client
     from tests.devcluster.sim_fixtures import FAST
 

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from kubernetes import client
 
 from clusters import services as cluster_services
+from clusters.choices import ClusterStatus
 from clusters.models import Cluster, Release
 from core.choices import RunStatus
 from core.models import Run
@@ -117,6 +118,53 @@ def test_pod_using_two_gpus_lowers_free_count_and_removed_node_disappears(api, r
         result = services.refresh_inventory(registered, gw)
     assert result["removed"] == 1
     assert not Node.objects.filter(cluster=registered, name="cpu-xeon-spr-0").exists()
+
+
+def test_cluster_admin_shows_the_nodes_and_collects_through_the_service(admin_client, registered):
+    page = admin_client.get(f"/admin/clusters/cluster/{registered.pk}/change/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "gpu-h100-0" in html and "NVIDIA-H100-80GB-HBM3" in html  # the node inline
+    assert "Collect node information" in admin_client.get("/admin/clusters/cluster/").content.decode()
+
+    registering = Cluster.objects.create(name="still-registering", status=ClusterStatus.REGISTERING)
+    response = admin_client.post(
+        "/admin/clusters/cluster/",
+        {"action": "collect_node_info", "_selected_action": [registered.pk, registering.pk]},
+        follow=True,
+    )
+    shown = [(m.level_tag, str(m)) for m in response.context["messages"]]
+    assert ("warning", "cluster still-registering is registering; it must be available") in shown
+    assert ("info", "Node information collection started for 1 cluster(s).") in shown
+    runs = Run.objects.filter(kind="hardware.collect")
+    assert [r.subject_id for r in runs] == [str(registered.pk)]
+    assert _finished(runs[0].pk).status == RunStatus.SUCCEEDED
+
+
+def test_collect_action_takes_the_api_permission(client, django_user_model):
+    from django.contrib.auth.models import Permission
+
+    Cluster.objects.create(
+        name="listed", status=ClusterStatus.AVAILABLE
+    )  # the changelist shows actions with rows
+    user = django_user_model.objects.create_user("operator", password="a-long-test-password", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="view_cluster"))
+    client.force_login(user)
+    assert "Collect node information" not in client.get("/admin/clusters/cluster/").content.decode()
+    user.user_permissions.add(Permission.objects.get(codename="add_node"))
+    client.force_login(django_user_model.objects.get(pk=user.pk))  # fresh permission cache
+    assert "Collect node information" in client.get("/admin/clusters/cluster/").content.decode()
+
+
+def test_collecting_a_cluster_that_is_not_ready_is_refused_with_a_code(api):
+    cluster = Cluster.objects.create(name="broken", status=ClusterStatus.ERROR)
+    response = api.post(f"/clusters/{cluster.pk}/collect-node-info")
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": "cluster broken is error; it must be available",
+        "code": "cluster_not_ready",
+    }
+    assert not Run.objects.filter(kind="hardware.collect").exists()
 
 
 def test_nodes_api_filters_and_constant_queries(api, registered):

@@ -10,14 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from hardware.inventory import (
-    NodeInventory,
-    free_devices,
-    load_node_objects,
-    parse_node,
-    parse_nodes,
-    requested_by_pods,
-)
+from hardware.inventory import NodeInventory, parse_node, parse_nodes
+from hardware.nodefiles import load_node_objects
+from hardware.pods import free_devices, requested_by_pods
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nodes"
 FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.yaml"))
@@ -248,6 +243,70 @@ def test_mig_mixed_with_some_whole_gpus_counts_only_whole_ones() -> None:
     assert inv.accelerator_count == 6
     assert inv.mig == {"1g.10gb": 7, "3g.40gb": 4}
     assert inv.accelerator_memory_mib == 80 * 1024
+
+
+def test_mig_single_strategy_fills_the_mig_map_and_counts_slices() -> None:
+    # GFD under mig.strategy=single names the product after the slice and counts slices; the device plugin
+    # advertises the slices as nvidia.com/gpu (two A100-40GB cut into 7 x 1g.5gb each).
+    labels = {
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb",
+        "nvidia.com/gpu.count": "14",
+        "nvidia.com/gpu.memory": "4864",
+        "nvidia.com/mig.strategy": "single",
+    }
+    inv = parse_node(_gpu_node(labels, {"nvidia.com/gpu": "14"}))
+    assert inv.mig == {"1g.5gb": 14}
+    assert (inv.accelerator_count, inv.accelerator_memory_mib) == (14, 4864)
+    assert inv.accelerator_model == "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"
+    assert any("MIG single strategy" in n for n in inv.notes)
+
+    # Pods ask for a slice as nvidia.com/gpu: the profile's free count follows.
+    pod = _pod("slice", "n", "Running", gpus=3)
+    free = free_devices(inv, [pod])
+    assert free["mig"] == {"1g.5gb": {"total": 14, "requested": 3, "free": 11}}
+    assert free["accelerators"]["free"] == 11
+
+
+def test_mig_single_strategy_without_device_plugin_or_memory_label() -> None:
+    labels = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB-MIG-3g.40gb", "nvidia.com/gpu.count": "4"}
+    inv = parse_node(_gpu_node(labels, {}))
+    assert inv.mig == {"3g.40gb": 4}
+    assert inv.mig_strategy == "single"  # the product name says so even without the label
+    assert inv.accelerator_count == 4 and inv.allocatable["accelerators"] == 0
+    # The slice's nominal size from its profile, not the board's 80 GB.
+    assert inv.accelerator_memory_mib == 40 * 1024
+    assert any("nominal size of NVIDIA-A100-SXM4-80GB-MIG-3g.40gb" in n for n in inv.notes)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pytest.param(
+            {"nvidia.com/gpu.product": "NVIDIA-L4", "nvidia.com/gpu.present": "true"}, id="gfd-no-count"
+        ),
+        pytest.param({"feature.node.kubernetes.io/pci-0302_10de.present": "true"}, id="nfd-pci-only"),
+        pytest.param({"feature.node.kubernetes.io/pci-1200_1da3_1020.present": "true"}, id="gaudi-pci-only"),
+    ],
+)
+def test_gpu_node_without_capacity_or_count_label_has_an_unknown_count(labels: dict[str, str]) -> None:
+    inv = parse_node(_gpu_node(labels, {}))
+    assert inv.accelerator_type != "cpu"
+    assert inv.accelerator_count is None  # unknown, not "no devices"
+    assert inv.allocatable["accelerators"] == 0  # nothing schedulable without a device plugin
+    assert any("no count label: device count unknown" in n for n in inv.notes), inv.notes
+    assert json.loads(json.dumps(inv.to_dict()))["accelerator_count"] is None
+
+
+def test_memory_nobody_labelled_comes_from_the_gpu_table() -> None:
+    inv = parse_node(_gpu_node({"nvidia.com/gpu.product": "NVIDIA-L4"}, {"nvidia.com/gpu": "1"}))
+    assert inv.accelerator_memory_mib == 24 * 1024  # the datasheet's 24 GB, not a driver's figure
+    assert any("24576 MiB is the nominal size of NVIDIA-L4" in n for n in inv.notes)
+    # A node that reports its memory keeps its own figure.
+    labelled = {"nvidia.com/gpu.product": "NVIDIA-L4", "nvidia.com/gpu.memory": "23034"}
+    assert parse_node(_gpu_node(labelled, {"nvidia.com/gpu": "1"})).accelerator_memory_mib == 23034
+    # One device of an MI250X is one of its two dies: 64 GB, not the board's 128 GB.
+    mi250 = parse_node(_gpu_node({"amd.com/gpu.device-id": "7408"}, {"amd.com/gpu": "8"}))
+    assert (mi250.accelerator_model, mi250.accelerator_memory_mib) == ("AMD Instinct MI250X", 64 * 1024)
 
 
 def test_cpu_model_hook_in_another_namespace_and_raw_vendor_id() -> None:

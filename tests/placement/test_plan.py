@@ -4,14 +4,8 @@ import re
 
 import pytest
 
-from deployments.placement import (
-    GIB,
-    NodeCapacity,
-    PlacementError,
-    estimate_memory,
-    plan_placement,
-    runtime_values,
-)
+from deployments.charts import runtime_values, vllm_args
+from deployments.placement import GIB, NodeCapacity, PlacementError, estimate_memory, plan_placement
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 H100_MIB = 81_559
@@ -144,7 +138,7 @@ def test_405b_bf16_is_refused_on_an_8x80gb_node_but_fp8_and_int4_fit():
 
     fp8 = plan_placement("llama-3.1-405b", quantization="fp8", context_len=8192, concurrency=4, nodes=nodes)
     assert (fp8.best.node, fp8.best.tensor_parallel_size) == ("h100-1", 8)
-    assert runtime_values(fp8)["engine_args"][-1] == "--quantization=fp8"
+    assert vllm_args(runtime_values(fp8), with_storage=True)[-1] == "--quantization=fp8"
 
     int4 = plan_placement("llama-3.1-405b", quantization="awq", context_len=8192, concurrency=4, nodes=nodes)
     assert int4.best.tensor_parallel_size == 4
@@ -203,6 +197,7 @@ def test_embedding_model_fits_a_small_cpu_node():
     values = runtime_values(result)
     assert values["model_kind"] == "embedding"
     assert values["cpu_request"] == "6"  # 8 physical cores, 2 left to the system
+    assert vllm_args(values, with_storage=False)[-1] == "--task=embed"
 
 
 def test_gaudi_nodes_use_their_known_memory_per_device():
@@ -392,9 +387,16 @@ def test_runtime_values_for_a_gpu_placement():
     assert values["max_model_len"] == 2200
     assert values["max_num_seqs"] == 16
     assert values["gpu_memory_utilization"] == 0.9
-    assert "--served-model-name=chat" in values["engine_args"]
-    assert "--tensor-parallel-size=1" in values["engine_args"]
-    assert "--max-model-len=2200" in values["engine_args"]
+    assert vllm_args(values, with_storage=True) == [
+        "--model=/data/models-registry/meta-llama/Llama-3.1-8B-Instruct",
+        "--served-model-name=chat",
+        "--tensor-parallel-size=1",
+        "--max-model-len=2200",
+        "--gpu-memory-utilization=0.9",
+        "--max-num-seqs=16",
+        "--port=8000",
+        "--dtype=bfloat16",
+    ]
     assert values["cpu_kvcache_space_gib"] == 0
     assert all(not isinstance(v, dict) or k == "node_selector" for k, v in values.items())
 
@@ -413,7 +415,18 @@ def test_runtime_values_for_a_cpu_placement():
     assert values["cpu_request"] == "30"
     assert values["cpu_kvcache_space_gib"] == 4  # 128 KiB * 8192 tokens * 4 sequences
     assert values["gpu_memory_utilization"] == 0
-    assert not any(a.startswith("--gpu-memory-utilization") for a in values["engine_args"])
+    # The CPU pods have always been given vLLM's default utilization, which the CPU backend ignores (it sizes
+    # its cache from VLLM_CPU_KVCACHE_SPACE); no accelerator flag beyond that.
+    assert vllm_args(values, with_storage=False) == [
+        "--model=meta-llama/Llama-3.1-8B",
+        "--served-model-name=llama-3.1-8b",
+        "--tensor-parallel-size=1",
+        "--max-model-len=8192",
+        "--gpu-memory-utilization=0.9",
+        "--max-num-seqs=4",
+        "--port=8000",
+        "--dtype=bfloat16",
+    ]
     assert values["node_selector"] == {"kubernetes.io/hostname": "cpu-1"}
 
 

@@ -257,6 +257,24 @@ def test_module_declaring_its_own_backend_is_refused(tmp_path, tf_cli_config):
         TerraformRunner(tmp_path, backend="local", state_path=tmp_path / "s", cli_config_file=tf_cli_config)
 
 
+def test_backend_check_reads_hcl_not_text(tmp_path, tf_cli_config):
+    """Only a backend block Terraform would read counts: not one in a comment or a heredoc's text."""
+    (tmp_path / "main.tf").write_text(
+        '# backend "s3" {}\n'
+        '/* terraform {\n  backend "gcs" {}\n} */\n'
+        'resource "null_resource" "x" {\n'
+        '  triggers = {\n    doc = <<-EOT\n      backend "s3" {\n    EOT\n  }\n}\n'
+    )
+    TerraformRunner(
+        tmp_path, backend="local", state_path=tmp_path / "s", cli_config_file=tf_cli_config
+    ).close()
+    nested = tmp_path / "nested"
+    nested.mkdir()
+    (nested / "main.tf").write_text('terraform {\n  required_version = ">= 1.0"\n  backend "s3" {}\n}\n')
+    with pytest.raises(TerraformError, match=r"main\.tf declares a backend"):
+        TerraformRunner(nested, backend="local", state_path=tmp_path / "s", cli_config_file=tf_cli_config)
+
+
 def test_binary_is_selectable(tmp_path, monkeypatch):
     from provisioning.toolchain import ToolchainError
 

@@ -3,7 +3,8 @@ standing in for the cloud, and the local module selected with PROVISIONING_MODUL
 
 The Celery worker is a subprocess started once per session and inherits this process's environment, so the
 CLI configuration that installs the null provider from a local mirror (no registry access) is exported here,
-at collection time, before any worker starts. It only affects ``hashicorp/null``.
+at collection time, before any worker starts. It only affects ``hashicorp/null``, and it replaces any
+``TF_CLI_CONFIG_FILE`` the shell set: the tests never reach a registry, whatever the machine's configuration.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from devcluster.testing import devcluster_fixture
 from provisioning.toolchain import provider_mirror_config
 
 REPO = Path(__file__).resolve().parents[2]
-os.environ.setdefault(
-    "TF_CLI_CONFIG_FILE", str(provider_mirror_config(REPO / "var" / "test-terraform" / "toolchain"))
-)
+os.environ["TF_CLI_CONFIG_FILE"] = str(provider_mirror_config(REPO / "var" / "test-terraform" / "toolchain"))
 
 dc = devcluster_fixture(name="dc", nodes="cpu-small", clusters=3, scope="module")
 

@@ -97,7 +97,14 @@ def test_credentials_are_write_only(api, api_noperm):
         "/credentials", {"name": "half", "provider": "aws", "access_key_id": ACCESS_KEY}, format="json"
     )
     assert incomplete.status_code == 400
+    assert incomplete.json()["code"] == "invalid_credentials"
     assert "secret_access_key" in incomplete.json()["detail"]
+    taken = api.post(
+        "/credentials",
+        {"name": "aws-test", "provider": "aws", "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY},
+        format="json",
+    )
+    assert (taken.status_code, taken.json()["code"]) == (409, "name_taken")
     assert api_noperm.get("/credentials").status_code == 403
     assert api.delete(f"/credentials/{created['id']}").status_code == 204
     assert not CloudCredential.objects.exists()
@@ -142,7 +149,8 @@ def test_provision_waits_for_approval_then_registers_and_destroys_on_delete(
     approved = api.post(f"/runs/{run_id}/approve")
     assert approved.status_code == 202, approved.json()
     assert approved.json()["approved_by"] == "admin"
-    assert api.post(f"/runs/{run_id}/approve").status_code == 409
+    again = api.post(f"/runs/{run_id}/approve")
+    assert (again.status_code, again.json()["code"]) == (409, "already_approved")
 
     run = _finished(run_id)
     assert run.status == RunStatus.SUCCEEDED, run.error
@@ -271,15 +279,25 @@ def test_provision_refusals(api, dc, local_module):
     }
     wrong_provider = api.post("/clusters/provision", body, format="json")
     assert wrong_provider.status_code == 400
+    assert wrong_provider.json()["code"] == "credential_provider_mismatch"
     assert "is for aws" in wrong_provider.json()["detail"]
     no_system = api.post(
         "/clusters/provision", {**body, "provider": "aws", "node_pools": NODE_POOLS[1:]}, format="json"
     )
-    assert no_system.status_code == 400
+    assert (no_system.status_code, no_system.json()["code"]) == (400, "invalid_node_pools")
+    no_credential = api.post(
+        "/clusters/provision",
+        {**body, "provider": "aws", "credential_id": credential["id"] + 1000},
+        format="json",
+    )
+    assert (no_credential.status_code, no_credential.json()["code"]) == (404, "no_such_credential")
     assert not Cluster.objects.filter(name="prov-ref").exists()
     registered = Cluster.objects.create(name="has-config", kubeconfig="apiVersion: v1", status="available")
     again = api.post(f"/clusters/{registered.pk}/provision", {**body, "provider": "aws"}, format="json")
-    assert again.status_code == 409
+    assert (again.status_code, again.json()["code"]) == (409, "already_registered")
+    not_provisioning = Run.objects.create(kind="cluster.register", title="not a provisioning run")
+    approve = api.post(f"/runs/{not_provisioning.pk}/approve")
+    assert (approve.status_code, approve.json()["code"]) == (404, "not_awaiting_approval")
 
 
 def test_provision_command_follows_the_run(api, worker, dc, local_module):

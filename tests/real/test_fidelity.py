@@ -26,7 +26,7 @@ import pytest
 import yaml
 from kubernetes import client, config, watch
 
-from devcluster.server import DevCluster
+from devcluster.harness import DevCluster
 from devcluster.testing import kube_client, write_kubeconfig
 from tests.tools import kubectl_binary
 from tests.worker import wait_for

@@ -21,6 +21,7 @@ from clusters import releases
 from clusters import services as cluster_services
 from clusters.models import Cluster
 from core.gateway import FIELD_MANAGER, ClusterGateway, Invalid
+from deployments import charts
 from deployments import services as deploy_services
 from deployments.choices import ModelSource
 from devcluster.real.testing import real_cluster_fixture
@@ -196,7 +197,7 @@ def workload_installs(nodes: list) -> list[tuple[str, str, str, dict]]:
         if name in ("rocm", "hpu"):
             runtime = {**runtime, "device_type": name}
         ns = f"strict-{name}"
-        runtime_values = deploy_services.runtime_chart_values(
+        runtime_values = charts.runtime_chart_values(
             deployment_id=ns,
             config=config,
             runtime=runtime,
@@ -206,14 +207,12 @@ def workload_installs(nodes: list) -> list[tuple[str, str, str, dict]]:
             has_hf_secret=True,
             ingress_host=f"{ns}.apps.example.com" if name == "cuda" else "",
         )
-        installs.append((deploy_services.RUNTIME_CHART, f"{ns}-runtime", ns, runtime_values))
+        installs.append((charts.RUNTIME_CHART, f"{ns}-runtime", ns, runtime_values))
         if config["source"] != ModelSource.NONE:
-            transfer_values = deploy_services.transfer_chart_values(
+            transfer_values = charts.transfer_chart_values(
                 config, runtime, result.estimate.weights_bytes, has_secret=True
             )
-            installs.append(
-                (deploy_services.TRANSFER_CHART, deploy_services.TRANSFER_RELEASE, ns, transfer_values)
-            )
+            installs.append((charts.TRANSFER_CHART, charts.TRANSFER_RELEASE, ns, transfer_values))
     return installs
 
 

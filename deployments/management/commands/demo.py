@@ -1,6 +1,6 @@
 """Drive a model deployment's whole lifecycle through the REST API, with live progress, and print a summary.
 
-register or reuse the cluster → inventory → plan → deploy (→ benchmark when available) → health → delete.
+register or reuse the cluster → inventory → plan → deploy → benchmark → health → delete.
 
 Everything goes through the HTTP API of a running service (``make run``), exactly as a client would; the command
 only reads the database to find an API token of a superuser when none is given.
@@ -8,7 +8,6 @@ only reads the database to find an API token of a superuser when none is given.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -169,12 +168,11 @@ class Command(BaseCommand):
 
         self._phase("4. Deploy")
         t = time.monotonic()
-        benchmark = importlib.util.find_spec("deployments.benchmarking") is not None
         body = self._call(
             "POST",
             "/deployments/deploy",
             ok=(202,),
-            json={**request, **({"benchmark": {"requests": 40, "concurrency": 8}} if benchmark else {})},
+            json={**request, "benchmark": {"requests": 40, "concurrency": 8}},
         )
         deployment_id = body["deployment_id"]
         self.stdout.write(
@@ -184,18 +182,15 @@ class Command(BaseCommand):
         timings["deploy"] = time.monotonic() - t
         if run["status"] != "succeeded":
             raise CommandError(f"deploy {run['status']}: {run['error']}")
-        if benchmark:
-            out = next(s for s in run["steps"] if s["name"] == "benchmark")["output"]
-            if "mean_ttft_ms" in out:
-                self.stdout.write(
-                    f"  benchmark {out.get('benchmark_id')}: {out['successful_requests']} ok, "
-                    f"{out['failed_requests']} failed; TTFT mean {out['mean_ttft_ms']:.0f} ms, "
-                    f"ITL mean {out['mean_itl_ms']:.1f} ms, output {out['output_throughput']:.0f} tok/s"
-                )
-            else:
-                self.stdout.write(f"  benchmark: {out}")
+        out = next(s for s in run["steps"] if s["name"] == "benchmark")["output"]
+        if "mean_ttft_ms" in out:
+            self.stdout.write(
+                f"  benchmark {out.get('benchmark_id')}: {out['successful_requests']} ok, "
+                f"{out['failed_requests']} failed; TTFT mean {out['mean_ttft_ms']:.0f} ms, "
+                f"ITL mean {out['mean_itl_ms']:.1f} ms, output {out['output_throughput']:.0f} tok/s"
+            )
         else:
-            self.stdout.write("  benchmark: not available in this installation (skipped)")
+            self.stdout.write(f"  benchmark: {out}")
 
         self._phase("5. Health")
         t = time.monotonic()

@@ -6,7 +6,12 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from hardware.inventory import load_node_objects, parse_nodes
+from hardware.inventory import parse_nodes
+from hardware.nodefiles import load_node_objects
+
+
+def _text(value) -> str:
+    return "-" if value is None else str(value)
 
 
 class Command(BaseCommand):
@@ -32,7 +37,8 @@ class Command(BaseCommand):
             rows.append(
                 (
                     n["node"], str(n["ready"]), str(n["schedulable"]), n["accelerator_type"],
-                    n["accelerator_model"] or "-", str(n["accelerator_count"]), str(n["accelerator_memory_mib"] or "-"),
+                    n["accelerator_model"] or "-", _text(n["accelerator_count"]),
+                    str(n["accelerator_memory_mib"] or "-"),
                     n["cpu_model"] or "-", str(n["cpu_cores"] or "-"), ",".join(n["cpu_flags"] or []) or "-",
                 )
             )  # fmt: skip

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from hardware.quantity import parse_quantity, to_bytes, to_count, to_millicores
+from core.quantity import parse_quantity, to_bytes, to_count, to_millicores
 
 
 @pytest.mark.parametrize(
