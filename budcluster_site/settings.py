@@ -10,9 +10,12 @@ Every variable is documented in README.md ("Configuration") and ``.env.sample``.
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.management.utils import get_random_secret_key
 
 from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str
@@ -48,7 +51,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    # API tokens stored hashed (SHA-512), shown once at creation (core.tokens); replaces rest_framework.authtoken
+    "knox",
+    # admin login throttling: failed logins recorded in the database, lockout after AXES_FAILURE_LIMIT
+    "axes",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -63,6 +69,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Before WhiteNoise, so that static files carry the Content-Security-Policy header too.
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -70,6 +78,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a locked-out admin login into the lockout answer (429).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "budcluster_site.urls"
@@ -106,6 +116,12 @@ else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# django-axes first: it refuses a locked-out login before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -139,14 +155,65 @@ SECURE_HSTS_PRELOAD = SECURE
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SECURE else None
 SECURE_REDIRECT_EXEMPT = [r"^health"]
 X_FRAME_OPTIONS = "DENY"
+# Reverse proxies in front of the service that append the client's address to X-Forwarded-For; 0 (default) uses
+# the socket's address. Login lockouts and API throttles count per client address read this way.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+
+# Content-Security-Policy on every response (django-csp). Scripts only from this origin: the admin, and Swagger UI
+# (/docs) and Redoc (/redoc) from drf-spectacular-sidecar's local assets, have no inline script. Inline styles stay
+# allowed (admin badges, Swagger's and Redoc's style elements). CSP_REPORT_ONLY=1 sends it as report-only.
+_csp_directives = {
+    "default-src": [SELF],
+    "script-src": [SELF],
+    "style-src": [SELF, UNSAFE_INLINE],
+    "img-src": [SELF, "data:"],
+    "font-src": [SELF, "data:"],
+    "connect-src": [SELF],
+    "worker-src": [SELF, "blob:"],
+    "object-src": [NONE],
+    "base-uri": [SELF],
+    "form-action": [SELF],
+    "frame-ancestors": [NONE],
+}
+if env_str("CSP_REPORT_URI"):
+    _csp_directives["report-uri"] = [env_str("CSP_REPORT_URI")]
+if env_bool("CSP_REPORT_ONLY", False):
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = {"DIRECTIVES": _csp_directives}
+else:
+    CONTENT_SECURITY_POLICY = {"DIRECTIVES": _csp_directives}
+
+# --- admin login throttling (django-axes) ---------------------------------------------------------------------
+# After ADMIN_LOGIN_FAILURE_LIMIT wrong passwords, further logins are refused with 429 for
+# ADMIN_LOGIN_COOLOFF_MINUTES (counted per username and client address by default; ADMIN_LOGIN_LOCKOUT_BY=
+# username, ip or username_or_ip). A successful login resets the count; `manage.py axes_reset` lifts lockouts.
+AXES_ENABLED = env_bool("ADMIN_LOGIN_THROTTLE", True)
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("ADMIN_LOGIN_COOLOFF_MINUTES", 15.0))
+_lockout_by = env_str("ADMIN_LOGIN_LOCKOUT_BY", "username_and_ip")
+_LOCKOUT_PARAMETERS = {
+    "username_and_ip": [["username", "ip_address"]],
+    "username_or_ip": ["username", "ip_address"],
+    "username": ["username"],
+    "ip": ["ip_address"],
+}
+if _lockout_by not in _LOCKOUT_PARAMETERS:
+    raise ConfigError(f"ADMIN_LOGIN_LOCKOUT_BY={_lockout_by!r} is not one of {sorted(_LOCKOUT_PARAMETERS)}")
+AXES_LOCKOUT_PARAMETERS = _LOCKOUT_PARAMETERS[_lockout_by]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "core.throttling.axes_client_ip"
+AXES_HTTP_RESPONSE_CODE = 429
 
 # --- REST API ---------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: its WWW-Authenticate header turns anonymous requests into 401 (not 403).
-        "rest_framework.authentication.TokenAuthentication",
+        "core.tokens.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    # Rates in API_THROTTLE_ANON_RATE / API_THROTTLE_USER_RATE (read per request); failed token logins are
+    # limited by core.tokens.TokenAuthentication (API_AUTH_FAILURE_LIMIT per API_AUTH_FAILURE_WINDOW).
+    "DEFAULT_THROTTLE_CLASSES": ["core.throttling.AnonRateThrottle", "core.throttling.UserRateThrottle"],
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "DEFAULT_PERMISSION_CLASSES": [
         "rest_framework.permissions.IsAuthenticated",
         "core.permissions.ModelPermissions",
@@ -163,6 +230,34 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
 }
+
+# API tokens (django-rest-knox): only a SHA-512 digest is stored; the key is shown once, by `manage.py
+# ensure_admin`, `manage.py create_token` or the admin's "Add token" page. API_TOKEN_TTL_DAYS=0: no expiry.
+API_TOKEN_TTL_DAYS = env_float("API_TOKEN_TTL_DAYS", 0.0)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(days=API_TOKEN_TTL_DAYS) if API_TOKEN_TTL_DAYS > 0 else None,
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
+}
+# API throttling (DRF): requests per client address (anonymous) or per user; "" turns one off. A client address
+# whose token logins failed API_AUTH_FAILURE_LIMIT times within API_AUTH_FAILURE_WINDOW seconds gets 429 for
+# every token login until the window ends.
+API_THROTTLE_ANON_RATE = env_str("API_THROTTLE_ANON_RATE", "60/min")
+API_THROTTLE_USER_RATE = env_str("API_THROTTLE_USER_RATE", "1200/min")
+for _rate in (API_THROTTLE_ANON_RATE, API_THROTTLE_USER_RATE):
+    if _rate and not re.fullmatch(r"\d+/(s|sec|second|m|min|minute|h|hour|d|day)", _rate):
+        raise ConfigError(f"API throttle rate {_rate!r} is not a rate such as 60/min (or empty)")
+API_AUTH_FAILURE_LIMIT = env_int("API_AUTH_FAILURE_LIMIT", 20)
+API_AUTH_FAILURE_WINDOW = env_float("API_AUTH_FAILURE_WINDOW", 300.0)
+# The throttles' counters: a per-process memory cache by default (each web worker counts on its own); set
+# CACHE_URL=redis://host:6379/1 to share them between workers (the API then needs that Redis to answer).
+CACHE_URL = env_str("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+elif CACHE_URL in ("", "locmem://"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+else:
+    raise ConfigError(f"CACHE_URL={CACHE_URL!r}: use redis://host:port/db (or leave it empty)")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "BudCluster API",
@@ -301,6 +396,8 @@ PROVISIONING_STATE_DATABASE_URL = env_str("PROVISIONING_STATE_DATABASE_URL", "")
 PROVISIONING_MODULE_OVERRIDE = env_str("PROVISIONING_MODULE_OVERRIDE", "")
 PROVISIONING_APPROVAL_TIMEOUT = env_float("PROVISIONING_APPROVAL_TIMEOUT", 7 * 24 * 3600.0)
 PROVISIONING_APPROVAL_POLL_INTERVAL = env_float("PROVISIONING_APPROVAL_POLL_INTERVAL", 10.0)
+# Four eyes: the user who requested a provisioning run may not approve its plan.
+PROVISIONING_APPROVER_MUST_DIFFER = env_bool("PROVISIONING_APPROVER_MUST_DIFFER", True)
 PROVISIONING_REGISTRATION_TIMEOUT = env_float("PROVISIONING_REGISTRATION_TIMEOUT", 1800.0)
 PROVISIONING_POLL_INTERVAL = env_float("PROVISIONING_POLL_INTERVAL", 2.0)
 CLUSTER_SETUP_PLAYBOOKS = env_bool("CLUSTER_SETUP_PLAYBOOKS", True)
@@ -318,6 +415,7 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         "kubernetes": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # failed logins and lockouts; not its start-up banner
     },
 }
 

@@ -1,7 +1,9 @@
 """Operators' console for clusters: coloured status, node counts, masked credentials, actions.
 
 Apps built on clusters extend this admin (the hardware app registers a subclass with the node inventory inline
-and the collection action); every action calls the same service function as the API.
+and the collection action); every action calls the same service function as the API and needs the same
+permission: "Check health now" ``clusters.check_cluster`` (``GET /clusters/{id}/health``), "Re-run registration"
+``clusters.change_cluster`` (``PATCH /clusters/{id}`` with a kubeconfig), deletion ``clusters.delete_cluster``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from django import forms
 from django.contrib import admin
 from django.utils.html import format_html
 
-from core.admin import ReadOnlyInline, start_each, status_badge
+from core.admin import CheckedActions, ReadOnlyInline, start_each, status_badge
 from core.fields import describe_stored
 
 from . import services
@@ -59,7 +61,7 @@ class ClusterForm(forms.ModelForm):
 
 
 @admin.register(Cluster)
-class ClusterAdmin(admin.ModelAdmin):
+class ClusterAdmin(CheckedActions, admin.ModelAdmin):
     form = ClusterForm
     list_display = ("name", "coloured_status", "platform", "server_url", "last_checked")
     list_filter = ("status", "platform")
@@ -99,7 +101,7 @@ class ClusterAdmin(admin.ModelAdmin):
             )  # fmt: skip
             self.message_user(request, f"Kubeconfig replaced; verification run {run.pk} started.")
 
-    @admin.action(description="Check health now")
+    @admin.action(description="Check health now", permissions=["check"])
     def check_health_now(self, request, queryset) -> None:
         report = services.sweep(cluster_ids=list(queryset.values_list("pk", flat=True)))
         changed = ", ".join(f"{n}: {a} → {b}" for n, a, b in report.transitions) or "no status changed"
@@ -107,7 +109,7 @@ class ClusterAdmin(admin.ModelAdmin):
             request, f"Checked {report.checked} cluster(s) in {report.seconds:.1f}s; {changed}."
         )
 
-    @admin.action(description="Re-run registration (verify again)")
+    @admin.action(description="Re-run registration (verify again)", permissions=["change"])
     def rerun_registration(self, request, queryset) -> None:
         start_each(
             self, request, queryset, lambda c: services.rerun_registration(c, user=request.user),
@@ -120,6 +122,9 @@ class ClusterAdmin(admin.ModelAdmin):
             self, request, queryset, lambda c: services.request_delete(c, user=request.user),
             done="Deletion started for {count} cluster(s).",
         )  # fmt: skip
+
+    def has_check_permission(self, request) -> bool:
+        return request.user.has_perm("clusters.check_cluster")
 
 
 class RevisionInline(ReadOnlyInline):

@@ -2,13 +2,35 @@
 
 DRF's ``DjangoModelPermissions`` lets any authenticated user read; operators expect the admin's "view"
 permission to gate reads too, and custom actions (cancel, approve, scale, ...) to name their own permission.
-A viewset action declares it with ``@action(..., required_perms=["core.cancel_run"])``-style attribute
+A viewset action declares it with the view attribute
 ``permission_map = {"cancel": ["%(app_label)s.cancel_%(model_name)s"]}``.
+
+Two rules every view follows:
+
+* Permission comes before any lookup: the model is read from the view's ``queryset`` attribute, never by
+  calling ``get_queryset()`` (which may look up a parent object from the URL, answering 404 for a missing id
+  where an existing one answers 403, or do work). A missing object is a 404 only for users who may act.
+* An answer shows an object only to users who may view it (:func:`can_view`): an action allowed without the
+  view permission (cancel, change, add) answers with identifiers, not the object.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.db import models
 from rest_framework.permissions import DjangoModelPermissions
+
+
+def view_permission(model: type[models.Model] | models.Model) -> str:
+    """``app_label.view_modelname`` of a model (or of an object's model)."""
+    opts = model._meta
+    return f"{opts.app_label}.view_{opts.model_name}"
+
+
+def can_view(user: Any, model: type[models.Model] | models.Model) -> bool:
+    """Whether ``user`` may see objects of ``model`` (its view permission)."""
+    return bool(user and user.is_authenticated and user.has_perm(view_permission(model)))
 
 
 class ModelPermissions(DjangoModelPermissions):
@@ -36,3 +58,10 @@ class ModelPermissions(DjangoModelPermissions):
             }
             return request.user.has_perms([p % kwargs for p in action_perms])
         return super().has_permission(request, view)
+
+    def _queryset(self, view):
+        # The class attribute names the model; get_queryset() may look objects up (see the module docstring).
+        queryset = getattr(type(view), "queryset", None)
+        if queryset is not None:
+            return queryset
+        return super()._queryset(view)

@@ -1,6 +1,11 @@
 """Operators' console for deployments: coloured status and endpoint, workers, revisions and events, actions
 (scale, roll back, delete, check health) and the plan preview (the same ``services.plan`` as the API).
 
+Each action and view needs the permission of its API twin: Scale ``change_deployment`` (``PATCH``), Roll back
+``rollback_deployment``, Delete ``delete_deployment``, Check health now ``change_deployment`` (the check writes the
+deployment's status and workers, as the health beat does; there is no API call for it), the plan preview
+``view_deployment`` (``POST /deployments/plan``).
+
 Benchmarks: a list with the key numbers, and a read-only page with the summary table and the plots inline (the
 images come from an admin view that checks the view permission and renders PNG from the stored samples)."""
 
@@ -17,12 +22,15 @@ from django.utils.html import format_html, format_html_join
 
 from clusters.choices import ClusterStatus
 from clusters.models import Cluster
-from core.admin import ReadOnlyInline, status_badge
+from core.admin import CheckedActions, ReadOnlyInline, status_badge
 
 from . import health, services
 from .catalog import list_models
 from .choices import BenchmarkStatus, DeploymentStatus, DeviceType
 from .models import Benchmark, Deployment, DeploymentEvent, Worker
+
+# POST /deployments/plan's permission (DeploymentViewSet.permission_map["plan"]).
+PLAN_PERMISSION = "deployments.view_deployment"
 
 STATUS_COLOURS = {
     DeploymentStatus.PENDING: "pending",
@@ -76,7 +84,7 @@ class PlanForm(forms.Form):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(CheckedActions, admin.ModelAdmin):
     list_display = (
         "name",
         "coloured_status",
@@ -185,7 +193,7 @@ class DeploymentAdmin(admin.ModelAdmin):
     def delete_deployments(self, request, queryset) -> None:
         self._each(request, queryset, lambda d: services.start_delete(d, user=request.user))
 
-    @admin.action(description="Check health now")
+    @admin.action(description="Check health now", permissions=["change"])
     def check_health_now(self, request, queryset) -> None:
         report = health.sweep(deployment_ids=list(queryset.values_list("pk", flat=True)))
         changed = ", ".join(f"{d}: {a} → {b}" for d, a, b in report["transitions"]) or "no status changed"
@@ -217,7 +225,10 @@ class DeploymentAdmin(admin.ModelAdmin):
         return [path("plan/", view, name="deployments_deployment_plan"), *super().get_urls()]
 
     def plan_view(self, request):
-        """The plan preview: the same dry run as ``POST /deployments/plan``; nothing is created."""
+        """The plan preview: the same dry run as ``POST /deployments/plan`` (and its permission); nothing is
+        created."""
+        if not request.user.has_perm(PLAN_PERMISSION):
+            raise PermissionDenied
         form = PlanForm(request.POST or None)
         outcome = error = None
         if request.method == "POST" and form.is_valid():

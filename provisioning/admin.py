@@ -1,5 +1,6 @@
 """Admin of the provisioning app: credentials with write-only secrets, provisioning runs with their plan,
-per-resource progress and the (redacted) Terraform and Ansible event logs, approve/cancel actions."""
+per-resource progress and the (redacted) Terraform and Ansible event logs, approve/cancel actions (approval goes
+through ``services.approve``, as the API's and ``manage.py approve_run``'s: its permissions, no self-approval)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
 from core import workflow
-from core.admin import status_badge
+from core.admin import CheckedActions, status_badge
 from core.fields import describe_stored
 from core.models import RunEvent, RunStep
 
@@ -98,7 +99,7 @@ PROVISIONING_COLOURS = {
 
 
 @admin.register(Provisioning)
-class ProvisioningAdmin(admin.ModelAdmin):
+class ProvisioningAdmin(CheckedActions, admin.ModelAdmin):
     list_display = (
         "cluster",
         "provider",
@@ -214,7 +215,8 @@ class ProvisioningAdmin(admin.ModelAdmin):
         self.message_user(request, f"Cancel requested for {cancelled} run(s).", messages.SUCCESS)
 
     def has_approve_permission(self, request) -> bool:
-        return request.user.has_perm("core.approve_run")
+        # The same permissions services.approve checks (it also refuses the run's own requester).
+        return request.user.has_perms(services.APPROVE_PERMISSIONS)
 
     def has_cancel_permission(self, request) -> bool:
         return request.user.has_perm("core.cancel_run")

@@ -21,7 +21,9 @@ exception handler; the admin and the commands print its message).
 * State: the ``pg`` backend in the service's own PostgreSQL, one schema per cluster (``tf_cluster_<id>``),
   when the database is PostgreSQL; a local state file under ``var/terraform/`` otherwise (the embedded
   SQLite profile). ``PROVISIONING_STATE_BACKEND`` forces one.
-* :func:`approve` records the approval of a run waiting for it and wakes the waiting step at once.
+* :func:`approve` records the approval of a run waiting for it and wakes the waiting step at once; the approver
+  needs ``core.approve_run`` and ``provisioning.view_provisioning`` and, unless
+  ``PROVISIONING_APPROVER_MUST_DIFFER`` is off, is not the user who requested the run.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class ProvisioningRefused(Refused):
         AUTO_APPROVED = "auto_approved", "The run was started with auto_approve"
         PLAN_NOT_READY = "plan_not_ready", "The plan is not ready yet"
         ALREADY_APPROVED = "already_approved", "The plan was already approved"
+        APPROVAL_NOT_ALLOWED = "approval_not_allowed", "The approver lacks approve_run or view_provisioning"
+        SELF_APPROVAL = "self_approval", "The approver requested the run (PROVISIONING_APPROVER_MUST_DIFFER)"
 
 
 Code = ProvisioningRefused.Code
@@ -576,8 +580,26 @@ def set_provisioning_status(provisioning_id: int, status: str, reason: str = "",
 APPROVE_STEP = "approve"
 
 
-def approve(run: Run, user: Any = None) -> Provisioning:
-    """Approve the plan of a provisioning run; the waiting step goes on at once. Raises ProvisioningRefused."""
+# What approving a plan takes: the right to approve runs and to see the plan approved.
+APPROVE_PERMISSIONS = ("core.approve_run", "provisioning.view_provisioning")
+
+
+def approve(run: Run, user: Any) -> Provisioning:
+    """Approve the plan of a provisioning run as ``user``; the waiting step goes on at once.
+
+    The one place approval rules live (the API, the admin action and ``manage.py approve_run --as USERNAME``
+    call it): the approver is a named, active user with ``core.approve_run`` and
+    ``provisioning.view_provisioning`` (403 ``approval_not_allowed``), and, while
+    ``PROVISIONING_APPROVER_MUST_DIFFER`` is on (the default), not the user who requested the run (403
+    ``self_approval``). Raises ProvisioningRefused."""
+    named = getattr(user, "is_authenticated", False) and user.is_active
+    if not (named and user.has_perms(APPROVE_PERMISSIONS)):
+        raise ProvisioningRefused(
+            "approving a plan needs a named user with the core.approve_run and provisioning.view_provisioning "
+            "permissions",
+            code=Code.APPROVAL_NOT_ALLOWED,
+            status=403,
+        )
     provisioning = Provisioning.objects.filter(run=run).select_related("cluster").first()
     if provisioning is None:
         raise ProvisioningRefused(
@@ -588,6 +610,14 @@ def approve(run: Run, user: Any = None) -> Provisioning:
     if run.status not in RunStatus.active():
         raise ProvisioningRefused(
             f"run {run.pk} has already ended ({run.status})", code=Code.RUN_ENDED, status=409
+        )
+    requesters = {pk for pk in (run.created_by_id, provisioning.created_by_id) if pk is not None}
+    if getattr(settings, "PROVISIONING_APPROVER_MUST_DIFFER", True) and user.pk in requesters:
+        raise ProvisioningRefused(
+            "the user who requested a provisioning run may not approve its plan; another user with "
+            "core.approve_run must (PROVISIONING_APPROVER_MUST_DIFFER)",
+            code=Code.SELF_APPROVAL,
+            status=403,
         )
     if provisioning.auto_approve:
         raise ProvisioningRefused(

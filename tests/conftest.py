@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from django.conf import settings
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from core.tokens import create_token
 from tests.worker import WorkerProcess
 
 # Worker subprocesses may talk to the loopback devcluster (the API process checks it per test via settings).
@@ -22,8 +22,21 @@ def admin_user(django_user_model):
 def api(admin_user) -> APIClient:
     """An API client authenticated with a token of a superuser."""
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=admin_user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    _token, key = create_token(admin_user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
+    return client
+
+
+@pytest.fixture
+def api_approver(django_user_model) -> APIClient:
+    """An API client of a second superuser ("approver"): approves plans that the `api` user requested (the
+    requester may not, PROVISIONING_APPROVER_MUST_DIFFER)."""
+    user = django_user_model.objects.create_superuser(
+        "approver", "approver@example.com", "a-long-test-password"
+    )
+    client = APIClient()
+    _token, key = create_token(user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
 
 
@@ -32,8 +45,8 @@ def api_noperm(django_user_model) -> APIClient:
     """An API client authenticated as a user without any model permission."""
     user = django_user_model.objects.create_user("viewer", "viewer@example.com", "a-long-test-password")
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    _token, key = create_token(user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {key}")
     return client
 
 

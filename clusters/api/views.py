@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from core import crypto
 from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
 from core.fields import raw_token
+from core.permissions import can_view
 
 from .. import extensions, services
 from ..models import Cluster
@@ -95,7 +96,9 @@ class ClusterViewSet(
         responses={200: ClusterSerializer, 202: RUN_ACCEPTED, 400: REFUSED_400, 409: REFUSED_409},
     )
     def update(self, request, *args, **kwargs):
-        """Change name, ingress URL or labels; a new kubeconfig is validated and re-verified (202 + run)."""
+        """Change name, ingress URL or labels; a new kubeconfig is validated and re-verified (202 + run).
+
+        The 200 answer is the cluster for users who may view clusters, ``{id, updated}`` otherwise."""
         partial = kwargs.pop("partial", False)
         cluster = self.get_object()
         body = ClusterUpdateSerializer(cluster, data=request.data, partial=partial)
@@ -112,6 +115,8 @@ class ClusterViewSet(
         )
         if run is not None:
             return run_accepted(run, request, cluster_id=cluster.pk)
+        if not can_view(request.user, Cluster):
+            return Response({"id": cluster.pk, "updated": sorted(data)})
         fresh = self.get_queryset().get(pk=cluster.pk)
         return Response(ClusterSerializer(fresh, context=self.get_serializer_context()).data)
 

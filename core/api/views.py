@@ -10,7 +10,8 @@ from rest_framework.response import Response
 
 from .. import workflow
 from ..models import Run, RunEvent, RunStep
-from .responses import refusal
+from ..permissions import can_view
+from .responses import refusal, run_accepted
 from .serializers import RunCancelSerializer, RunDetailSerializer, RunSerializer
 
 
@@ -40,17 +41,24 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @extend_schema(
         request=RunCancelSerializer,
         responses={
-            202: OpenApiResponse(RunDetailSerializer, description="Cancel requested"),
+            202: OpenApiResponse(
+                RunDetailSerializer,
+                description="Cancel requested: the run, or only run_id, run_url and status for a user without "
+                "core.view_run",
+            ),
             409: refusal(workflow.RunRefused, "The run has already ended"),
         },
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        """Ask the run to stop at its next step boundary; its cleanup steps then run."""
+        """Ask the run to stop at its next step boundary; its cleanup steps then run. Needs core.cancel_run; the
+        answer shows the run only to users who may view runs."""
         run = self.get_object()
         body = RunCancelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         workflow.cancel(run, reason=body.validated_data["reason"])
+        if not can_view(request.user, Run):
+            return run_accepted(Run.objects.only("id", "status").get(pk=run.pk), request)
         run = self.get_queryset().get(pk=run.pk)
         return Response(
             RunDetailSerializer(run, context={"request": request}).data, status=status.HTTP_202_ACCEPTED

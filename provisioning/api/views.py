@@ -6,7 +6,8 @@ Paths (``provisioning.api.urls`` is included before the clusters' URLs, so these
 * ``POST /clusters/provision`` — create the cluster record and provision it (202 + run);
 * ``POST /clusters/{id}/provision`` — provision a record created without a kubeconfig (202 + run);
   ``GET`` shows its provisioning (spec, status, plan summary, outputs; never secrets);
-* ``POST /runs/{id}/approve`` — approve the plan of a run waiting for it (``core.approve_run``).
+* ``POST /runs/{id}/approve`` — approve the plan of a run waiting for it (``core.approve_run`` and
+  ``provisioning.view_provisioning``; not by the user who requested it, see ``services.approve``).
 
 The views only read the request and answer: every rule (which credential, whether the cluster may be
 provisioned, whether the run waits for approval) is in ``provisioning.services``, whose refusals
@@ -24,6 +25,7 @@ from clusters.models import Cluster
 from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
 from core.fields import raw_token
 from core.models import Run
+from core.permissions import can_view
 
 from .. import services
 from ..models import CloudCredential, Provisioning
@@ -67,7 +69,8 @@ class CloudCredentialViewSet(
         },
     )
     def create(self, request):
-        """Store a cloud credential (secrets encrypted; they are never returned)."""
+        """Store a cloud credential (secrets encrypted; they are never returned). Without the view permission the
+        answer is ``{id, name}`` only."""
         body = CloudCredentialCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -81,6 +84,8 @@ class CloudCredentialViewSet(
             description=data["description"],
             user=request.user,
         )
+        if not can_view(request.user, CloudCredential):  # no view permission: the identifiers only
+            return Response({"id": credential.pk, "name": credential.name}, status=status.HTTP_201_CREATED)
         fresh = self.get_queryset().get(pk=credential.pk)
         return Response(CloudCredentialSerializer(fresh).data, status=status.HTTP_201_CREATED)
 
@@ -135,12 +140,18 @@ class ProvisionViewSet(viewsets.GenericViewSet):
 
 class RunApprovalViewSet(viewsets.GenericViewSet):
     queryset = Run.objects.all()
-    permission_map = {"approve": ["core.approve_run"]}
+    # Checked before the run is looked up; services.approve checks them again and refuses self-approval.
+    permission_map = {"approve": list(services.APPROVE_PERMISSIONS)}
 
     @extend_schema(
         request=None,
         responses={
             202: RUN_ACCEPTED,
+            403: refusal(
+                ProvisioningRefused,
+                "Refused (self_approval): the requester of the run may not approve it "
+                "(PROVISIONING_APPROVER_MUST_DIFFER); or the approve_run / view_provisioning permission is missing",
+            ),
             404: refusal(ProvisioningRefused, "Not a provisioning run"),
             409: refusal(ProvisioningRefused, "Not waiting for approval: ended, auto-approved, no plan yet"),
         },

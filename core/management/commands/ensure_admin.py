@@ -1,4 +1,7 @@
-"""Create the first admin user (and its API token) when no superuser exists; print the credentials once."""
+"""Create the first admin user (and its API token) when no superuser exists; print the credentials once.
+
+Only the token's digest is stored: the key printed here cannot be shown again (make another with
+``manage.py create_token USERNAME``)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import secrets
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
-from rest_framework.authtoken.models import Token
+
+from core.tokens import create_token
 
 
 class Command(BaseCommand):
@@ -23,8 +27,8 @@ class Command(BaseCommand):
             return
         password = secrets.token_urlsafe(18)
         user = users.objects.create_superuser(username=username, email=email, password=password)
-        token = Token.objects.create(user=user)
+        _token, key = create_token(user)
         self.stdout.write(self.style.SUCCESS("Created the admin user (shown only this once):"))
         self.stdout.write(f"  username:  {username}")
         self.stdout.write(f"  password:  {password}")
-        self.stdout.write(f"  API token: {token.key}   (send as 'Authorization: Token <key>')")
+        self.stdout.write(f"  API token: {key}   (send as 'Authorization: Token <key>')")

@@ -2,8 +2,9 @@
 
 register or reuse the cluster → inventory → plan → deploy → benchmark → health → delete.
 
-Everything goes through the HTTP API of a running service (``make run``), exactly as a client would; the command
-only reads the database to find an API token of a superuser when none is given.
+Everything goes through the HTTP API of a running service (``make run``), exactly as a client would; when no token
+is given, the command makes one for the first superuser in the database (valid 12 hours; keys are stored hashed, so
+an existing one cannot be read back).
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ class Command(BaseCommand):
         if given:
             return given
         from django.contrib.auth import get_user_model
-        from rest_framework.authtoken.models import Token
+
+        from core.tokens import create_token
 
         user = get_user_model().objects.filter(is_superuser=True, is_active=True).order_by("pk").first()
         if user is None:
             raise CommandError("no superuser: run `manage.py ensure_admin` (make run does) or pass --token")
-        return Token.objects.get_or_create(user=user)[0].key
+        return create_token(user, days=0.5)[1]  # short-lived: it lives in this process only
 
     def _call(self, method: str, path: str, *, ok=(200,), **kwargs) -> dict:
         try:
