@@ -23,6 +23,16 @@ from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("BUDCLUSTER_VAR_DIR", str(BASE_DIR / "var")))
 
+
+def _private_dir(path: Path) -> Path:
+    """Create ``path`` readable by the service's user only (var/ holds the SQLite database with API tokens and
+    sessions, the secret key, Terraform state, broker messages); tighten one an older version left 0755."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid == os.getuid():
+        path.chmod(0o700)
+    return path
+
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
 _secret = env_str("DJANGO_SECRET_KEY")
 if not _secret:
@@ -35,7 +45,7 @@ if not _secret:
         _secret = _key_file.read_text().strip()
     except FileNotFoundError:
         _secret = get_random_secret_key()
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        _private_dir(VAR_DIR)
         _fd = os.open(_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(_fd, "w") as _fh:
             _fh.write(_secret)
@@ -69,6 +79,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Early: a body over API_MAX_BODY_BYTES is answered 413 before anything reads it.
+    "core.api.middleware.RequestBodyLimitMiddleware",
     # Before WhiteNoise, so that static files carry the Content-Security-Policy header too.
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -112,6 +124,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;",
         "transaction_mode": "IMMEDIATE",
     }
+    # SQLite creates the database with the process umask (0644) and gives its -wal/-shm files the database's
+    # mode: create it 0600 first, in a private var/.
+    _db_file = Path(str(DATABASES["default"]["NAME"]))
+    if _db_file.name and str(_db_file) != ":memory:" and not str(_db_file).startswith("file:"):
+        if _db_file.parent == VAR_DIR:
+            _private_dir(VAR_DIR)
+        os.close(os.open(_db_file, os.O_WRONLY | os.O_CREAT, 0o600))
+        if _db_file.stat().st_uid == os.getuid():
+            _db_file.chmod(0o600)
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -204,6 +225,9 @@ AXES_CLIENT_IP_CALLABLE = "core.throttling.axes_client_ip"
 AXES_HTTP_RESPONSE_CODE = 429
 
 # --- REST API ---------------------------------------------------------------------------------------------------
+# The largest request body accepted (413 above it), whatever its type: DRF reads JSON itself, so Django's
+# DATA_UPLOAD_MAX_MEMORY_SIZE never applies to it. Keep it above KUBECONFIG_MAX_BYTES x 1.4 (base64 envelope).
+API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 2 * 1024 * 1024)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first: its WWW-Authenticate header turns anonymous requests into 401 (not 403).
@@ -227,6 +251,14 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.errors.exception_handler",
+    # JSON nested at most core.api.parsers.MAX_JSON_DEPTH levels (the negotiation applies it in every view).
+    "DEFAULT_PARSER_CLASSES": [
+        "core.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.api.parsers.ContentNegotiation",
+    "DEFAULT_METADATA_CLASS": "core.api.metadata.Metadata",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
 }
@@ -287,13 +319,17 @@ SPECTACULAR_SETTINGS = {
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
-    # kombu's filesystem transport expects its folders to exist (web publishes, worker lists them).
-    for _sub in ("queue", "processed"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    # kombu's filesystem transport expects its folders to exist (web publishes, worker lists them). The control
+    # folder holds exchange bindings; kombu's default is ./control, wherever the process was started.
+    _private_dir(VAR_DIR)
+    for _sub in ("queue", "processed", "control"):
+        _private_dir(_broker_dir / _sub)
+    _private_dir(_broker_dir)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 else:
@@ -316,12 +352,32 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Time limits of every task, the last line of defence against a task that hangs (each cluster and endpoint call has
+# its own deadline already). At the soft limit the task gets an exception (a workflow step fails with a message
+# naming the limit, and the run's cleanup runs); at the hard limit, a grace later, its worker process is killed
+# and replaced. Keep the soft limit above the longest legitimate step: a Terraform apply of a cloud cluster with
+# node groups can take over an hour.
+CELERY_TASK_SOFT_TIME_LIMIT = env_float("CELERY_TASK_SOFT_TIME_LIMIT", 7200.0)
+CELERY_TASK_TIME_LIMIT = env_float("CELERY_TASK_TIME_LIMIT", CELERY_TASK_SOFT_TIME_LIMIT + 300.0)
+if CELERY_TASK_TIME_LIMIT <= CELERY_TASK_SOFT_TIME_LIMIT:
+    raise ConfigError(
+        "CELERY_TASK_TIME_LIMIT must be larger than CELERY_TASK_SOFT_TIME_LIMIT (the soft limit lets a task "
+        "record why it stopped; the hard limit kills it)"
+    )
 
 # --- workflow engine --------------------------------------------------------------------------------------------
 # A running step's worker writes a heartbeat this often; a run silent for WORKFLOW_STALE_AFTER is resumed by the
-# reaper (a beat task, every 60 s by default; change it in the admin under Periodic tasks).
-WORKFLOW_HEARTBEAT_INTERVAL = env_float("WORKFLOW_HEARTBEAT_INTERVAL", 10.0)
-WORKFLOW_STALE_AFTER = env_float("WORKFLOW_STALE_AFTER", 90.0)
+# reaper (a beat task, every 5 s by default; change it in the admin under Periodic tasks). A dead worker's run
+# resumes within stale + reaper interval (25 s); a live one must miss three heartbeats before it looks dead.
+WORKFLOW_HEARTBEAT_INTERVAL = env_float("WORKFLOW_HEARTBEAT_INTERVAL", 5.0)
+WORKFLOW_STALE_AFTER = env_float("WORKFLOW_STALE_AFTER", 20.0)
+# A step failing transiently (cluster unreachable, 5xx, timeout) is retried for this many seconds from its first
+# failure, the delay doubling from WORKFLOW_RETRY_DELAY up to WORKFLOW_RETRY_MAX_DELAY; then it fails.
+WORKFLOW_TRANSIENT_WINDOW = env_float("WORKFLOW_TRANSIENT_WINDOW", 300.0)
+WORKFLOW_RETRY_DELAY = env_float("WORKFLOW_RETRY_DELAY", 2.0)
+WORKFLOW_RETRY_MAX_DELAY = env_float("WORKFLOW_RETRY_MAX_DELAY", 60.0)
+# Tests only: "[kind/]step:pause|crash|crash-after" entries that stop or kill a worker at a step (core.workflow).
+WORKFLOW_FAILPOINTS = env_list("WORKFLOW_FAILPOINTS", [])
 # After a step succeeds, the worker runs the run's next steps itself (no broker round trip) for up to this many
 # seconds of the message's time; 0 sends every step through the broker.
 WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 5.0)
@@ -349,6 +405,13 @@ GATEWAY_LIST_DEADLINE = env_float("GATEWAY_LIST_DEADLINE", 300.0)
 # The health sweep probes clusters in parallel, each with its own timeout, so one dead cluster costs only that.
 CLUSTER_HEALTH_TIMEOUT = env_float("CLUSTER_HEALTH_TIMEOUT", 5.0)
 CLUSTER_HEALTH_CONCURRENCY = env_int("CLUSTER_HEALTH_CONCURRENCY", 64)
+# The whole sweep ends within this (the beat starts one a minute): clusters not probed by then count as not
+# answering.
+CLUSTER_HEALTH_SWEEP_DEADLINE = env_float("CLUSTER_HEALTH_SWEEP_DEADLINE", 45.0)
+# A live check inside a web request (GET /clusters/{id}/health) ends within this, lookup and every call
+# together. Keep it below the web worker's timeout (gunicorn's --timeout, 30 s by default and as the Dockerfile
+# and compose.yaml run it), or a cluster that drips bytes gets the web worker killed mid-request.
+CLUSTER_LIVE_CHECK_DEADLINE = env_float("CLUSTER_LIVE_CHECK_DEADLINE", 15.0)
 
 # --- hardware collectors ----------------------------------------------------------------------------------------
 COLLECTOR_NAMESPACE = env_str("COLLECTOR_NAMESPACE", "bud-system")

@@ -20,7 +20,8 @@ What is refused, and why
   will report as "unauthorized"). Impersonation fields (``as``, ``as-groups``...) are accepted; the server
   decides.
 * Every cluster's ``server`` must be ``https://host[:port][/path]`` without user info, query or fragment;
-  ``proxy-url`` (http, https or socks5) must pass the same host rules.
+  ``proxy-url`` is refused (after its host is judged by the same rules, so a proxy at a metadata address is
+  named as such): the gateway connects directly, pinned to the server's checked address.
 * Hosts that are unspecified (0.0.0.0/8, ::), link-local (169.254.0.0/16, fe80::/10), cloud metadata
   (169.254.169.254, fd00:ec2::254, 100.100.100.200, 168.63.129.16, 192.0.0.192, metadata.google.internal,
   metadata, ...), multicast/broadcast/reserved, and loopback (127.0.0.0/8, ::1, localhost, *.localhost) unless
@@ -50,8 +51,7 @@ gateway calls :func:`check_host_at_connect` (host, port), which resolves the nam
 resolved address is forbidden, and returns one address to pin. The gateway then connects to that IP and keeps
 the name for TLS: with the ``kubernetes`` client set ``configuration.host = "https://<ip>:<port>"`` (IPv6 in
 brackets) and ``configuration.tls_server_name = <name>`` (SNI and certificate verification against the name);
-with httpx use the IP in the URL, ``headers={"Host": name}`` and ``extensions={"sni_hostname": name}``. When a
-``proxy-url`` is set, the proxy's host is what is pinned; the target name is then resolved by the proxy.
+with httpx use the IP in the URL, ``headers={"Host": name}`` and ``extensions={"sni_hostname": name}``.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ __all__ = [
     "check_host_at_connect",
     "classify_host",
     "max_bytes",
+    "server_identity",
     "validate_kubeconfig",
 ]
 
@@ -305,7 +306,14 @@ def _check_cluster(name: str, cluster: dict[str, Any], allow_loopback: bool) -> 
         )
     url = _check_url(cluster.get("server"), f"{what} server", ("https",), allow_loopback)
     if "proxy-url" in cluster:
+        # Judged first, so a proxy at a forbidden address is named as such; then refused in any case: the
+        # gateway connects to the server's own (pinned) address, so a proxy would be silently ignored, and
+        # honouring it would send the credentials to a host the address guard cannot pin.
         _check_url(cluster["proxy-url"], f"{what} proxy-url", ("http", "https", "socks5"), allow_loopback)
+        raise KubeconfigError(
+            f"{what} sets proxy-url, which is not supported: BudCluster connects to the API server directly "
+            "(pinned to the address it checked). Remove proxy-url and make the server reachable from BudCluster"
+        )
     if "certificate-authority-data" in cluster:
         _check_pem_data(cluster["certificate-authority-data"], f"{what} certificate-authority-data")
     insecure = cluster.get("insecure-skip-tls-verify", False)
@@ -488,3 +496,50 @@ def _refuse_verdict(verdict: netguard.HostVerdict, original: str, what: str, all
         netguard.refuse_verdict(verdict, original, what, allow_loopback)
     except netguard.AddressRefused as exc:
         raise KubeconfigError(str(exc)) from None
+
+
+# --- the same server, spelled differently -------------------------------------------------------------------
+
+# Loopback names and the two loopback addresses a name resolves to: one host on the machine's loopback
+# interface. Other 127.0.0.0/8 addresses stay themselves (a server may bind 127.0.0.2 alone).
+_LOOPBACK_IDENTITY = "localhost"
+_LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
+
+
+def server_identity(server: str) -> str:
+    """The API server a kubeconfig ``server`` URL points at, as one comparable string (duplicate detection).
+
+    Two URLs are the same server when they agree after normalising what the client stack normalises anyway:
+    scheme and host case, a trailing dot, IDNA, IPv4 spellings (``2130706433``, ``0x7f.1``) and IPv4-mapped IPv6,
+    IPv6 compression, the default port (443 for https) and trailing slashes of the path. The path itself stays
+    (case-sensitive): one proxy may front several clusters under different paths (Rancher's
+    ``/k8s/clusters/<id>``). Host names are not resolved: DNS answers change, and one address may serve several
+    API servers by name (SNI), so ``api.example.com`` and its IP address are different servers. Loopback is the
+    exception: ``localhost`` (and the other loopback names) is the same host as ``127.0.0.1`` and ``::1``, since
+    a loopback name only ever means this machine; other 127.0.0.0/8 addresses stay distinct.
+    A URL that cannot be parsed is compared as written (lower-cased).
+    """
+    try:
+        parts = urlsplit(server.strip())
+        port = parts.port
+        hostport = parts.netloc.rpartition("@")[2]
+        if hostport.startswith("["):
+            host = hostport[1 : hostport.find("]")]
+        else:
+            host = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
+        verdict = netguard.classify_host(host)
+    except (ValueError, netguard.AddressRefused):
+        return server.strip().lower()
+    scheme = parts.scheme.lower()
+    address = verdict.address
+    if address is not None and address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address is None:
+        name = verdict.host
+        host_key = _LOOPBACK_IDENTITY if verdict.kind == "loopback" else name
+    elif str(address) in _LOOPBACK_ADDRESSES:
+        host_key = _LOOPBACK_IDENTITY
+    else:
+        host_key = f"[{address.compressed}]" if address.version == 6 else str(address)
+    port = port or _DEFAULT_PORTS.get(scheme, 0)
+    return f"{scheme}://{host_key}:{port}{parts.path.rstrip('/')}"

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.utils import timezone
 
 from core import crypto
@@ -30,7 +30,7 @@ from core.workflow import get_workflow
 
 from . import extensions
 from .choices import ClusterStatus
-from .kubeconfig import KubeconfigError, ValidatedKubeconfig, validate_kubeconfig
+from .kubeconfig import KubeconfigError, ValidatedKubeconfig, server_identity, validate_kubeconfig
 from .models import Cluster, ClusterEvent
 
 logger = logging.getLogger(__name__)
@@ -117,12 +117,18 @@ def kubeconfig_dict(cluster: Cluster) -> dict:
 
 
 def gateway_for(
-    cluster: Cluster, *, timeout: float = 10.0, connect_timeout: float | None = None, reuse: bool = True
+    cluster: Cluster,
+    *,
+    timeout: float = 10.0,
+    connect_timeout: float | None = None,
+    reuse: bool = True,
+    budget: float | None = None,
 ) -> ClusterGateway:
     """A gateway to the cluster. ``reuse`` keeps its HTTP connection for the next step in this process (workflow
-    steps and polls); the threaded health sweep and live checks pass ``reuse=False``."""
+    steps and polls); the threaded health sweep and live checks pass ``reuse=False``. ``timeout`` bounds each
+    call; ``budget`` bounds all of them together (see ``ClusterGateway``)."""
     return ClusterGateway(
-        kubeconfig_dict(cluster), timeout=timeout, connect_timeout=connect_timeout, reuse=reuse
+        kubeconfig_dict(cluster), timeout=timeout, connect_timeout=connect_timeout, reuse=reuse, budget=budget
     )
 
 
@@ -130,16 +136,19 @@ def gateway_for(
 
 
 def find_duplicate(server_url: str, *, exclude_pk: int | None = None) -> tuple[Cluster | None, bool]:
-    """Duplicate detection on server URL, as the original service did.
+    """Duplicate detection on the API server, as the original service did, but on the server's identity
+    (``kubeconfig.server_identity``: ``https://LOCALHOST:443/`` and ``https://127.0.0.1`` are one server), not
+    on the URL as written.
 
     Returns (existing cluster, replaceable). An AVAILABLE (or recently REGISTERING, or DELETING) cluster with the
     same server blocks registration; a NOT_AVAILABLE or ERROR one, or a REGISTERING one older than 15 minutes,
     is replaced by the new registration.
     """
-    qs = Cluster.objects.filter(server_url=server_url)
-    if exclude_pk:
-        qs = qs.exclude(pk=exclude_pk)
-    existing = qs.first()
+    wanted = server_identity(server_url)
+    # Stored URLs are as uploaded, so compare identities in Python: one short string per cluster.
+    candidates = Cluster.objects.exclude(pk=exclude_pk) if exclude_pk else Cluster.objects.all()
+    matches = [pk for pk, url in candidates.values_list("pk", "server_url") if server_identity(url) == wanted]
+    existing = Cluster.objects.filter(pk__in=matches).defer("kubeconfig").order_by("pk").first()
     if existing is None:
         return None, False
     stale_registering = (
@@ -346,16 +355,28 @@ def set_status(cluster: Cluster, status: str, reason: str = "", *, kind: str = "
 HEALTH_CHECKS = ("api", "nodes", "gpu", "storage")
 
 
-def check_health(cluster: Cluster, checks: list[str] | None = None, *, timeout: float = 10.0) -> dict:
-    """Live health of one cluster (the ``/clusters/{id}/health`` endpoint)."""
+def check_health(
+    cluster: Cluster,
+    checks: list[str] | None = None,
+    *,
+    timeout: float = 10.0,
+    deadline: float | None = None,
+) -> dict:
+    """Live health of one cluster (the ``/clusters/{id}/health`` endpoint).
+
+    It runs inside a web request, so the whole check (host lookup and every call) ends within ``deadline``
+    seconds (``CLUSTER_LIVE_CHECK_DEADLINE``, kept below the web worker's timeout): a cluster that drips or
+    stalls is reported as not answering instead of the web worker being killed mid-request. ``timeout`` bounds
+    each call."""
     checks = checks or list(HEALTH_CHECKS)
     unknown = sorted(set(checks) - set(HEALTH_CHECKS))
     if unknown:
         raise ValueError(f"unknown checks: {', '.join(unknown)} (choose from {', '.join(HEALTH_CHECKS)})")
+    deadline = float(deadline or getattr(settings, "CLUSTER_LIVE_CHECK_DEADLINE", 15.0))
     result: dict[str, Any] = {"cluster": cluster.name, "healthy": True, "checks": {}}
     started = time.monotonic()
     try:
-        with gateway_for(cluster, timeout=timeout, reuse=False) as gw:
+        with gateway_for(cluster, timeout=min(timeout, deadline), reuse=False, budget=deadline) as gw:
             version = gw.version()
             result["checks"]["api"] = {"ok": True, "version": version.get("gitVersion", "")}
             nodes = gw.list("v1", "Node") if {"nodes", "gpu"} & set(checks) else []
@@ -421,7 +442,10 @@ def _retry_due(cluster: Cluster, now) -> bool:
 
 def _probe(cluster: Cluster, timeout: float) -> tuple[bool, str]:
     try:
-        with gateway_for(cluster, timeout=timeout, connect_timeout=min(timeout, 3.0), reuse=False) as gw:
+        # budget=timeout: the host lookup and the call together, so one cluster costs at most its timeout.
+        with gateway_for(
+            cluster, timeout=timeout, connect_timeout=min(timeout, 3.0), reuse=False, budget=timeout
+        ) as gw:
             gw.version()
         return True, ""
     except GatewayError as exc:
@@ -429,33 +453,93 @@ def _probe(cluster: Cluster, timeout: float) -> tuple[bool, str]:
     except Exception as exc:  # a broken row must not stop the sweep of the others
         logger.exception("health probe of %s crashed", cluster.name)
         return False, f"{type(exc).__name__}: {exc}"
+    finally:
+        connections.close_all()  # a thread of its own: its connections would otherwise stay open
+
+
+def _probe_all(
+    clusters: list[Cluster], timeout: float, workers: int, deadline: float
+) -> dict[int, tuple[bool, str]]:
+    """Probe every cluster on up to ``workers`` threads; what has not answered after ``deadline`` seconds is
+    reported not answering and the sweep goes on without waiting for it (its thread ends with its own
+    timeout). Each probe is bounded already; the overall deadline keeps a sweep of many slow clusters from
+    running into the next one (the beat starts one a minute)."""
+    late = (
+        False,
+        f"no answer before the health sweep's deadline ({deadline:g}s, CLUSTER_HEALTH_SWEEP_DEADLINE): the "
+        "API server is too slow, or too many clusters are slow at once",
+    )
+    results = sweep_each(
+        clusters, lambda c: _probe(c, timeout), workers=workers, name="cluster-health", deadline=deadline
+    )
+    return {c.pk: late if isinstance(r, TimeoutError) else r for c, r in results}
 
 
 def sweep(
-    *, timeout: float | None = None, workers: int | None = None, cluster_ids: list[int] | None = None
+    *,
+    timeout: float | None = None,
+    workers: int | None = None,
+    cluster_ids: list[int] | None = None,
+    deadline: float | None = None,
 ) -> SweepReport:
     """Check every cluster concurrently and apply the status transitions in bulk.
 
     AVAILABLE → NOT_AVAILABLE (``not_available_since`` set); NOT_AVAILABLE → AVAILABLE (recovered);
     NOT_AVAILABLE for more than 24 h → ERROR; ERROR clusters are retried once a day. One dead cluster costs only
-    its own timeout: probes run in a thread pool, each with its own connect/read timeout.
+    its own timeout: probes run in a thread pool, each bounded by ``timeout`` in total. The whole sweep ends
+    within ``deadline`` (``CLUSTER_HEALTH_SWEEP_DEADLINE``): a cluster not probed by then counts as not answering.
     """
     timeout = timeout or float(getattr(settings, "CLUSTER_HEALTH_TIMEOUT", 5.0))
     workers = workers or int(getattr(settings, "CLUSTER_HEALTH_CONCURRENCY", 64))
+    deadline = deadline or float(getattr(settings, "CLUSTER_HEALTH_SWEEP_DEADLINE", 45.0))
     started = time.monotonic()
     now = timezone.now()
     qs = Cluster.objects.filter(status__in=ClusterStatus.checked_by_sweep())
     if cluster_ids is not None:
         qs = qs.filter(pk__in=cluster_ids)
     clusters = [c for c in qs if c.status != ClusterStatus.ERROR or _retry_due(c, now)]
-    results: dict[int, tuple[bool, str]] = {
-        c.pk: result for c, result in sweep_each(clusters, lambda c: _probe(c, timeout), workers=workers)
-    }
+    results = _probe_all(clusters, timeout, workers, deadline)
 
     report = SweepReport(checked=len(clusters))
     changed: list[Cluster] = []
     events: list[ClusterEvent] = []
+    # The verdicts are written only for clusters whose status is still the one the probe started from: a
+    # deletion, re-registration or recovery written while the probes ran wins (compare-and-set, under the rows'
+    # locks, so nothing can slip in between the check and the write).
+    probed_from = {c.pk: c.status for c in clusters}
+    with transaction.atomic():
+        still = {
+            pk
+            for pk, status in Cluster.objects.select_for_update()
+            .filter(pk__in=list(probed_from))
+            .values_list("pk", "status")
+            .order_by("pk")
+            if probed_from[pk] == status
+        }
+        _apply_sweep(clusters, results, still, now, report, changed, events)
+        Cluster.objects.bulk_update(
+            changed,
+            ["status", "reason", "not_available_since", "last_checked", "last_retry_at"],
+            batch_size=500,
+        )
+        ClusterEvent.objects.bulk_create(events, batch_size=500)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _apply_sweep(
+    clusters: list[Cluster],
+    results: dict[int, tuple[bool, str]],
+    still: set[int],
+    now,
+    report: SweepReport,
+    changed: list[Cluster],
+    events: list[ClusterEvent],
+) -> None:
+    """The sweep's transitions, applied to the clusters still in the status their probe started from."""
     for cluster in clusters:
+        if cluster.pk not in still:
+            continue
         ok, error = results[cluster.pk]
         old = cluster.status
         cluster.last_checked = now
@@ -487,24 +571,22 @@ def sweep(
             )
             report.transitions.append((cluster.name, old, cluster.status))
         changed.append(cluster)
-    with transaction.atomic():
-        Cluster.objects.bulk_update(
-            changed,
-            ["status", "reason", "not_available_since", "last_checked", "last_retry_at"],
-            batch_size=500,
-        )
-        ClusterEvent.objects.bulk_create(events, batch_size=500)
-    report.seconds = time.monotonic() - started
-    return report
 
 
 # --- deletion ------------------------------------------------------------------------------------------------
 
 
+def _active_run(cluster: Cluster, kind: str) -> bool:
+    from core.choices import RunStatus
+
+    return Run.objects.filter(kind=kind, subject_id=str(cluster.pk), status__in=RunStatus.active()).exists()
+
+
 def request_delete(cluster: Cluster, *, force: bool = False, user: Any = None) -> Run:
-    """Start the deletion run; refuses while it is already being deleted, and while deployments are active
-    unless ``force``."""
-    if cluster.status == ClusterStatus.DELETING:
+    """Start the deletion run; refuses while a deletion run is in progress, and while deployments are active
+    unless ``force``. A cluster left DELETING by a deletion run that ended without finishing may be deleted
+    again: whatever happened to a run, its subject can always leave the state the run put it in."""
+    if cluster.status == ClusterStatus.DELETING and _active_run(cluster, "cluster.delete"):
         raise RegistrationRefused(
             f"cluster {cluster.name} is already being deleted",
             code=RegistrationRefused.Code.ALREADY_DELETING,
@@ -518,9 +600,10 @@ def request_delete(cluster: Cluster, *, force: bool = False, user: Any = None) -
             status=409,
         )
     with transaction.atomic():
-        old = cluster.status
+        # Under the row's lock: a health sweep writing its verdicts waits for this, then leaves DELETING alone.
+        old = Cluster.objects.select_for_update().values_list("status", flat=True).get(pk=cluster.pk)
         Cluster.objects.filter(pk=cluster.pk).update(
-            status=ClusterStatus.DELETING, reason="deletion requested"
+            status=ClusterStatus.DELETING, reason="deletion requested", updated_at=timezone.now()
         )
         cluster.status = ClusterStatus.DELETING
         record_event(cluster, "deletion", "deletion requested", old=old, new=ClusterStatus.DELETING)

@@ -8,15 +8,23 @@ and imports no app above clusters.
 from __future__ import annotations
 
 from core import crypto
-from core.gateway import GatewayError
-from core.workflow import Step, StepContext, StepFailed
+from core.gateway import GatewayError, Unreachable
+from core.workflow import Step, StepContext, StepFailed, TransientError
 
 from .choices import ClusterStatus, Platform
 from .models import Cluster, Release
 from .services import gateway_for, record_event, set_status, step_cluster, verify_connection
 
 
+def step_error(exc: GatewayError) -> Exception:
+    """An unreachable cluster (connection refused or reset, timeout, 5xx) is retried for the transient window;
+    anything else (401, 403, 422) fails the step at once."""
+    return TransientError(str(exc)) if isinstance(exc, Unreachable) else StepFailed(str(exc))
+
+
 def verify(ctx: StepContext) -> dict:
+    """The first contact with a new server: an unreachable one fails at once (usually a wrong address, and the
+    operator registering it is waiting for the answer)."""
     cluster = step_cluster(ctx)
     try:
         with gateway_for(cluster) as gw:
@@ -31,7 +39,7 @@ def identify_platform(ctx: StepContext) -> dict:
         with gateway_for(cluster) as gw:
             platform = Platform.OPENSHIFT if gw.is_openshift() else Platform.KUBERNETES
     except GatewayError as exc:
-        raise StepFailed(str(exc)) from None
+        raise step_error(exc) from None
     Cluster.objects.filter(pk=cluster.pk).update(platform=platform)
     return {"platform": platform}
 
@@ -118,6 +126,8 @@ def teardown(ctx: StepContext) -> dict:
                 gw.delete("v1", "Namespace", namespace)
     except GatewayError as exc:
         if not ctx.params.get("force"):
+            if isinstance(exc, Unreachable):
+                raise TransientError(str(exc)) from None
             raise StepFailed(f"{exc}; retry, or delete with force=true to drop the record anyway") from None
         record_event(cluster, "deletion", f"cluster unreachable, nothing removed from it: {exc}")
         return {"skipped": str(exc)}
@@ -125,7 +135,9 @@ def teardown(ctx: StepContext) -> dict:
 
 
 def delete_record(ctx: StepContext) -> dict:
-    cluster = step_cluster(ctx)
+    cluster = Cluster.objects.filter(pk=ctx.params["cluster_id"]).first()
+    if cluster is None:  # this step ran before and its worker died before recording it: done already
+        return {"deleted": ctx.params["cluster_id"], "already": True}
     name = cluster.name
     cluster.delete()
     return {"deleted": name}

@@ -6,7 +6,8 @@ RunStatus::
                    │
                    ├──► CLEANING_UP ──► FAILED | CANCELLED     (compensating cleanup steps run first)
                    └──► FAILED | CANCELLED                     (no cleanup steps declared)
-    PENDING ──► CANCELLED                                      (cancelled before the first step started)
+    PENDING ──► CLEANING_UP ──► CANCELLED                      (cancelled before the first step started: main
+                                                               steps skipped, cleanup steps still run)
 
 StepStatus::
 

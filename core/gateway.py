@@ -14,10 +14,16 @@ Safety:
 * Connect-time host check: the server's host name is resolved once per gateway by ``check_host_at_connect``
   (same rules as the static check) and the connection is pinned to that IP, with the name kept for SNI and
   certificate verification and the Host header, so a DNS answer cannot be re-pointed after validation.
-* Every call has a total deadline (its timeout covers the whole answer, not just each read, so a server that
-  drips bytes cannot hold a worker) and a response-size cap (``max_response_bytes``, counted after decompression,
-  so a flood or a gzip bomb is cut off); errors are mapped to a few typed exceptions with messages an operator
-  can act on. No exception or log line carries a token, key or kubeconfig.
+* Every call has a total deadline: its timeout covers connecting, the TLS handshake, the status line and
+  headers and the whole body, not just each read (httpx's timeouts are per socket operation, so a server that
+  drips a byte every few seconds would hold a worker for ever). The connections run on a network backend
+  (:class:`_DeadlineBackend`) that gives every socket operation only what is left of the call's deadline.
+  ``budget`` bounds every call of one gateway together (a live check inside a web request). Each answer has a
+  size cap (``max_response_bytes``, counted after decompression, so a flood or a gzip bomb is cut off).
+  Redirects are never followed: an API server that redirects is refused. Errors are mapped to a few typed
+  exceptions with messages an operator can act on. No exception or log line carries a token, key or kubeconfig.
+* :func:`pinned_client` gives the same guarantees (address guard, pinned IP, total deadline, size cap, no
+  redirects) to the other outbound HTTP calls made from user input: the deployments' endpoint probes.
 * Lists page with ``limit``/``continue`` (``page_size`` objects per request), so a 5,000-node inventory is a few
   bounded answers instead of one huge one; an expired continue token (410 Gone) restarts the list once.
 * Writes are strict server-side apply: field manager ``budcluster`` and ``fieldValidation=Strict``. A field the
@@ -29,6 +35,7 @@ Safety:
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -38,11 +45,13 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import httpcore
 import httpx
 
 from core.conf import setting
@@ -60,6 +69,14 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Settings: GATEWAY_LIST_DEADLINE.
 DEFAULT_LIST_DEADLINE = 300.0
 _ERROR_BODY_BYTES = 64 * 1024  # an error Status is small; read no more of it than this
+# Inflated at most this much at a time (zlib grows its output buffer by doubling up to the limit asked for).
+_INFLATE_STEP = 256 * 1024
+# What the gateway asks for (Accept-Encoding: gzip) and can read: the API server compresses large answers.
+_DECODERS = {
+    "identity": lambda: None,
+    "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+    "deflate": lambda: zlib.decompressobj(zlib.MAX_WBITS),
+}
 
 
 class GatewayError(Exception):
@@ -186,6 +203,201 @@ def _pem(data_b64: str) -> str:
     return base64.b64decode(data_b64).decode("ascii")
 
 
+# --- total deadlines ---------------------------------------------------------------------------------------------
+#
+# httpx (httpcore underneath) applies its timeouts to each socket operation: a read that gets one byte before its
+# timeout succeeds, so a server sending the status line and headers a byte every two seconds is never timed out.
+# The connections therefore run on a network backend whose every operation (connect, TLS handshake, read, write)
+# gets at most what is left of the current call's deadline, kept per thread (httpx's sync client does all of a
+# call's I/O on the caller's thread). CPython bounds a whole TLS handshake by the socket timeout, so the
+# handshake is covered by the same rule.
+
+_call = threading.local()
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[None]:
+    """Every connection operation on this thread inside the block ends by ``deadline`` (``time.monotonic()``);
+    an enclosing scope with an earlier deadline wins."""
+    outer = getattr(_call, "deadline", None)
+    if deadline is None:
+        _call.deadline = outer
+    else:
+        _call.deadline = deadline if outer is None else min(outer, deadline)
+    try:
+        yield
+    finally:
+        _call.deadline = outer
+
+
+def _within_deadline(timeout: float | None, expired: type[Exception]) -> float | None:
+    deadline = getattr(_call, "deadline", None)
+    if deadline is None:
+        return timeout
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise expired("the call's total deadline has passed")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        budget = _within_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, budget))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        budget = _within_deadline(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, budget, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("unix sockets are not used for clusters or endpoints")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class ResponseTooLarge(httpx.TransportError):
+    """An answer grew past the client's size cap (raised while reading it)."""
+
+
+class _DeadlineBody(httpx.SyncByteStream):
+    """A response body read within the call's deadline and, optionally, a size cap (bytes on the wire)."""
+
+    def __init__(self, inner: httpx.SyncByteStream, deadline: float | None, cap: int | None) -> None:
+        self._inner, self._deadline, self._cap = inner, deadline, cap
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = 0
+        with deadline_scope(self._deadline):
+            for chunk in self._inner:
+                size += len(chunk)
+                if self._cap is not None and size > self._cap:
+                    raise ResponseTooLarge(f"the answer is larger than {self._cap} bytes; not read further")
+                yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport on the deadline backend: every request ends within ``total_timeout`` (connect, TLS,
+    headers and body), its body is cut at ``max_response_bytes``, and with ``pin=(name, ip)`` it connects only
+    to ``ip`` (checked by the address guard) while keeping ``name`` for the Host header, SNI and certificate
+    verification; a request for any other host is refused (no redirect or absolute URL can leave the pin)."""
+
+    def __init__(
+        self,
+        *,
+        total_timeout: float | None = None,
+        max_response_bytes: int | None = None,
+        pin: tuple[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(trust_env=False, **kwargs)
+        # httpx has no parameter for httpcore's network backend; the pool it just built takes it as an
+        # attribute read whenever a connection is opened (httpcore 1.x).
+        self._pool._network_backend = _DeadlineBackend()
+        self._total_timeout = total_timeout
+        self._max_response_bytes = max_response_bytes
+        self._pin = pin
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._pin is not None:
+            name, ip = self._pin
+            if (request.url.host or "").lower().rstrip(".") != name:
+                raise httpx.ConnectError(
+                    f"{request.url.host} is not the checked address {name}; not connecting", request=request
+                )
+            request.url = request.url.copy_with(host=ip)
+            if request.url.scheme == "https":
+                request.extensions = {**request.extensions, "sni_hostname": name}
+        deadline = time.monotonic() + self._total_timeout if self._total_timeout is not None else None
+        with deadline_scope(deadline):
+            deadline = _call.deadline  # an enclosing call's deadline may be earlier
+            response = super().handle_request(request)
+        if deadline is None and self._max_response_bytes is None:
+            return response
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_DeadlineBody(response.stream, deadline, self._max_response_bytes),
+            extensions=response.extensions,
+        )
+
+
+def pinned_client(
+    url: str,
+    *,
+    timeout: float,
+    max_response_bytes: int | None = None,
+    allow_loopback: bool | None = None,
+    verify: ssl.SSLContext | None = None,
+) -> httpx.Client:
+    """An httpx client for one address that came from user input or from a cluster (a model endpoint).
+
+    The host is checked by the outbound-address guard once (raises ``core.netguard.AddressRefused``) and every
+    connection goes to the IP it checked, the name kept for the Host header, SNI and certificate verification:
+    no DNS answer can re-point it after the check (rebinding). Each request must finish within ``timeout``
+    seconds in total, body included; bodies are capped at ``max_response_bytes`` (default
+    ``GATEWAY_MAX_RESPONSE_BYTES``) and asked for uncompressed; redirects are not followed.
+    """
+    from core.netguard import check_host_at_connect
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    name = parts.hostname.lower().rstrip(".")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ip = check_host_at_connect(name, port, allow_loopback=allow_loopback, timeout=timeout)
+    cap = int(max_response_bytes or setting("GATEWAY_MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES))
+    transport = GuardedTransport(
+        total_timeout=timeout,
+        max_response_bytes=cap,
+        pin=(name, ip),
+        verify=verify or system_ssl_context(),
+        limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+    )
+    return httpx.Client(
+        base_url=url,
+        transport=transport,
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+        headers={"Accept-Encoding": "identity", "User-Agent": "budcluster/1.0"},
+    )
+
+
 class ClusterGateway:
     """A connection to one cluster. Cheap to build; use as a context manager (or call ``close()``)."""
 
@@ -200,11 +412,16 @@ class ClusterGateway:
         page_size: int | None = None,
         max_response_bytes: int | None = None,
         list_deadline: float | None = None,
+        budget: float | None = None,
     ) -> None:
-        """``timeout`` is the total deadline of each request (connect, send, and reading the whole answer);
+        """``timeout`` is the total deadline of each request (connect, TLS, headers and the whole answer);
         ``page_size`` objects are asked for per list request (default ``DEFAULT_PAGE_SIZE``, 500);
-        ``max_response_bytes`` caps each answer; ``list_deadline`` bounds a whole paged list."""
+        ``max_response_bytes`` caps each answer; ``list_deadline`` bounds a whole paged list; ``budget`` bounds
+        everything done through this gateway, from its creation (the host lookup included) to its last call."""
         from core.netguard import AddressRefused, check_host_at_connect
+
+        self.budget = budget
+        self._budget_end = time.monotonic() + budget if budget is not None else None
 
         context_name = kubeconfig.get("current-context")
         contexts = {c["name"]: c["context"] for c in kubeconfig.get("contexts", [])}
@@ -225,13 +442,19 @@ class ClusterGateway:
         self.host = url.hostname or ""
         port = url.port or 443
         try:
-            ip = check_host_at_connect(self.host, port, allow_loopback=allow_loopback, timeout=timeout)
+            lookup = timeout if budget is None else min(timeout, budget)
+            ip = check_host_at_connect(self.host, port, allow_loopback=allow_loopback, timeout=lookup)
         except AddressRefused as exc:
             raise Unreachable(str(exc)) from None
         netloc_ip = f"[{ip}]" if ":" in ip else ip
         self._base = f"https://{netloc_ip}:{port}{url.path.rstrip('/')}"
         self._host_header = url.netloc.rsplit("@", 1)[-1]
-        headers = {"Accept": "application/json", "User-Agent": "budcluster/1.0", "Host": self._host_header}
+        headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip",
+            "User-Agent": "budcluster/1.0",
+            "Host": self._host_header,
+        }
         if user.get("token"):
             headers["Authorization"] = f"Bearer {user['token']}"
         elif user.get("username") and user.get("password"):
@@ -244,10 +467,13 @@ class ClusterGateway:
         client = _pool_get(key) if reuse else None
         if client is None:
             client = httpx.Client(
-                verify=self._ssl_context(cluster, user),
+                transport=GuardedTransport(
+                    verify=self._ssl_context(cluster, user),
+                    limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+                ),
                 headers=headers,
                 timeout=httpx.Timeout(timeout, connect=connect_timeout or timeout),
-                limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
+                follow_redirects=False,
                 trust_env=False,
             )
             if reuse:
@@ -312,9 +538,11 @@ class ClusterGateway:
         """One call to the API server: JSON in, JSON (or text with ``raw``) out, errors as typed exceptions.
 
         ``timeout`` (default: the gateway's) is a total deadline for the call, and the answer is read in chunks
-        up to ``max_response_bytes``: httpx's own timeouts apply to each read, so without this a server sending a
-        byte every few seconds, or an endless body, would hold the worker indefinitely. The deadline is checked
-        after every chunk, so a call ends at the latest one read timeout after it.
+        up to ``max_response_bytes``: httpx's own timeouts apply to each socket operation, so without this a
+        server sending a byte every few seconds (in the headers or the body), or an endless body, would hold the
+        worker indefinitely. Every socket operation of the call gets only what is left of the deadline
+        (``deadline_scope``), and the deadline is checked again after every chunk. With a ``budget``, a call
+        gets no more than what is left of it.
         """
         url = self._base + path
         content = None
@@ -323,25 +551,50 @@ class ClusterGateway:
             content = body if isinstance(body, str | bytes) else json.dumps(body)
             headers["Content-Type"] = content_type
         limit = timeout if timeout is not None else self.timeout
-        deadline = time.monotonic() + limit
         where = f"{method} {path}"
+        allowed = ""
+        if self._budget_end is not None:
+            left = self._budget_end - time.monotonic()
+            if left <= 0:
+                raise Unreachable(
+                    f"{self.server} did not answer in time: the {self.budget:g}s allowed for this check ran out "
+                    f"before {where}"
+                )
+            if left < limit:
+                limit, timeout = left, left
+                allowed = f"the {self.budget:g}s allowed for this check"
+        deadline = time.monotonic() + limit
+        allowed = allowed or f"{limit:g}s"
         try:
-            with self._client.stream(
-                method,
-                url,
-                params=params,
-                content=content,
-                headers=headers,
-                # Per request, so that a pooled client serves gateways with different timeouts.
-                timeout=httpx.Timeout(timeout, connect=min(timeout, self._connect_timeout))
-                if timeout is not None
-                else self._timeout,
-                extensions={"sni_hostname": self._sni},
-            ) as response:
+            with (
+                deadline_scope(deadline),
+                self._client.stream(
+                    method,
+                    url,
+                    params=params,
+                    content=content,
+                    headers=headers,
+                    # Per request, so that a pooled client serves gateways with different timeouts.
+                    timeout=httpx.Timeout(timeout, connect=min(timeout, self._connect_timeout))
+                    if timeout is not None
+                    else self._timeout,
+                    extensions={"sni_hostname": self._sni},
+                ) as response,
+            ):
+                if 300 <= response.status_code < 400:
+                    # httpx follows no redirect here; an API server does not redirect, and following one would
+                    # take the credentials to an address the guard never checked.
+                    raise Unreachable(
+                        f"{self.server} answered {where} with a redirect ({response.status_code}), which is not "
+                        "followed: the server is not a Kubernetes API server or is misconfigured",
+                        status=response.status_code,
+                    )
                 failed = response.status_code >= 400
-                data = self._read(response, where, deadline, limit, cap=_ERROR_BODY_BYTES if failed else None)
+                data = self._read(
+                    response, where, deadline, allowed, cap=_ERROR_BODY_BYTES if failed else None
+                )
         except httpx.TimeoutException:
-            raise Unreachable(f"{self.server} did not answer within {limit:g}s ({where})") from None
+            raise Unreachable(f"{self.server} did not answer within {allowed} ({where})") from None
         except httpx.ConnectError as exc:
             message = str(exc)
             if "CERTIFICATE_VERIFY_FAILED" in message:
@@ -364,34 +617,57 @@ class ClusterGateway:
             raise Invalid(f"{self.server} answered {where} with something that is not JSON") from None
 
     def _read(
-        self, response: httpx.Response, where: str, deadline: float, limit: float, *, cap: int | None
+        self, response: httpx.Response, where: str, deadline: float, allowed: str, *, cap: int | None
     ) -> bytes:
-        """The body, within the deadline and the size cap (an error body is only read up to ``cap``)."""
+        """The body, within the deadline and the size cap (an error body is only read up to ``cap``).
+
+        Read raw and inflated here, at most up to the cap: httpx would inflate each received chunk whole, and
+        64 KiB of gzip can hold tens of MB (a gzip bomb then costs that much memory before any cap applies).
+        Pieces are joined only once the whole answer is in, so a refused flood costs about the cap."""
         maximum = cap or self.max_response_bytes
         declared = response.headers.get("content-length", "")
         if cap is None and declared.isdigit() and int(declared) > maximum:
-            raise Invalid(self._too_large(where, int(declared)))
-        chunks: list[bytes] = []
+            raise Invalid(self._too_large(where, int(declared), declared=True))
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in _DECODERS:
+            raise Invalid(
+                f"{self.server} answered {where} with content-encoding {encoding!r}, which was not asked"
+            )
+        inflater = _DECODERS[encoding]()
+        pieces: list[bytes] = []
         size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > maximum:
-                if cap is not None:  # an error body: what we have is enough to say what went wrong
-                    chunks.append(chunk[: len(chunk) - (size - maximum)])
-                    break
-                raise Invalid(self._too_large(where, size))
-            chunks.append(chunk)
+        for raw in response.iter_raw():
+            data = raw
+            while data:
+                if inflater is None:
+                    piece, data = data, b""
+                else:
+                    try:
+                        piece = inflater.decompress(data, min(maximum - size + 1, _INFLATE_STEP))
+                    except zlib.error:
+                        raise Invalid(
+                            f"{self.server} answered {where} with a corrupt {encoding} body"
+                        ) from None
+                    data = inflater.unconsumed_tail
+                size += len(piece)
+                if size > maximum:
+                    if cap is not None:  # an error body: what we have is enough to say what went wrong
+                        pieces.append(piece[: len(piece) - (size - maximum)])
+                        return b"".join(pieces)
+                    raise Invalid(self._too_large(where, size))
+                pieces.append(piece)
             if time.monotonic() > deadline:
                 raise Unreachable(
-                    f"{self.server} did not finish answering {where} within {limit:g}s "
+                    f"{self.server} did not finish answering {where} within {allowed} "
                     f"({size} bytes received): the API server is overloaded or the connection is throttled"
                 )
-        return b"".join(chunks)
+        return b"".join(pieces)
 
-    def _too_large(self, where: str, size: int) -> str:
+    def _too_large(self, where: str, size: int, *, declared: bool = False) -> str:
+        so_far = f"{size} bytes declared" if declared else f"{size} bytes so far"
         return (
             f"{self.server} answered {where} with more than {self.max_response_bytes // (1024 * 1024)} MiB "
-            f"({size} bytes so far); refusing to read further (lists are paged with page_size={self.page_size}; "
+            f"({so_far}); refusing to read further (lists are paged with page_size={self.page_size}; "
             "a single object this large means a broken or hostile API server)"
         )
 

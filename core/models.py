@@ -90,6 +90,10 @@ class RunStep(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     deadline = models.DateTimeField(null=True, blank=True, help_text="A waiting step fails after this")
+    failing_since = models.DateTimeField(
+        null=True, blank=True, help_text="First transient failure; retried until the transient window passes"
+    )
+    transient_failures = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ("run", "order")

@@ -7,8 +7,13 @@ stores, webhooks) goes through this module, so the rules live in one place:
 * Hosts that are unspecified (0.0.0.0/8, ::), link-local (169.254.0.0/16, fe80::/10), cloud metadata
   (169.254.169.254, fd00:ec2::254, 100.100.100.200, 168.63.129.16, 192.0.0.192, metadata.google.internal,
   metadata, ...), multicast/broadcast/reserved, and loopback (127.0.0.0/8, ::1, localhost, *.localhost) unless
-  loopback is allowed (``BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS``; the devcluster needs it) are refused. IPv4
-  embedded in IPv6 (``::ffff:127.0.0.1``, NAT64 ``64:ff9b::/96``, ``::a.b.c.d``) is judged by its IPv4 address.
+  loopback is allowed (``BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS``; the devcluster needs it) are refused. AWS's
+  link-local services over IPv6 live in ``fd00:ec2::/32`` (instance metadata ``::254``, DNS ``::253``, EKS Pod
+  Identity ``::23``, time ``::123``): the whole prefix is refused as metadata.
+* IPv4 embedded in IPv6 is judged by its IPv4 address: IPv4-mapped ``::ffff:a.b.c.d``, IPv4-compatible
+  ``::a.b.c.d``, NAT64 ``64:ff9b::/96``, 6to4 ``2002:AABB:CCDD::/48`` and Teredo ``2001:0::/32`` (both the server
+  and the obfuscated client address), so ``2002:a9fe:a9fe::`` is the metadata address it wraps. IPv4-translated
+  ``::ffff:0:a.b.c.d`` and local-use NAT64 ``64:ff9b:1::/48`` are reserved ranges and refused as such.
 * Host spellings are normalised the way the HTTP client stack would before judging them: case, one trailing
   dot, IPv6 zone ids (``%25eth0``), IDNA (full-width characters), and the ``inet_aton`` numeric forms
   (``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``127.1``). A host whose last label is numeric but is no
@@ -83,24 +88,34 @@ METADATA_ADDRESSES = frozenset(
         "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, ...
         "169.254.170.2",  # AWS ECS task metadata
         "fd00:ec2::254",  # AWS IMDS over IPv6
+        "fd00:ec2::253",  # AWS DNS resolver over IPv6
+        "fd00:ec2::23",  # EKS Pod Identity agent over IPv6 (hands out the pod role's credentials)
         "100.100.100.200",  # Alibaba Cloud
         "168.63.129.16",  # Azure WireServer
         "192.0.0.192",  # Oracle Cloud (legacy)
     )
 )
+# AWS's Nitro link-local services over IPv6 (metadata, DNS, time, EKS Pod Identity): nothing a cluster or model
+# endpoint may be, whichever address of it a later service adds.
+AWS_LINK_LOCAL_V6 = ipaddress.ip_network("fd00:ec2::/32")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
-def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses a packet to ``addr`` may end up at (judged like the address itself)."""
     if addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
+        return [addr.ipv4_mapped]
     if addr in _NAT64:
-        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        return [ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)]
+    if addr.sixtofour is not None:  # 2002:AABB:CCDD::/48, relayed to AA.BB.CC.DD
+        return [addr.sixtofour]
+    if addr.teredo is not None:  # 2001:0::/32: the relay server and the (XOR-obfuscated) client
+        return list(addr.teredo)
     # Deprecated IPv4-compatible form ::a.b.c.d (not :: and ::1, which are IPv6 themselves).
     if int(addr) >> 32 == 0 and int(addr) > 1:
-        return ipaddress.IPv4Address(int(addr))
-    return None
+        return [ipaddress.IPv4Address(int(addr))]
+    return []
 
 
 def _parse_ipv4_loose(host: str) -> ipaddress.IPv4Address | None:
@@ -156,15 +171,18 @@ def classify_ip(addr: IPAddress) -> str:
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.scope_id:
             addr = ipaddress.IPv6Address(addr.compressed.split("%", 1)[0])
-        if addr in METADATA_ADDRESSES:
+        if addr in METADATA_ADDRESSES or addr in AWS_LINK_LOCAL_V6:
             return "metadata"
         if addr.is_unspecified:
             return "unspecified"
         if addr.is_loopback:
             return "loopback"
-        embedded = _embedded_ipv4(addr)
-        if embedded is not None:
-            return classify_ip(embedded)
+        # A wrapper is as bad as the worst address it wraps (a Teredo address names two).
+        kinds = [classify_ip(v4) for v4 in _embedded_ipv4(addr)]
+        if kinds:
+            return next((k for k in kinds if k not in ("ok", "loopback")), None) or (
+                "loopback" if "loopback" in kinds else "ok"
+            )
     if addr in METADATA_ADDRESSES:
         return "metadata"
     if isinstance(addr, ipaddress.IPv4Address) and addr in _THIS_NETWORK:
@@ -239,6 +257,8 @@ def _describe(verdict: HostVerdict, original: str) -> str:
     address = verdict.address
     if isinstance(address, ipaddress.IPv4Address) and str(address) != original:
         shown = f"{original} (= {address})"
+    elif isinstance(address, ipaddress.IPv6Address) and _embedded_ipv4(address):
+        shown = f"{original} (wraps {', '.join(map(str, _embedded_ipv4(address)))})"
     else:
         shown = original
     return f"{shown} is {_KIND_TEXT[verdict.kind]}"

@@ -18,11 +18,18 @@ Design (after pulpcore's tasking and AWX's job events):
 * Fan-out steps (``Step(each=...)``) replace themselves by a **chord**: one ``execute_fanout_item`` per item in
   parallel, joined by ``join_fanout`` which finishes the step; the chain then goes on.
 * Cancel is cooperative: ``request_cancel()`` sets ``Run.cancel_requested``; a step boundary (or a body calling
-  ``ctx.check_cancel()``) stops there. A waiting step is cancelled at once. Failure and cancel run the cleanup
-  steps (best effort, each recorded) before the run ends FAILED or CANCELLED.
-* Liveness: while a body runs, a heartbeat thread stamps the step and the run. ``reap_stale_runs`` (beat) finds
-  active runs silent for ``WORKFLOW_STALE_AFTER`` seconds (a worker killed mid-step, a lost message) and re-sends
-  the chain from the first unfinished step; the stale step is taken over (attempt + 1).
+  ``ctx.check_cancel()``) stops there. A waiting step is cancelled at once; a run no worker has started yet goes
+  straight to its cleanup. Failure and cancel always run the cleanup steps (best effort, each recorded) before
+  the run ends FAILED or CANCELLED, so the subject leaves its in-between state (deleting, registering, ...).
+* Transient failures (``TransientError``: the cluster unreachable, a 5xx, a timeout) are retried with capped
+  exponential backoff for ``WORKFLOW_TRANSIENT_WINDOW`` seconds from the step's first failure, then fail.
+* Liveness: while a body runs, a heartbeat thread stamps the step and the run every
+  ``WORKFLOW_HEARTBEAT_INTERVAL`` seconds. ``reap_stale_runs`` (beat, every 5 s) finds active runs silent for
+  ``WORKFLOW_STALE_AFTER`` seconds (a worker killed mid-step, a lost message) and re-sends the chain from the first
+  unfinished step; the stale step is taken over (attempt + 1). With the defaults (5 s, 20 s, 5 s) a dead
+  worker's run resumes 20-25 s after its last heartbeat, while a live step would have to miss three heartbeats
+  in a row (a database outage of 15 s) before it looked dead.
+* Failpoints (``WORKFLOW_FAILPOINTS``, tests only) pause or kill a worker at a named step; see below.
 * Every transition appends a ``RunEvent``; run progress (percent) and ETA are derived from the steps' estimated
   durations and recomputed on each transition.
 
@@ -48,6 +55,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q, TextChoices
 from django.utils import timezone
 
+from . import outages
 from .choices import RunStatus, StepPhase, StepStatus
 from .errors import Refused
 from .models import Run, RunEvent, RunStep, recorded_user
@@ -69,7 +77,12 @@ class StepFailed(Exception):
 
 
 class TransientError(Exception):
-    """Raise from a step body for a failure worth retrying (``Step.retries`` times, ``retry_delay`` apart)."""
+    """Raise from a step body for a failure that passes by itself (the API server unreachable, a 5xx, a timeout).
+
+    The step is retried with capped exponential backoff (``Step.retry_delay`` doubling up to
+    ``WORKFLOW_RETRY_MAX_DELAY``) until ``WORKFLOW_TRANSIENT_WINDOW`` seconds (or ``Step.transient_window``) have
+    passed since its first transient failure; then it fails. A permanent error (refused credentials, a forbidden
+    or invalid request) is a ``StepFailed`` and fails at once."""
 
 
 class Cancelled(Exception):
@@ -107,8 +120,10 @@ class Step:
     poll: Poll | None = None
     each: Callable[[StepContext, Any], Any] | None = None
     join: Callable[[StepContext, list], Any] | None = None
-    retries: int = 0
-    retry_delay: float = 5.0
+    # Transient failures: first delay (None: WORKFLOW_RETRY_DELAY) and the window after the first failure during
+    # which the step keeps being retried (None: WORKFLOW_TRANSIENT_WINDOW).
+    retry_delay: float | None = None
+    transient_window: float | None = None
 
 
 @dataclass
@@ -146,6 +161,9 @@ class Workflow:
         from django.contrib.contenttypes.models import ContentType
 
         params = dict(params or {})
+        # A run whose first message cannot be sent would sit in PENDING until the reaper; refuse instead while
+        # the broker is down (503 broker_unavailable): the caller's transaction rolls back, nothing is stored.
+        outages.require_broker()
         with transaction.atomic():
             run = Run.objects.create(
                 kind=self.kind,
@@ -169,7 +187,19 @@ class Workflow:
             total = sum(r.eta_seconds for r in rows if r.phase == StepPhase.MAIN)
             Run.objects.filter(pk=run.pk).update(eta=timezone.now() + timedelta(seconds=total))
             _event(run.pk, "", RunStatus.PENDING, f"{run.title}: queued")
-            transaction.on_commit(lambda: send_chain(run.pk, [s.name for s in self.steps]))
+            names = [s.name for s in self.steps]
+
+            def send_first() -> None:
+                # The broker failed after the check above: the run is committed, so keep it PENDING and let the
+                # reaper send it when the broker is back (rather than answer 500 for a run that will happen).
+                try:
+                    send_chain(run.pk, names)
+                except outages.BROKER_ERRORS as exc:
+                    logger.warning(
+                        "run %s stays pending until the broker is back: %s", run.pk, type(exc).__name__
+                    )
+
+            transaction.on_commit(send_first)
         run.refresh_from_db()
         return run
 
@@ -333,11 +363,15 @@ class _Heartbeat:
         interval = float(settings.WORKFLOW_HEARTBEAT_INTERVAL)
         try:
             while not self.stop_event.wait(interval):
-                now = timezone.now()
-                RunStep.objects.filter(pk=self.step_pk).update(heartbeat_at=now)
-                Run.objects.filter(pk=self.run_id).update(heartbeat_at=now)
-        except Exception:  # a heartbeat must never kill the step it watches
-            logger.exception("heartbeat for step %s failed", self.step_pk)
+                try:
+                    now = timezone.now()
+                    RunStep.objects.filter(pk=self.step_pk).update(heartbeat_at=now)
+                    Run.objects.filter(pk=self.run_id).update(heartbeat_at=now)
+                except Exception:
+                    # A database blip must not end the heartbeat: a silent live step would be taken over by the
+                    # reaper once the database is back. Drop the broken connection; the next beat reconnects.
+                    logger.warning("heartbeat for step %s failed; retrying", self.step_pk, exc_info=True)
+                    connection.close()
         finally:
             connection.close()
 
@@ -490,9 +524,11 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
 
     try:
         with _Heartbeat(run.pk, step.pk):
+            _failpoint(run, step, "before")
             if spec.each is not None:
                 return _start_fanout(task, ctx, spec)
             result = spec.func(ctx)
+            _failpoint(run, step, "after")
     except TaskPredicate:  # Retry/Ignore/Reject from task.replace and friends are control flow, not failures
         raise
     except Cancelled:
@@ -501,14 +537,12 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
             _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
         return None
     except TransientError as exc:
-        if step.attempt <= spec.retries:
-            _wait(
-                step,
-                f"{exc} (retry {step.attempt}/{spec.retries} in {spec.retry_delay:g}s)",
-                spec.retry_delay,
-            )
-            return _resend(task, run_id, step_name, spec.retry_delay)
-        return _step_failed(task, run, step, f"{exc} (gave up after {step.attempt} attempts)")
+        delay, message = _transient_retry(step, spec, exc)
+        if delay is None:
+            return _step_failed(task, run, step, message)
+        _wait(step, message, delay)
+        _event(run.pk, step.name, StepStatus.WAITING, f"{step.title}: {message}")
+        return _resend(task, run_id, step_name, delay)
     except StepFailed as exc:
         return _step_failed(task, run, step, str(exc))
     except Exception as exc:
@@ -526,6 +560,97 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
         _wait(step, result.message, interval, result.progress)
         return _resend(task, run_id, step_name, interval)
     return _step_succeeded(task, run, step, result)
+
+
+def _transient_retry(step: RunStep, spec: Step, exc: TransientError) -> tuple[float | None, str]:
+    """(delay before the next attempt, message) after a transient failure; (None, message) once the window that
+    opened at the step's first transient failure has passed.
+
+    The window, not a count, is the rule: an API server restarting or a load balancer failing over is out for
+    seconds to minutes, and a count of quick retries (3 in 11 s) gave up long before it came back. The delay
+    doubles from ``retry_delay`` up to ``WORKFLOW_RETRY_MAX_DELAY``, and the last attempt is made when the window
+    ends. ``failing_since`` survives a worker's death, so a resumed step keeps its window."""
+    now = timezone.now()
+    window = float(
+        spec.transient_window if spec.transient_window is not None else settings.WORKFLOW_TRANSIENT_WINDOW
+    )
+    since = step.failing_since or now
+    failures = step.transient_failures + 1
+    RunStep.objects.filter(pk=step.pk).update(failing_since=since, transient_failures=failures)
+    step.failing_since, step.transient_failures = since, failures
+    left = window - (now - since).total_seconds()
+    if left <= 0:
+        return None, f"{exc} (gave up after {failures} attempts over {window:g}s)"
+    first = float(spec.retry_delay if spec.retry_delay is not None else settings.WORKFLOW_RETRY_DELAY)
+    delay = min(first * 2 ** (failures - 1), float(settings.WORKFLOW_RETRY_MAX_DELAY), left)
+    return delay, f"{exc} (attempt {failures} failed; retrying in {delay:.3g}s, for up to {left:.0f}s more)"
+
+
+# --- failpoints (tests only) ------------------------------------------------------------------------------------
+# WORKFLOW_FAILPOINTS names steps where a worker misbehaves on purpose, so that tests and the fault matrix drive a
+# run to an exact point instead of sleeping and hoping (as AWX's and etcd's failpoints do). An entry is
+# ``[kind/]step:action``; a failpoint acts on the step's first attempt only, so the run can go on past it:
+#   pause        before the body: record a "failpoint" event and hold (heartbeat beating) until
+#                ``release_failpoint`` (or 5 minutes);
+#   crash        before the body: SIGKILL this worker (its whole process group), as a machine dying would;
+#   crash-after  after the body returned, before its outcome is recorded: the step's effects are on the cluster
+#                and in the database but the step is still "running" (the hardest point for idempotence).
+# Never set in production.
+
+FAILPOINT_ACTIONS = ("pause", "crash", "crash-after")
+FAILPOINT = "failpoint"
+_FAILPOINT_RELEASED = "failpoint released"
+_FAILPOINT_PAUSE_LIMIT = 300.0
+
+
+def _armed_failpoint(kind: str, step_name: str) -> str | None:
+    for entry in getattr(settings, "WORKFLOW_FAILPOINTS", None) or ():
+        target, _, action = entry.strip().rpartition(":")
+        wanted_kind, _, wanted_step = target.rpartition("/")
+        if wanted_step == step_name and wanted_kind in ("", kind) and action in FAILPOINT_ACTIONS:
+            return action
+    return None
+
+
+def _failpoint(run: Run, step: RunStep, when: str) -> None:
+    if not getattr(settings, "WORKFLOW_FAILPOINTS", None) or step.attempt != 1:
+        return
+    action = _armed_failpoint(run.kind, step.name)
+    if action == "pause" and when == "before":
+        _event(run.pk, step.name, FAILPOINT, f"failpoint pause at {step.name}")
+        deadline = time.monotonic() + _FAILPOINT_PAUSE_LIMIT
+        while time.monotonic() < deadline:
+            if RunEvent.objects.filter(
+                run_id=run.pk, step=step.name, status=FAILPOINT, message=_FAILPOINT_RELEASED
+            ).exists():
+                return
+            time.sleep(0.05)
+    elif (action, when) in (("crash", "before"), ("crash-after", "after")):
+        import os
+        import signal
+
+        _event(run.pk, step.name, FAILPOINT, f"failpoint {action} at {step.name}: killing the worker")
+        logger.warning("failpoint %s at %s of run %s: SIGKILL", action, step.name, run.pk)
+        group = os.getpgid(0)
+        if group in (os.getpid(), os.getppid()):  # the worker leads its own process group (tests, containers)
+            os.killpg(group, signal.SIGKILL)
+        os.kill(
+            os.getpid(), signal.SIGKILL
+        )  # else only this process: never a shell that happens to be our parent
+
+
+def failpoint_reached(run_id: Any, step_name: str) -> bool:
+    """True once a worker hit the failpoint armed at ``step_name`` of the run (paused or about to crash)."""
+    return (
+        RunEvent.objects.filter(run_id=run_id, step=step_name, status=FAILPOINT)
+        .exclude(message=_FAILPOINT_RELEASED)
+        .exists()
+    )
+
+
+def release_failpoint(run_id: Any, step_name: str) -> None:
+    """Let a step paused at its failpoint go on."""
+    _event(run_id, step_name, FAILPOINT, _FAILPOINT_RELEASED)
 
 
 @transaction.atomic
@@ -712,12 +837,9 @@ def finish_fanout(task: Task, run_id: str, step_name: str, results: list[dict]) 
 
 
 def request_cancel(run: Run, *, reason: str = "cancelled by request") -> bool:
-    """Ask a run to stop. Returns False if it had already ended. Waiting steps are cancelled right away."""
-    if run.status == RunStatus.PENDING and Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
-        status=RunStatus.CANCELLED, cancel_requested=True, finished_at=timezone.now(), error=reason
-    ):
-        RunStep.objects.filter(run_id=run.pk, status=StepStatus.PENDING).update(status=StepStatus.SKIPPED)
-        _event(run.pk, "", RunStatus.CANCELLED, f"{run.title}: cancelled before it started")
+    """Ask a run to stop. Returns False if it had already ended. A run no worker has started yet goes straight
+    to its cleanup steps; waiting steps are cancelled right away; a running step stops at its next boundary."""
+    if _cancel_pending(run, reason):
         return True
     if not Run.objects.filter(pk=run.pk, status__in=[RunStatus.RUNNING, RunStatus.PENDING]).update(
         cancel_requested=True
@@ -730,6 +852,43 @@ def request_cancel(run: Run, *, reason: str = "cancelled by request") -> bool:
         # message will find the step terminal and do nothing.
         run.refresh_from_db()
         _begin_cleanup(None, run, cancelled=True, reason=reason)
+    return True
+
+
+def _cancel_pending(run: Run, reason: str) -> bool:
+    """Cancel a run still PENDING: its cleanup steps run all the same (they put the subject back into a state it
+    can leave: a cluster being deleted returns to ERROR, a registration records why it stopped, ...).
+
+    The run is taken PENDING → CLEANING_UP by one compare-and-set, committed on its own: a worker starting the
+    first step at the same moment either got there first (the CAS fails and the cancel becomes the usual
+    flag, seen at the step's boundary) or finds the run cleaning up, drops its message and leaves the step
+    to the skip below. No transaction here holds the run's row while waiting for a step's row (the opposite
+    order of a worker's claim), so the two cannot deadlock."""
+    if run.status != RunStatus.PENDING:
+        return False
+    now = timezone.now()
+    if not Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
+        status=RunStatus.CLEANING_UP, cancel_requested=True, error=reason, heartbeat_at=now, wake_at=None
+    ):
+        return False
+    with transaction.atomic():
+        _event(run.pk, "", "cancel_requested", reason)
+        RunStep.objects.filter(run_id=run.pk, phase=StepPhase.MAIN, status=StepStatus.PENDING).update(
+            status=StepStatus.SKIPPED, finished_at=now
+        )
+        cleanup = list(
+            RunStep.objects.filter(
+                run_id=run.pk, phase=StepPhase.CLEANUP, status=StepStatus.PENDING
+            ).order_by("order")
+        )
+        if not cleanup:
+            _finish_run(run, succeeded=False, cancelled=True, error=reason)
+            return True
+        _event(
+            run.pk, "", RunStatus.CLEANING_UP, f"{run.title}: cancelled before it started; running cleanup"
+        )
+        names = [s.name for s in cleanup]
+        transaction.on_commit(lambda: send_chain(run.pk, names))
     return True
 
 

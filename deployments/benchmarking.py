@@ -9,7 +9,8 @@ One service function, `run_benchmark(deployment, options, *, ctx=None)`, is call
 
 Flow: options are validated by `BenchmarkOptionsSerializer` (the API's 400s and the deploy request's check use
 the same one) → ``LoadSettings`` from the deployment's endpoint URL (checked against the same address rules as a
-kubeconfig's server: a cluster cannot point the service at link-local or metadata addresses) and its served
+kubeconfig's server: a cluster cannot point the service at link-local or metadata addresses; the requests go to
+the checked IP, ``pinned_address``) and its served
 model name → `loadgen.run_benchmark_sync` (or `run_sweep_sync` for a concurrency sweep), whose requests run on
 their own event loop in a thread while this thread writes progress (requests done / total, at most once a second
 through ``StepContext.progress``) and polls the cancel flag (``StepContext.check_cancel``, one query a second at
@@ -224,15 +225,17 @@ def default_endpoint(deployment: Deployment) -> str:
     return "embeddings" if (deployment.model_spec or {}).get("kind") == EMBEDDING else "chat"
 
 
-def check_endpoint(url: str) -> None:
-    """Refuse endpoint addresses a kubeconfig's server could not have (link-local, metadata, ...)."""
+def check_endpoint(url: str) -> str:
+    """Refuse endpoint addresses a kubeconfig's server could not have (link-local, metadata, ...); return the IP
+    that was checked, which the load generator then connects to (``LoadSettings.pinned_address``), so the name
+    is not looked up again between the check and the requests (DNS rebinding)."""
     from core.netguard import AddressRefused, check_host_at_connect
 
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BenchmarkError(f"endpoint {url!r} is not an http(s) URL")
     try:
-        check_host_at_connect(
+        return check_host_at_connect(
             parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), timeout=10
         )
     except AddressRefused as exc:
@@ -244,7 +247,7 @@ def load_settings(deployment: Deployment, opts: dict) -> LoadSettings:
     url = deployment.endpoint_url
     if not url:
         raise BenchmarkError(f"deployment {deployment.name} has no endpoint URL yet")
-    check_endpoint(url)
+    pinned = check_endpoint(url)
     dataset = None
     if opts.get("dataset"):
         try:
@@ -266,6 +269,7 @@ def load_settings(deployment: Deployment, opts: dict) -> LoadSettings:
             ramp_up_s=opts["ramp_up"],
             timeout_s=opts.get("timeout") or django_settings.BENCHMARK_TIMEOUT,
             idle_timeout_s=opts.get("idle_timeout") or django_settings.BENCHMARK_IDLE_TIMEOUT,
+            pinned_address=pinned,
             seed=opts["seed"],
         )
     except ValueError as exc:

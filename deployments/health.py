@@ -7,7 +7,8 @@ progress, the endpoint and its probe, the periodic health check and sweep, and w
   and why the others are not ready; the deploy and day-2 runs wait on it.
 * **Transfer** (`transfer_state`): the copy Job's conditions and the ``<job>-progress`` ConfigMap it writes.
 * **Endpoint**: the Service's LoadBalancer address or the cluster's ingress host (`endpoint_url`), probed with
-  ``/v1/models`` and one completion or embedding (`probe_endpoint`) through the outbound address guard.
+  ``/v1/models`` and one completion or embedding (`probe_endpoint`) through the outbound address guard, pinned to
+  the address it checked.
 * **Health** (`check_health`, `sweep`): ready replicas, restarts and the endpoint's answer → RUNNING / DEGRADED /
   FAILED, each transition recorded as a ``DeploymentEvent`` (``services.set_status``). The sweep checks every
   deployment that should be serving in parallel (``core.sweep.sweep_each``).
@@ -30,7 +31,7 @@ from django.utils.dateparse import parse_datetime
 
 from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.services import gateway_for
-from core.gateway import ClusterGateway, GatewayError, system_ssl_context
+from core.gateway import ClusterGateway, GatewayError, pinned_client
 from core.sweep import sweep_each
 
 from .catalog import GENERATION
@@ -288,18 +289,17 @@ def endpoint_url(gw: ClusterGateway, deployment: Deployment) -> str:
 
 
 def _endpoint_client(url: str, timeout: float) -> httpx.Client:
-    """An HTTP client for an address the cluster reported: checked with the kubeconfig guard's rules first
-    (a hostile cluster must not point the service at link-local / metadata addresses)."""
-    from core.netguard import AddressRefused, check_host_at_connect
+    """An HTTP client for an address the cluster reported, checked with the kubeconfig guard's rules (a hostile
+    cluster must not point the service at link-local / metadata addresses) and pinned to the IP that was checked:
+    the name is never looked up again, so a DNS answer cannot change between the check and the connection. Each
+    request ends within ``timeout`` (body included) and answers are size-capped (``core.gateway.pinned_client``).
+    """
+    from core.netguard import AddressRefused
 
-    parts = urlsplit(url)
     try:
-        check_host_at_connect(parts.hostname or "", parts.port or 80, timeout=timeout)
-    except AddressRefused as exc:
+        return pinned_client(url, timeout=timeout)
+    except (AddressRefused, ValueError) as exc:
         raise GatewayError(f"endpoint {url} refused: {exc}") from None
-    return httpx.Client(
-        base_url=url, timeout=timeout, trust_env=False, follow_redirects=False, verify=system_ssl_context()
-    )
 
 
 def probe_endpoint(url: str, served_name: str, model_kind: str, *, timeout: float = 10.0) -> dict:
@@ -395,12 +395,14 @@ def check_health(deployment: Deployment, *, timeout: float | None = None) -> dic
         if details:
             reason = f"{reason}: {'; '.join(details)}"[:2000]
     with transaction.atomic():
+        # Compare-and-set against what the probe started from: a delete, an update or a failed run written
+        # while the cluster was being read wins over this (older) verdict, even when it ended in the same status.
         current = Deployment.objects.select_for_update().get(pk=deployment.pk)
-        if current.status not in DeploymentStatus.checked_by_health():
+        if (current.status, current.updated_at) != (deployment.status, deployment.updated_at):
             return {**result, "new": current.status, "skipped": "status changed meanwhile"}
         set_status(
             current, status, reason, kind="health", ready_replicas=state.ready, last_checked=timezone.now(),
-            endpoint_url=url or current.endpoint_url,
+            endpoint_url=url or current.endpoint_url, only_from={current.status},
         )  # fmt: skip
     return {**result, "new": status, "ready": state.ready, "desired": state.desired, "restarts": restarts,
             "endpoint_ok": endpoint_ok, "reason": reason}  # fmt: skip

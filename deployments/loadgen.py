@@ -47,17 +47,24 @@ sampled with the seeded RNG (with repetition when the file has fewer).
 Errors are never hidden: an HTTP error keeps its status and the server's message, a stalled stream hits the
 idle timeout (`idle_timeout_s` without a byte), a slow one the total timeout (`timeout_s`), and both are
 counted as failed requests with their messages.
+
+Pinning: with `pinned_address` (the IP the outbound-address guard checked for the endpoint's host), every
+connection goes to that IP, the name kept for the Host header, SNI and certificate verification, and no other
+host is ever resolved (`_PinnedResolver`): the name cannot be re-pointed between the check and the requests
+(DNS rebinding). Redirects are never followed, so a redirect cannot lead the load elsewhere either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import math
 import queue
 import random
 import re
+import socket
 import ssl
 import threading
 import time
@@ -65,6 +72,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -126,6 +134,8 @@ class LoadSettings:
     # TLS for https endpoints: None verifies against the system CAs, an SSLContext carries a private CA (and
     # client certificate, if any), False skips verification (dev only).  Not stored, like `headers`.
     ssl_context: ssl.SSLContext | bool | None = field(default=None, repr=False)
+    # The IP the endpoint's host was checked at (core.netguard.check_host_at_connect): connect only there.
+    pinned_address: str | None = None
     seed: int = 0
     ignore_eos: bool = True
     progress_interval_s: float = 0.25  # the progress callback is called at most this often (plus at the end)
@@ -182,6 +192,7 @@ class LoadSettings:
             "idle_timeout_s": self.idle_timeout_s,
             "header_names": sorted(self.headers),
             "tls": "insecure" if self.ssl_context is False else "custom" if self.ssl_context else "default",
+            "pinned_address": self.pinned_address,
             "seed": self.seed,
             "ignore_eos": self.ignore_eos,
         }
@@ -365,7 +376,7 @@ async def _send(
     sent = perf()
     rec = RequestRecord(start=sent - origin, input_tokens=req.prompt_tokens)
     try:
-        async with session.post(url, data=req.body) as resp:
+        async with session.post(url, data=req.body, allow_redirects=False) as resp:
             rec.headers = perf() - sent
             if resp.status != 200:
                 rec.error = _error_text(resp.status, await resp.read())
@@ -450,12 +461,39 @@ async def _send(
 
 
 # --------------------------------------------------------------------------- the run
+class _PinnedResolver(aiohttp.abc.AbstractResolver):
+    """Resolves the endpoint's host name to the address that was checked, and nothing else."""
+
+    def __init__(self, host: str, address: str) -> None:
+        self.host = host.lower().rstrip(".")
+        self.address = address
+        self.family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        if host.lower().rstrip(".") != self.host:
+            raise OSError(f"{host} is not the checked endpoint host {self.host}; not connecting")
+        return [
+            {"hostname": host, "host": self.address, "port": port, "family": self.family, "proto": 0,
+             "flags": socket.AI_NUMERICHOST}
+        ]  # fmt: skip
+
+    async def close(self) -> None:
+        return None
+
+
 def _session(settings: LoadSettings, concurrency: int) -> aiohttp.ClientSession:
+    resolver = None
+    host = urlsplit(settings.base_url).hostname or ""
+    if settings.pinned_address and host != settings.pinned_address:  # an IP literal needs no resolving
+        resolver = _PinnedResolver(host, settings.pinned_address)
     connector = aiohttp.TCPConnector(
         limit=concurrency + 8,
         limit_per_host=0,
         keepalive_timeout=60,
-        ttl_dns_cache=300,
+        ttl_dns_cache=None if resolver is not None else 300,
+        resolver=resolver,
         ssl=True if settings.ssl_context is None else settings.ssl_context,
     )
     timeout = aiohttp.ClientTimeout(

@@ -21,6 +21,7 @@ the functions at the end of this module and only translate their errors). Chart 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -402,12 +403,11 @@ def _changeable(deployment: Deployment) -> None:
         )
 
 
-def active_run(deployment: Deployment) -> Run | None:
-    return (
-        Run.objects.filter(subject_id=str(deployment.pk), kind__startswith="deployment.")
-        .filter(status__in=RunStatus.active())
-        .first()
-    )
+def active_run(deployment: Deployment, kind: str = "deployment.") -> Run | None:
+    """The deployment's run in progress (of ``kind``: a workflow kind, or a prefix ending in a dot)."""
+    runs = Run.objects.filter(subject_id=str(deployment.pk), status__in=RunStatus.active())
+    runs = runs.filter(kind__startswith=kind) if kind.endswith(".") else runs.filter(kind=kind)
+    return runs.first()
 
 
 def start_update(
@@ -472,11 +472,15 @@ def _day2_timeouts(deployment: Deployment) -> dict:
 
 
 def start_delete(deployment: Deployment, *, user: Any = None) -> Run:
-    """Remove every object of the deployment and its namespace; the row stays as DELETED (history)."""
-    if deployment.status in (DeploymentStatus.DELETING, DeploymentStatus.DELETED):
-        code = (
-            Code.ALREADY_DELETING if deployment.status == DeploymentStatus.DELETING else Code.ALREADY_DELETED
-        )
+    """Remove every object of the deployment and its namespace; the row stays as DELETED (history).
+
+    A deployment left DELETING without a delete run in progress (its run ended without finishing) may be
+    deleted again: whatever happened to a run, its subject can always leave the state the run put it in."""
+    deleting = deployment.status == DeploymentStatus.DELETING
+    if deployment.status == DeploymentStatus.DELETED or (
+        deleting and active_run(deployment, "deployment.delete") is not None
+    ):
+        code = Code.ALREADY_DELETING if deleting else Code.ALREADY_DELETED
         raise DeploymentRefused(
             f"deployment {deployment.name} is already {deployment.status}", code=code, status=409
         )
@@ -485,7 +489,15 @@ def start_delete(deployment: Deployment, *, user: Any = None) -> Run:
         # Deleting wins over a deploy in progress: stop it (its cleanup may run too; both are idempotent).
         request_cancel(running, reason="deployment deleted")
     with transaction.atomic():
-        set_status(deployment, DeploymentStatus.DELETING, "deletion requested", kind="delete")
+        if not set_status(
+            deployment, DeploymentStatus.DELETING, "deletion requested", kind="delete",
+            only_from=NOT_BEING_DELETED | {DeploymentStatus.DELETING},
+        ):  # fmt: skip
+            raise DeploymentRefused(
+                f"deployment {deployment.name} is already {deployment.status}",
+                code=Code.ALREADY_DELETED,
+                status=409,
+            )
         return get_workflow("deployment.delete").launch(
             subject=deployment,
             params={"deployment_id": deployment.pk},
@@ -510,21 +522,43 @@ def record_event(deployment: Deployment, kind: str, message: str, *, old: str = 
     )
 
 
+# The statuses each kind of writer may move a deployment out of (DeploymentStatus's diagram).
+NOT_BEING_DELETED = frozenset(DeploymentStatus) - {DeploymentStatus.DELETING, DeploymentStatus.DELETED}
+
+
 def set_status(
-    deployment: Deployment, status: str, reason: str = "", *, kind: str = "status", **fields
+    deployment: Deployment,
+    status: str,
+    reason: str = "",
+    *,
+    kind: str = "status",
+    only_from: Iterable[str] | None = None,
+    **fields,
 ) -> bool:
-    """Set status (and fields) with an event when the status changes. Returns True if the status changed."""
-    old = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).first()
-    Deployment.objects.filter(pk=deployment.pk).update(
-        status=status, reason=reason, updated_at=timezone.now(), **fields
-    )
+    """Compare-and-set the status (and fields), with an event when the status changes.
+
+    ``only_from``: the statuses this transition may leave (None: any). The UPDATE is guarded by the status just
+    read, so a writer that raced this one is never overwritten blindly: on a lost race the status is read again
+    and ``only_from`` applied to the new one (a deletion that came in meanwhile is kept, a health verdict is not
+    written over it). Returns True if the row was written; ``deployment`` then holds what was written, else the
+    status found."""
+    allowed = None if only_from is None else frozenset(only_from)
+    while True:
+        old = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).first()
+        if old is None or (allowed is not None and old not in allowed):
+            if old is not None:
+                deployment.status = old
+            return False
+        if Deployment.objects.filter(pk=deployment.pk, status=old).update(
+            status=status, reason=reason, updated_at=timezone.now(), **fields
+        ):
+            break
     deployment.status, deployment.reason = status, reason
     for key, value in fields.items():
         setattr(deployment, key, value)
     if old != status:
-        record_event(deployment, kind, reason or f"{old} → {status}", old=old or "", new=status)
-        return True
-    return False
+        record_event(deployment, kind, reason or f"{old} → {status}", old=old, new=status)
+    return True
 
 
 # --- the deploy run's rules --------------------------------------------------------------------------------------
@@ -626,7 +660,9 @@ def mark_running(deployment: Deployment) -> None:
     with transaction.atomic():
         current = Deployment.objects.select_for_update().get(pk=deployment.pk)
         refuse_if_deleting(current)
-        set_status(current, DeploymentStatus.RUNNING, "", kind="deploy")
+        set_status(
+            current, DeploymentStatus.RUNNING, "", kind="deploy", only_from={DeploymentStatus.DEPLOYING}
+        )
 
 
 def teardown(gw: ClusterGateway, deployment: Deployment) -> dict:
@@ -671,7 +707,10 @@ def deploy_failed(deployment_id: int, *, error: str, cancelled: bool) -> dict:
     reason = error or "the deploy run did not finish"
     if cancelled and "cancel" not in reason:
         reason = f"cancelled: {reason}"
-    set_status(deployment, DeploymentStatus.FAILED, reason, kind="deploy")
+    if not set_status(
+        deployment, DeploymentStatus.FAILED, reason, kind="deploy", only_from=NOT_BEING_DELETED
+    ):
+        return {"skipped": f"deployment is {deployment.status}"}
     return {"status": DeploymentStatus.FAILED}
 
 
@@ -679,7 +718,7 @@ def deploy_failed(deployment_id: int, *, error: str, cancelled: bool) -> dict:
 
 
 def begin_change(deployment: Deployment, title: str, *, kind: str) -> None:
-    set_status(deployment, DeploymentStatus.DEPLOYING, title, kind=kind)
+    set_status(deployment, DeploymentStatus.DEPLOYING, title, kind=kind, only_from=NOT_BEING_DELETED)
 
 
 def extra_replicas(deployment: Deployment, changes: dict) -> int:
@@ -737,7 +776,10 @@ def roll_back(gw: ClusterGateway, deployment: Deployment, number: int, *, since:
 
 
 def finish_change(deployment: Deployment) -> None:
-    set_status(deployment, DeploymentStatus.RUNNING, "", kind="update", ready_replicas=deployment.replicas)
+    set_status(
+        deployment, DeploymentStatus.RUNNING, "", kind="update", ready_replicas=deployment.replicas,
+        only_from={DeploymentStatus.DEPLOYING},
+    )  # fmt: skip
 
 
 def change_failed(deployment_id: int, *, title: str, error: str) -> dict:
@@ -746,7 +788,10 @@ def change_failed(deployment_id: int, *, title: str, error: str) -> dict:
     deployment = _not_deleted(deployment_id)
     if deployment is None:
         return {"skipped": "deployment deleted"}
-    set_status(deployment, DeploymentStatus.DEGRADED, f"{title} failed: {error}", kind="update")
+    set_status(
+        deployment, DeploymentStatus.DEGRADED, f"{title} failed: {error}", kind="update",
+        only_from=NOT_BEING_DELETED,
+    )  # fmt: skip
     return {"status": DeploymentStatus.DEGRADED}
 
 
@@ -755,13 +800,19 @@ def change_failed(deployment_id: int, *, title: str, error: str) -> dict:
 
 def mark_deleted(deployment: Deployment) -> None:
     Worker.objects.filter(deployment=deployment).delete()
-    set_status(deployment, DeploymentStatus.DELETED, "", kind="delete", ready_replicas=0, endpoint_url="")
+    set_status(
+        deployment, DeploymentStatus.DELETED, "", kind="delete", ready_replicas=0, endpoint_url="",
+        only_from={DeploymentStatus.DELETING},
+    )  # fmt: skip
 
 
 def delete_failed(deployment_id: int, *, error: str) -> None:
     deployment = Deployment.objects.filter(pk=deployment_id).first()
     if deployment is not None:
-        set_status(deployment, DeploymentStatus.FAILED, f"deletion failed: {error}", kind="delete")
+        set_status(
+            deployment, DeploymentStatus.FAILED, f"deletion failed: {error}", kind="delete",
+            only_from={DeploymentStatus.DELETING},
+        )  # fmt: skip
 
 
 __all__ = [

@@ -11,7 +11,8 @@ Deploy::
 Step bodies hold no rules of their own: they open the cluster gateway, call a named function of
 ``deployments.services`` (the actions' rules), ``deployments.health`` (reading the cluster) or
 ``deployments.benchmarking``, and translate its errors — a refusal or a chart error fails the step, an
-unreachable cluster is retried (or, in a waiting step, waited out until the step's deadline).
+unreachable cluster is retried with backoff for ``WORKFLOW_TRANSIENT_WINDOW`` (or, in a waiting step, waited
+out until the step's deadline).
 
 Every step is idempotent, so a worker killed anywhere leaves no duplicates when the step runs again: the
 namespace, secrets and chart objects are server-side applied (create-or-update), the placement is computed
@@ -54,7 +55,9 @@ def _gateway(deployment: Deployment, timeout: float = 30.0) -> ClusterGateway:
 
 
 def _gateway_failed(exc: GatewayError) -> Exception:
-    """Unreachable clusters are worth a retry; anything else (forbidden, invalid) is not."""
+    """An unreachable cluster (refused or reset connection, timeout, 5xx) is retried for the transient window
+    (``WORKFLOW_TRANSIENT_WINDOW``); anything else (401, 403, 422: credentials, rights, the object) fails at
+    once, since waiting does not change the answer."""
     return TransientError(str(exc)) if isinstance(exc, Unreachable) else StepFailed(str(exc))
 
 
@@ -93,7 +96,11 @@ def verify_cluster(ctx: StepContext) -> dict:
         services.refuse_if_deleting(deployment)
     with _cluster(deployment, timeout=10) as gw:
         version = gw.version().get("gitVersion", "")
-    services.set_status(deployment, DeploymentStatus.DEPLOYING, "deploying", kind="deploy")
+    if not services.set_status(
+        deployment, DeploymentStatus.DEPLOYING, "deploying", kind="deploy",
+        only_from={DeploymentStatus.PENDING, DeploymentStatus.DEPLOYING},
+    ):  # fmt: skip
+        raise StepFailed(f"the deployment is {deployment.status}; not deploying it")
     return {"cluster": deployment.cluster.name, "version": version}
 
 
@@ -243,29 +250,21 @@ DEPLOY = Workflow(
             "Verify the cluster",
             verify_cluster,
             eta=_eta("verify_cluster", 2),
-            retries=2,
-            retry_delay=3,
         ),
         Step(
             "place",
             "Place the model (inventory read again)",
             place,
             eta=_eta("place", 3),
-            retries=2,
-            retry_delay=3,
         ),
-        Step(
-            "namespace", "Create the namespace", namespace, eta=_eta("namespace", 1), retries=2, retry_delay=3
-        ),
+        Step("namespace", "Create the namespace", namespace, eta=_eta("namespace", 1)),
         Step(
             "secrets",
             "Store credentials as Secrets",
             create_secrets,
             eta=_eta("secrets", 1),
-            retries=2,
-            retry_delay=3,
         ),
-        Step("transfer", "Start the weights transfer", transfer, eta=2, retries=2, retry_delay=3),
+        Step("transfer", "Start the weights transfer", transfer, eta=2),
         Step(
             "wait_transfer",
             "Transfer the weights",
@@ -277,7 +276,7 @@ DEPLOY = Workflow(
                 what="the weights transfer",
             ),
         ),
-        Step("install", "Install the runtime", install, eta=_eta("install", 3), retries=2, retry_delay=3),
+        Step("install", "Install the runtime", install, eta=_eta("install", 3)),
         Step(
             "wait_ready",
             "Wait for the runtime to be ready",
@@ -300,7 +299,7 @@ DEPLOY = Workflow(
         Step("mark_running", "Mark the deployment running", mark_running, eta=1),
     ],
     cleanup=[
-        Step("cleanup_resources", "Remove what was created", cleanup_resources, retries=2, retry_delay=3),
+        Step("cleanup_resources", "Remove what was created", cleanup_resources),
         Step("mark_failed", "Record why the deployment failed", mark_failed),
     ],
 )
@@ -352,10 +351,8 @@ UPDATE = Workflow(
     kind="deployment.update",
     title="Update deployment",
     steps=[
-        Step(
-            "check_capacity", "Check room for more replicas", check_capacity, eta=3, retries=2, retry_delay=3
-        ),
-        Step("apply_update", "Roll out a new revision", apply_update, eta=3, retries=2, retry_delay=3),
+        Step("check_capacity", "Check room for more replicas", check_capacity, eta=3),
+        Step("apply_update", "Roll out a new revision", apply_update, eta=3),
         Step("wait_ready", "Wait for the runtime to be ready", wait_ready, eta=30, poll=READY_POLL),
         Step("mark_running", "Mark the deployment running", mark_updated, eta=1),
     ],
@@ -366,9 +363,7 @@ ROLLBACK = Workflow(
     kind="deployment.rollback",
     title="Roll back deployment",
     steps=[
-        Step(
-            "apply_rollback", "Re-apply the stored revision", apply_rollback, eta=3, retries=2, retry_delay=3
-        ),
+        Step("apply_rollback", "Re-apply the stored revision", apply_rollback, eta=3),
         Step("wait_ready", "Wait for the runtime to be ready", wait_ready, eta=30, poll=READY_POLL),
         Step("mark_running", "Mark the deployment running", mark_updated, eta=1),
     ],
@@ -417,8 +412,6 @@ DELETE = Workflow(
             "Uninstall releases and delete the namespace",
             remove_objects,
             eta=3,
-            retries=3,
-            retry_delay=3,
         ),
         Step(
             "wait_namespace_gone",

@@ -330,6 +330,7 @@ def device_info(cluster: Cluster) -> list[dict]:
 COLLECTOR_LABEL_PREFIXES = {
     "nfd-worker": "feature.node.kubernetes.io/",
     "gpu-feature-discovery": "nvidia.com/gpu.",
+    "amd-gpu-labeller": "amd.com/gpu.",
 }
 
 

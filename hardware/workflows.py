@@ -11,6 +11,7 @@ from django.conf import settings
 
 from clusters.releases import install_or_upgrade
 from clusters.services import gateway_for, step_cluster
+from clusters.workflows import step_error
 from core.gateway import GatewayError
 from core.helm import ChartError
 from core.workflow import NotYet, Poll, Step, StepContext, StepFailed, Workflow
@@ -35,7 +36,9 @@ def ensure_collectors(ctx: StepContext) -> dict:
                 gw, cluster, chart=COLLECTOR_CHART, release=COLLECTOR_RELEASE, namespace=values["namespace"],
                 values=values, description="node info collectors",
             )  # fmt: skip
-    except (GatewayError, ChartError) as exc:
+    except GatewayError as exc:
+        raise step_error(exc) from None
+    except ChartError as exc:
         raise StepFailed(str(exc)) from None
     daemonsets = [o["name"] for o in revision.applied if o["kind"] == "DaemonSet"]
     return {"revision": revision.number, "daemonsets": daemonsets, "namespace": values["namespace"]}
@@ -77,7 +80,7 @@ def read_nodes(ctx: StepContext) -> dict:
         with gateway_for(cluster, timeout=60) as gw:
             return refresh_inventory(cluster, gw)
     except GatewayError as exc:
-        raise StepFailed(str(exc)) from None
+        raise step_error(exc) from None
 
 
 COLLECT_STEPS = [

@@ -9,7 +9,11 @@ Two layers, because neither alone is enough:
 
 * the exact secret values the caller knows about (credential environment variables, sensitive
   variables, sensitive outputs once Terraform reports them). Each value is also matched in the forms it
-  takes when embedded in JSON (escaped) or base64 — kubeconfigs and provider payloads carry both.
+  takes inside other text: JSON-escaped, URL-encoded (``%2F`` and ``+`` for spaces), hex (both cases), and
+  base64 (standard and URL-safe alphabets) — not only of the value alone but of any larger document
+  carrying it (a kubeconfig base64-encoded into a Secret). The base64 of a document spells the secret
+  differently depending on where the secret starts modulo 3 bytes, so each of the three alignments is
+  matched, on the characters that depend on the secret's bytes only.
 * patterns for secrets nobody told us about: AWS access key ids, JWTs and bearer tokens, PEM private
   keys, passwords in URLs, and ``key=value`` / ``key: value`` pairs whose key names a secret.
 
@@ -23,6 +27,7 @@ import json
 import re
 import threading
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 
@@ -66,13 +71,39 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+# An embedded base64 fragment shorter than this is not matched: 8 characters are 6 bytes of the secret,
+# long enough not to turn up by chance in unrelated base64.
+_MIN_FRAGMENT = 8
+
+
+def _base64_fragments(raw: bytes) -> set[str]:
+    """The base64 characters that spell ``raw`` wherever it sits inside a larger encoded document.
+
+    With ``k`` bytes of the document before the secret (``k`` = 0, 1, 2 modulo 3), the first group of four
+    characters mixes the document's bytes with the secret's and the last group the secret's with what
+    follows: both are dropped, the whole groups in between depend on the secret alone.
+    """
+    fragments: set[str] = set()
+    for k in range(3):
+        total = k + len(raw)
+        whole = total - total % 3
+        encoded = base64.b64encode(bytes(k) + raw)[: whole // 3 * 4].decode()
+        fragment = encoded[4:] if k else encoded
+        if len(fragment) >= _MIN_FRAGMENT:
+            fragments.add(fragment)
+            fragments.add(fragment.replace("+", "-").replace("/", "_"))
+    return fragments
+
+
 def _variants(value: str) -> set[str]:
-    """The forms a secret takes inside other text: as is, JSON-escaped, base64-encoded."""
-    forms = {value}
-    escaped = json.dumps(value)[1:-1]
-    forms.add(escaped)
+    """The forms a secret takes inside other text: as is, JSON-escaped, URL-encoded, hex, base64."""
+    raw = value.encode()
+    forms = {value, json.dumps(value)[1:-1], quote(value, safe=""), quote(value), quote_plus(value)}
+    forms |= {raw.hex(), raw.hex().upper()}
     if len(value) >= 8:
-        forms.add(base64.b64encode(value.encode()).decode())
+        whole = base64.b64encode(raw).decode()
+        forms |= {whole, whole.replace("+", "-").replace("/", "_")}
+        forms |= _base64_fragments(raw)
     return forms
 
 

@@ -12,12 +12,17 @@ How a run works
   generated ``_budcluster_backend.tf`` holding an empty backend block; the backend settings are passed
   to ``init`` as ``-backend-config``. The directory is removed by :meth:`TerraformRunner.close` (also
   on ``with`` exit). Modules must not declare a backend of their own (checked with
-  :mod:`provisioning.hcl`, the service's one HCL reader).
+  :mod:`provisioning.hcl`, the service's one HCL reader). Terraform runs with umask 077, so whatever it
+  writes (state, its backup, lock files, plugin caches) is readable by the service's user only.
 * State lives in PostgreSQL through the ``pg`` backend, one schema per cluster (``schema_name``). The
   password of the connection string is taken out and handed to the child as ``PGPASSWORD`` (libpq
   environment, honoured by the backend's driver), so it never appears in argv or in files. Without an
   ``sslmode`` in the URL, loopback hosts use ``disable`` and others ``require``. ``backend="local"``
-  keeps state in a file instead (development, tests).
+  keeps state in a file instead (development, tests): the file and its backup are 0600 in a 0700 folder,
+  tightened whenever a runner is made for it if an older version left them readable.
+* State is plain text whatever the backend (Terraform's ``sensitive`` only hides values from its UI), so
+  the modules keep credentials out of it: see ``terraform/README.md`` ("Outputs") and
+  :func:`provisioning.workflows.outputs`.
 * ``plan -out`` then ``show -json`` gives a :class:`PlanSummary` (add/change/destroy and each resource's
   action). ``apply``/``destroy`` run with ``-json``; each line of Terraform's machine-readable UI
   (``apply_start``, ``apply_progress``, ``apply_complete``, ``apply_errored``, ``change_summary``,
@@ -298,6 +303,8 @@ class TerraformRunner:
         self.backend = backend
         self.schema_name = schema_name
         self.state_path = Path(state_path).resolve() if state_path else None
+        if self.state_path is not None:
+            _protect_state(self.state_path)
         self.variables = dict(variables or {})
         self.binary = find_terraform_binary(binary)
         self.timeouts = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
@@ -577,6 +584,9 @@ class TerraformRunner:
             # Own process group: signals reach Terraform's panicwrap child and provisioner scripts the way a
             # terminal's Ctrl-C would, and a signal sent to the worker does not hit Terraform directly.
             start_new_session=True,
+            # Terraform creates its state, backups and lock files with the process umask (0644 under the
+            # usual 022): private instead.
+            umask=0o077,
         )
         self._interrupted = False
         self._proc = proc
@@ -761,6 +771,16 @@ class _UiParser:
                 )
             if status in ("complete", "errored") and self.on_progress is not None and self.result.planned:
                 self.on_progress(self.result.progress)
+
+
+def _protect_state(state_path: Path) -> None:
+    """The local backend's folder 0700 and its state files 0600 (created so, or tightened if older)."""
+    folder = state_path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    for path in (state_path, state_path.with_name(state_path.name + ".backup")):
+        with contextlib.suppress(FileNotFoundError):
+            path.chmod(0o600)
 
 
 def _pump(stream: Any, name: str, out: queue.Queue[tuple[str, str | None]]) -> None:

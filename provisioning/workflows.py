@@ -3,7 +3,8 @@
 ``cluster.provision`` (one run per attempt)::
 
     check_credentials → init → plan → approve (waits for POST /runs/{id}/approve unless auto_approve)
-      → apply (per-resource progress and events) → outputs (kubeconfig → clusters' registration run)
+      → apply (per-resource progress and events) → outputs (kubeconfig, its token added outside the
+        Terraform state → clusters' registration run)
       → wait_registration                       cleanup on failure/cancel: record_failure
 
 Every Terraform step builds its own runner (a fresh private work directory on whichever worker runs it)
@@ -30,6 +31,7 @@ import collections
 import time
 from typing import Any
 
+import yaml
 from django.conf import settings
 from django.utils import timezone
 
@@ -265,16 +267,49 @@ def outputs(ctx: StepContext) -> dict:
         kubeconfig = values.get("kubeconfig")
         if kubeconfig is None or not kubeconfig.value:
             raise StepFailed(f"module {provisioning.module} returned no kubeconfig output")
+        document = _with_credential(provisioning, str(kubeconfig.value))
         try:
-            run = replace_kubeconfig(
-                provisioning.cluster, str(kubeconfig.value).encode(), user=ctx.run.created_by
-            )
+            run = replace_kubeconfig(provisioning.cluster, document.encode(), user=ctx.run.created_by)
         except RegistrationRefused as exc:
             raise StepFailed(f"the provisioned cluster's kubeconfig was refused: {exc}") from None
         set_provisioning_status(provisioning.pk, ProvisioningStatus.REGISTERING, registration_run=run)
         return {"outputs": public, "registration_run": str(run.pk)}
 
     return _terraform(ctx, body, what="output")
+
+
+# User fields that carry a credential in a kubeconfig (exec and auth-provider are refused by the guard).
+_CREDENTIAL_FIELDS = ("token", "client-key-data", "password")
+
+
+def _with_credential(provisioning: Provisioning, document: str) -> str:
+    """The module's kubeconfig with its user's credential, added here when the module left it out.
+
+    Terraform keeps every output in its state in plain text (``sensitive`` only hides it from the UI), so a
+    module that is given the cluster's token (the local stand-in: its sensitive ``token`` variable, which
+    Terraform never writes into the state) returns the kubeconfig without it; the token is added from the
+    provisioning's encrypted secret variables and the result only ever stored encrypted.
+    """
+    try:
+        parsed = yaml.safe_load(document)
+        users = parsed["users"]
+    except (yaml.YAMLError, TypeError, KeyError):
+        return document  # the kubeconfig guard refuses it with its own message
+    token = str((provisioning.secret_variables or {}).get("token") or "")
+    missing = [u for u in users if isinstance(u, dict) and not _has_credential(u.get("user"))]
+    if not missing:
+        return document
+    if not token:
+        raise StepFailed(
+            f"module {provisioning.module} returned a kubeconfig without a credential and no token variable"
+        )
+    for entry in missing:
+        entry["user"] = {**(entry.get("user") or {}), "token": token}
+    return yaml.safe_dump(parsed, sort_keys=False)
+
+
+def _has_credential(user: Any) -> bool:
+    return isinstance(user, dict) and any(user.get(field) for field in _CREDENTIAL_FIELDS)
 
 
 def wait_registration(ctx: StepContext) -> Any:

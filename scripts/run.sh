@@ -7,7 +7,10 @@ PY=.venv/bin/python
 PORT="${PORT:-9082}"
 HOST="${HOST:-127.0.0.1}"
 DEVCLUSTER="${DEVCLUSTER:-1}"
-mkdir -p var
+# Everything the processes started here write (var/: the SQLite database with tokens and sessions, the
+# devcluster's kubeconfig, Terraform state, broker messages) is readable by this user only.
+umask 077
+mkdir -p -m 700 var
 
 # The devcluster listens on loopback; the kubeconfig guard refuses loopback servers unless this is on. It is
 # set for the processes started here only (keep it off in production).

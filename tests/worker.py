@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -102,6 +104,22 @@ def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.1, what: s
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def broker_drained() -> bool:
+    """True when the test broker's queue is empty and the worker holds no message (running, reserved or
+    scheduled): every message sent so far has been handled."""
+    import redis
+
+    from budcluster_site.celery import app
+
+    if redis.Redis.from_url(settings.CELERY_BROKER_URL).llen("celery"):
+        return False
+    inspect = app.control.inspect(timeout=1.0)
+    held = [inspect.active(), inspect.reserved(), inspect.scheduled()]
+    if any(answer is None for answer in held):  # no worker answered: nothing can be concluded
+        return False
+    return not any(tasks for answer in held for tasks in answer.values())
+
+
 def run_finished(run_id, timeout: float = 60.0):
     """The run once it reached a terminal status; on timeout the failure says where each step stands."""
     from core.choices import RunStatus
@@ -121,35 +139,101 @@ def run_finished(run_id, timeout: float = 60.0):
         ) from None
 
 
+@contextmanager
+def armed_worker(
+    session_worker, failpoints: list[str], *, name: str, extra_env: dict | None = None
+) -> Iterator[WorkerProcess]:
+    """A worker with ``WORKFLOW_FAILPOINTS`` armed (``[kind/]step:pause|crash|crash-after``, see
+    ``core.workflow``) as the only consumer: the session worker is stopped meanwhile and started again after."""
+    session_worker.stop()
+    armed = WorkerProcess(
+        name=f"armed-{name}", extra_env={**(extra_env or {}), "WORKFLOW_FAILPOINTS": ",".join(failpoints)}
+    )
+    try:
+        yield armed.start()
+    finally:
+        armed.kill()
+        session_worker.start()
+
+
 def kill_worker_during_step(
-    session_worker, start, step: str, *, name: str, extra_env: dict, timeout: float = 60
+    session_worker,
+    start,
+    step: str,
+    *,
+    name: str,
+    extra_env: dict,
+    timeout: float = 60,
+    action: str = "crash-after",
 ):
-    """Run `start()` (which returns (subject, run_id)) on a worker that is SIGKILLed once `step` is running;
-    a replacement worker and the reaper must finish the run. Returns (subject, finished run). The session
-    worker is stopped meanwhile (so the doomed one takes the step) and started again afterwards."""
+    """Run `start()` (which returns (subject, run_id)) on a worker that dies inside `step`: its failpoint
+    SIGKILLs it (``crash``: before the body; ``crash-after``: after the body, before the step's outcome is
+    recorded) or, with ``pause``, the test SIGKILLs it while the step is held. The session worker, stopped
+    meanwhile, comes back as the replacement; with the reaper it must finish the run. Returns (subject,
+    finished run)."""
     from core import workflow
-    from core.choices import StepStatus
-    from core.models import Run
 
     session_worker.stop()
-    doomed = WorkerProcess(name=f"doomed-{name}", extra_env=extra_env).start()
-    replacement = None
+    doomed = WorkerProcess(
+        name=f"doomed-{name}", extra_env={**extra_env, "WORKFLOW_FAILPOINTS": f"{step}:{action}"}
+    )
     try:
+        doomed.start()
         subject, run_id = start()
-        run = Run.objects.get(pk=run_id)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # as tight as a poll can be: the step lasts milliseconds
-            if run.steps.filter(name=step, status=StepStatus.RUNNING).exists():
-                break
-            time.sleep(0.005)
-        doomed.kill()
-        replacement = WorkerProcess(name=f"replacement-{name}", extra_env=extra_env).start()
         wait_for(
-            lambda: workflow.reap_stale_runs(), timeout=30, interval=0.5, what="the reaper to resume the run"
+            lambda: workflow.failpoint_reached(run_id, step), timeout=timeout, what=f"the run to reach {step}"
         )
-        return subject, run_finished(run_id, timeout)
+        if action == "pause":
+            doomed.kill()
+        wait_for(lambda: doomed.proc.poll() is not None, timeout=30, what="the worker to die")
     finally:
-        doomed.kill()
-        if replacement:
-            replacement.stop()
+        doomed.kill()  # the rest of its process group, if any
         session_worker.start()
+    wait_for(
+        lambda: workflow.reap_stale_runs(), timeout=30, interval=0.2, what="the reaper to resume the run"
+    )
+    return subject, run_finished(run_id, timeout)
+
+
+def crash_inside_each_step(
+    session_worker,
+    start,
+    steps: list[str],
+    *,
+    name: str,
+    extra_env: dict,
+    timeout: float = 240,
+    reap: bool = True,
+):
+    """Run `start()` (which returns (subject, run_id)) on workers that SIGKILL themselves inside each of `steps`
+    (``crash-after``: the body ran, its outcome is not recorded). Each dead worker is replaced by a fresh one
+    armed the same way (a failpoint acts on a step's first attempt only, so the run moves on); the reaper
+    resumes the run each time (called here, or by beat when ``reap`` is False). Returns (subject, finished run,
+    number of workers killed). The session worker is stopped meanwhile."""
+    from core import workflow
+    from core.choices import RunStatus
+    from core.models import Run
+
+    env = {**extra_env, "WORKFLOW_FAILPOINTS": ",".join(f"{step}:crash-after" for step in steps)}
+    session_worker.stop()
+    kills = 0
+    current = WorkerProcess(name=f"crashing-{name}", extra_env=env)
+    try:
+        current.start()
+        subject, run_id = start()
+        deadline = time.monotonic() + timeout
+        while (run := Run.objects.get(pk=run_id)).status not in RunStatus.terminal():
+            if time.monotonic() > deadline:
+                where = "; ".join(f"{s.name}={s.status}" for s in run.steps.order_by("order"))
+                raise AssertionError(f"run {run_id} not finished after {timeout:g}s ({kills} kills): {where}")
+            if current.proc.poll() is not None:
+                current.kill()
+                kills += 1
+                current = WorkerProcess(name=f"crashing-{name}-{kills}", extra_env=env).start()
+            if reap:
+                workflow.reap_stale_runs()
+            time.sleep(0.2)
+    finally:
+        current.kill()
+        session_worker.start()
+    return subject, run, kills

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from core.api.fields import OutboundURLField
+
 from .. import extensions
 from ..choices import ClusterStatus, Platform
 from ..models import Cluster, ClusterEvent
@@ -17,12 +19,40 @@ class EncryptedKubeconfigSerializer(serializers.Serializer):
     ciphertext = serializers.CharField(help_text="base64 AES-256-GCM ciphertext with its tag appended")
 
 
+# Labels are the operator's notes on a cluster, shown in lists: bounded so that one request cannot store (and every
+# list answer repeat) megabytes.
+MAX_LABELS = 64
+MAX_LABEL_KEY = 128
+MAX_LABEL_VALUE = 256
+
+
 def _labels(value: dict) -> dict:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise serializers.ValidationError("labels must be an object of string keys and string values")
+    if len(value) > MAX_LABELS:
+        raise serializers.ValidationError(f"at most {MAX_LABELS} labels (got {len(value)})")
+    for key, text in value.items():
+        if "\x00" in key or "\x00" in text:
+            raise serializers.ValidationError("labels may not contain NUL characters")
+        if not 1 <= len(key) <= MAX_LABEL_KEY:
+            raise serializers.ValidationError(f"label keys are 1 to {MAX_LABEL_KEY} characters")
+        if len(text) > MAX_LABEL_VALUE:
+            raise serializers.ValidationError(
+                f"label {key!r} is {len(text)} characters long; values are at most {MAX_LABEL_VALUE}"
+            )
     return value
+
+
+def _ingress_url(**kwargs) -> OutboundURLField:
+    return OutboundURLField(
+        required=False,
+        allow_blank=True,
+        help_text="Base URL of the cluster's ingress (http or https, no user info; metadata, link-local and "
+        "loopback addresses are refused)",
+        **kwargs,
+    )
 
 
 def _name(**kwargs) -> serializers.RegexField:
@@ -45,8 +75,10 @@ class ClusterRegisterSerializer(serializers.Serializer):
         required=False, write_only=True, help_text="kubeconfig file (multipart upload)"
     )
     encrypted_kubeconfig = EncryptedKubeconfigSerializer(required=False, write_only=True)
-    context = serializers.CharField(required=False, allow_blank=True, help_text="Context to use")
-    ingress_url = serializers.URLField(required=False, allow_blank=True, default="")
+    context = serializers.CharField(
+        required=False, allow_blank=True, max_length=512, help_text="Context to use"
+    )
+    ingress_url = _ingress_url(default="")
     labels = serializers.JSONField(required=False, default=dict, validators=[_labels])
 
     def validate(self, attrs: dict) -> dict:
@@ -104,7 +136,8 @@ class ClusterUpdateSerializer(serializers.ModelSerializer):
         trim_whitespace=False,
         help_text="Replace the kubeconfig (re-verified)",
     )
-    context = serializers.CharField(required=False, write_only=True, allow_blank=True)
+    context = serializers.CharField(required=False, write_only=True, allow_blank=True, max_length=512)
+    ingress_url = _ingress_url()
     labels = serializers.JSONField(required=False, validators=[_labels])
 
     class Meta:

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,12 @@ def health_db(request) -> JsonResponse:
 
 @require_GET
 def health_broker(request) -> JsonResponse:
-    """Publish a message to a throwaway queue on the broker and read it back."""
+    """Publish a message to a throwaway queue on the broker and read it back.
+
+    The endpoint is unauthenticated, so a call must leave nothing behind. The queue hangs off the broker's
+    default (nameless) exchange: a named exchange would be a binding the broker keeps after the queue is gone
+    (kombu's filesystem transport writes one ``<exchange>.exchange`` file per exchange and never removes it).
+    """
     started = time.monotonic()
     token = uuid.uuid4().hex
     queue_name = f"budcluster.health.{token[:12]}"
@@ -58,7 +63,9 @@ def health_broker(request) -> JsonResponse:
             settings.CELERY_BROKER_URL, transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS
         ) as conn:
             conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT)
-            queue = conn.SimpleQueue(queue_name, queue_opts={"auto_delete": True, "durable": False})
+            queue = conn.SimpleQueue(
+                Queue(queue_name, Exchange(""), routing_key=queue_name, auto_delete=True, durable=False)
+            )
             try:
                 queue.put({"token": token})
                 message = queue.get(block=True, timeout=BROKER_TIMEOUT)

@@ -6,12 +6,20 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from clusters.models import Cluster, Revision
+from core.api.fields import OutboundURLField
 
 from ..catalog import resolve_model
 from ..choices import DeploymentStatus, DeviceType, ModelSource
 from ..models import Deployment, DeploymentEvent, Worker
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Bounds of what a request may carry: each is far above real use (vLLM takes a handful of variables and flags) and
+# keeps one request from storing, rendering into manifests and echoing back megabytes.
+MAX_ENV = 100
+MAX_ENV_NAME = 128
+MAX_ENV_VALUE = 16 * 1024
+MAX_ENGINE_ARGS = 100
+MAX_MODEL_FIELDS = 64
 
 
 @extend_schema_field(
@@ -23,9 +31,12 @@ class ClusterField(serializers.Field):
     def to_internal_value(self, data):
         qs = Cluster.objects.defer("kubeconfig")
         cluster = None
-        if isinstance(data, int) or (isinstance(data, str) and data.isdigit()):
+        if (isinstance(data, int) and not isinstance(data, bool)) or (
+            isinstance(data, str) and data.isdigit()
+        ):
             cluster = qs.filter(pk=int(data)).first()
-        if cluster is None and isinstance(data, str):
+        # Only strings that could be a cluster name reach the database (NUL cannot be sent to PostgreSQL at all).
+        if cluster is None and isinstance(data, str) and len(data) <= 100 and "\x00" not in data:
             cluster = qs.filter(name=data).first()
         if cluster is None:
             raise serializers.ValidationError(f"no cluster {data!r} (give its id or name)")
@@ -42,6 +53,10 @@ class ModelField(serializers.JSONField):
         value = super().to_internal_value(data)
         if not isinstance(value, str | dict):
             raise serializers.ValidationError("model must be a catalog name or an object")
+        if isinstance(value, str) and len(value) > 200:
+            raise serializers.ValidationError("model name is longer than 200 characters")
+        if isinstance(value, dict) and len(value) > MAX_MODEL_FIELDS:
+            raise serializers.ValidationError(f"model object has more than {MAX_MODEL_FIELDS} fields")
         try:
             resolve_model(value)
         except ValueError as exc:
@@ -50,12 +65,15 @@ class ModelField(serializers.JSONField):
 
 
 class S3Serializer(serializers.Serializer):
-    endpoint = serializers.URLField(required=False, allow_blank=True, default="")
-    region = serializers.CharField(required=False, default="us-east-1")
-    bucket = serializers.CharField()
-    prefix = serializers.CharField(required=False, allow_blank=True, default="")
-    access_key_id = serializers.CharField(write_only=True)
-    secret_access_key = serializers.CharField(write_only=True)
+    endpoint = OutboundURLField(
+        required=False, allow_blank=True, default="",
+        help_text="S3-compatible endpoint (http or https, no user info; metadata and link-local addresses refused)",
+    )  # fmt: skip
+    region = serializers.CharField(required=False, default="us-east-1", max_length=64)
+    bucket = serializers.CharField(max_length=255)
+    prefix = serializers.CharField(required=False, allow_blank=True, default="", max_length=1024)
+    access_key_id = serializers.CharField(write_only=True, max_length=256)
+    secret_access_key = serializers.CharField(write_only=True, max_length=1024)
 
 
 class PlanSerializer(serializers.Serializer):
@@ -73,8 +91,10 @@ class PlanSerializer(serializers.Serializer):
     served_model_name = serializers.CharField(required=False, max_length=200)
     device_type = serializers.ChoiceField(choices=DeviceType.choices, default=DeviceType.AUTO)
     replicas = serializers.IntegerField(min_value=1, max_value=256, default=1)
-    dtype = serializers.CharField(required=False, default="auto")
-    quantization = serializers.CharField(required=False, allow_blank=True, allow_null=True, default=None)
+    dtype = serializers.CharField(required=False, default="auto", max_length=32)
+    quantization = serializers.CharField(
+        required=False, allow_blank=True, allow_null=True, default=None, max_length=64
+    )
     context_len = serializers.IntegerField(required=False, min_value=1)
     input_tokens = serializers.IntegerField(required=False, min_value=1)
     output_tokens = serializers.IntegerField(required=False, min_value=1)
@@ -82,21 +102,28 @@ class PlanSerializer(serializers.Serializer):
     gpu_memory_utilization = serializers.FloatField(required=False, min_value=0.05, max_value=1.0)
     max_tp = serializers.IntegerField(required=False, min_value=1)
     engine_args = serializers.ListField(
-        child=serializers.CharField(max_length=500), required=False, default=list
+        child=serializers.CharField(max_length=500), required=False, default=list, max_length=MAX_ENGINE_ARGS
     )
     image = serializers.CharField(required=False, allow_blank=True, default="", max_length=300)
     env = serializers.DictField(
-        child=serializers.CharField(allow_blank=True), required=False, default=dict,
-        help_text="Plain environment variables for the engine (names that look like secrets are refused)",
+        child=serializers.CharField(allow_blank=True, max_length=MAX_ENV_VALUE), required=False, default=dict,
+        help_text=f"Plain environment variables for the engine (names that look like secrets are refused; at "
+        f"most {MAX_ENV} variables, values up to {MAX_ENV_VALUE} characters)",
     )  # fmt: skip
     source = serializers.ChoiceField(choices=ModelSource.choices, default=ModelSource.HF)
-    revision = serializers.CharField(required=False, default="main")
+    revision = serializers.CharField(required=False, default="main", max_length=256)
     service_type = serializers.ChoiceField(choices=["LoadBalancer", "ClusterIP", "NodePort"], required=False)
 
     def validate_env(self, value: dict) -> dict:
         import re
 
+        if len(value) > MAX_ENV:
+            raise serializers.ValidationError(f"at most {MAX_ENV} environment variables (got {len(value)})")
         for key in value:
+            if len(key) > MAX_ENV_NAME:
+                raise serializers.ValidationError(
+                    f"environment variable names are at most {MAX_ENV_NAME} characters (got {len(key)})"
+                )
             if not re.match(_ENV_NAME, key):
                 raise serializers.ValidationError(f"{key!r} is not a valid environment variable name")
         return value
@@ -119,7 +146,7 @@ class DeploySerializer(PlanSerializer):
         r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", help_text="Deployment (endpoint) name"
     )
     hf_token = serializers.CharField(
-        required=False, write_only=True, allow_blank=True,
+        required=False, write_only=True, allow_blank=True, max_length=1024,
         help_text="Hugging Face token for gated models; stored as a Kubernetes Secret, never returned",
     )  # fmt: skip
     s3 = S3Serializer(required=False, help_text="With source s3: where the weights are and the access keys")
@@ -246,7 +273,9 @@ class DeploymentDetailSerializer(DeploymentSerializer):
 
 class DeploymentUpdateSerializer(serializers.Serializer):
     replicas = serializers.IntegerField(required=False, min_value=1, max_value=256)
-    engine_args = serializers.ListField(child=serializers.CharField(max_length=500), required=False)
+    engine_args = serializers.ListField(
+        child=serializers.CharField(max_length=500), required=False, max_length=MAX_ENGINE_ARGS
+    )
     image = serializers.CharField(required=False, allow_blank=True, max_length=300)
 
     def validate(self, attrs: dict) -> dict:

@@ -2,8 +2,9 @@
 
 - `nfd_labels`: what a Node Feature Discovery (v0.18) worker publishes with the settings the service deploys:
   cpuid flags, cpu-model, multithreading, kernel and OS release, PCI vendors (`deviceLabelFields: [vendor]`,
-  as the NVIDIA GPU operator configures NFD, hence `pci-10de.present`), NUMA, plus the CPU-model local hook
-  (`feature.node.kubernetes.io/local-cpu.*`) the original deployment shipped.
+  as the NVIDIA GPU operator configures NFD, hence `pci-10de.present`), NUMA, the CPU-model local hook
+  (`feature.node.kubernetes.io/local-cpu.*`) the original deployment shipped, and the collectors chart's custom
+  rule that names each Habana Labs (Gaudi) device id (`pci-1da3_<device>.present`).
 - `gfd_labels`: NVIDIA GPU feature discovery labels (`nvidia.com/gpu.product`, `.memory` in MiB, `.count`,
   `.family`, CUDA driver/runtime versions, compute capability, MIG strategy and per-profile MIG labels for the
   "mixed" strategy).
@@ -18,6 +19,7 @@ import re
 from devcluster.sim.objects import container_env
 
 NFD = "feature.node.kubernetes.io"
+HABANA_PCI_VENDOR = "1da3"
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 
 # Fallback device classes when a node has no `perf` entry (dense BF16 TFLOPS, memory bandwidth GB/s).
@@ -71,6 +73,15 @@ def nfd_labels(hw: dict, node_info: dict | None = None) -> dict[str, str]:
             labels[f"{NFD}/system-os_release.VERSION_ID.minor"] = minor
     for vendor in hw.get("pci_vendors") or ():
         labels[f"{NFD}/pci-{vendor}.present"] = "true"
+    # The chart's custom rule (charts/node_info_collector/files/gaudi-device-rule.yaml): one label per device id
+    # of vendor 1da3, named as NFD names devices under `deviceLabelFields: [vendor, device]`.
+    gpu = hw.get("gpu") or {}
+    if (
+        HABANA_PCI_VENDOR in (hw.get("pci_vendors") or ())
+        and gpu.get("vendor") == "habana"
+        and gpu.get("device_id")
+    ):
+        labels[f"{NFD}/pci-{HABANA_PCI_VENDOR}_{str(gpu['device_id']).lower()}.present"] = "true"
     labels[f"{NFD}/storage-nonrotationaldisk"] = "true"
     labels.update({k: str(v) for k, v in (hw.get("nfd_extra") or {}).items()})
     return labels
@@ -153,8 +164,9 @@ def device_perf(hw: dict | None, accelerated: bool) -> dict:
     return dict(hw.get("perf") or DEFAULT_CPU_PERF)
 
 
-# Collectors the simulator recognises, by image repository (and args for GFD, which shares its image with
-# the device plugin).
+# Collectors the simulator recognises, by image repository and command: GFD shares its image with NVIDIA's
+# device plugin, and the AMD labeller (`k8s-node-labeller`) ships in ROCm's k8s-device-plugin repository under a
+# `labeller-<version>` tag, so the repository alone does not say which program runs.
 def collector_kind(container: dict) -> str | None:
     image = container.get("image") or ""
     repo = image.split("@")[0].rsplit(":", 1)[0] if ":" in image.split("/")[-1] else image.split("@")[0]
@@ -162,12 +174,12 @@ def collector_kind(container: dict) -> str | None:
     if repo.endswith("nfd/node-feature-discovery") or repo.endswith("/node-feature-discovery"):
         # nfd-master/gc pods publish nothing themselves; the worker reads the host.
         return None if ("nfd-master" in words or "nfd-gc" in words) else "nfd"
+    if "k8s-node-labeller" in words or ("rocm" in repo and "labeller" in image):
+        return "amd-labeller"
     if "gpu-feature-discovery" in repo or (
         repo.endswith("k8s-device-plugin") and "gpu-feature-discovery" in words
     ):
         return "gfd" if "rocm" not in repo else None
-    if "rocm" in repo and ("labeller" in image or "node-labeller" in words):
-        return "amd-labeller"
     return None
 
 

@@ -1,7 +1,9 @@
 """Intel Gaudi accelerators (HPUs): the count from the Habana device plugin's capacity (``habana.ai/gaudi``), the
-generation from the PCI device id in NFD's PCI label (only when NFD is configured with
-``deviceLabelFields: [vendor, device]``). No labeller publishes HPU memory: it is the generation's figure from
-``hardware.gpus``, with a note."""
+generation from the PCI device id in an NFD PCI label ``pci-1da3_<device>.present``. The collectors chart's custom
+nfd-worker rule publishes that label for Habana devices alone (its NFD keeps ``deviceLabelFields: [vendor]`` for
+everything else); an NFD configured with ``deviceLabelFields: [vendor, device]`` publishes the same name. No Habana
+component labels the model, and none publishes HPU memory: it is the generation's figure from ``hardware.gpus``,
+with a note."""
 
 from __future__ import annotations
 
@@ -57,8 +59,8 @@ def parse_gaudi(
             )
     else:
         notes.append(
-            "Gaudi generation unknown: NFD PCI label has no device id "
-            "(configure deviceLabelFields: [vendor, device])"
+            "Gaudi generation unknown: no NFD label with the PCI device id (pci-1da3_<device>.present, "
+            "published by the collectors chart's nfd-worker rule)"
         )
     inv.accelerator_model = model
     device_counts(inv, HABANA_GAUDI, capacity, allocatable, None, "", notes)

@@ -1,4 +1,5 @@
-"""node_info_collector: NFD (worker, master, gc), GPU feature discovery and the CPU-model feature file."""
+"""node_info_collector: NFD (worker, master, gc), GPU feature discovery, the AMD GPU node labeller, the Gaudi
+device-id rule and the CPU-model feature file."""
 
 from __future__ import annotations
 
@@ -7,28 +8,42 @@ from pathlib import Path
 
 import helm_python as helm
 import pytest
+import yaml
+
+from hardware.inventory import parse_node
 
 from . import helpers as h
 
 CHART = "node_info_collector"
 GFD_SELECTOR = "feature.node.kubernetes.io/pci-10de.present"
+AMD_SELECTOR = "feature.node.kubernetes.io/pci-1002.present"
+ROLE_FILE = Path(__file__).resolve().parents[2] / "playbooks" / "files" / "budcluster-clusterrole.yaml"
 
 
 @pytest.mark.parametrize(
-    "values", [None, {"gfd": {"enabled": False}}, {"cpuModelFeature": {"enabled": False}}]
+    "values",
+    [
+        None,
+        {"gfd": {"enabled": False}},
+        {"cpuModelFeature": {"enabled": False}},
+        {"amdLabeller": {"enabled": False}},
+    ],
 )
 def test_lints_clean(values):
     assert h.lint(CHART, values) == []
 
 
-@pytest.mark.parametrize("gfd", [True, False])
-def test_render_is_valid_kubernetes(gfd):
-    objs = h.render_objects(CHART, {"gfd": {"enabled": gfd}})
+@pytest.mark.parametrize("gpus", [True, False])
+def test_render_is_valid_kubernetes(gpus):
+    objs = h.render_objects(CHART, {"gfd": {"enabled": gpus}, "amdLabeller": {"enabled": gpus}})
     native = list(h.k8s_native(objs))
     assert native, "nothing rendered"
     for obj in native:
         h.validate(obj)
-    assert bool(h.find(objs, "DaemonSet", "demo-gpu-feature-discovery")) is gfd
+    assert bool(h.find(objs, "DaemonSet", "demo-gpu-feature-discovery")) is gpus
+    assert bool(h.find(objs, "DaemonSet", "demo-amd-gpu-labeller")) is gpus
+    assert bool(h.find(objs, "ClusterRole", "demo-amd-gpu-labeller")) is gpus
+    assert bool(h.find(objs, "ServiceAccount", "demo-amd-gpu-labeller")) is gpus
 
 
 def test_validation_is_not_vacuous():
@@ -86,6 +101,101 @@ def test_worker_publishes_pci_vendor_labels_gfd_depends_on():
     assert '"03"' in conf
 
 
+def test_amd_labeller_runs_only_on_amd_nodes_with_the_labels_the_inventory_reads():
+    objs = h.render_objects(CHART, {"amdLabeller": {"nodeSelector": {"pool": "mi300"}}})
+    labeller = h.one(objs, "DaemonSet", "demo-amd-gpu-labeller")
+    spec = labeller["spec"]["template"]["spec"]
+    # Only where NFD found an AMD PCI device, the label the worker's vendor-only naming produces.
+    assert spec["nodeSelector"] == {AMD_SELECTOR: "true", "pool": "mi300"}
+    assert {"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    (container,) = spec["containers"]
+    repository, tag = container["image"].rsplit(":", 1)
+    assert repository == "docker.io/rocm/k8s-device-plugin"
+    assert tag.startswith("labeller-") and tag != "labeller-latest", "the image is pinned by version"
+    assert container["command"] == ["./k8s-node-labeller"] and container["workingDir"] == "/root"
+    assert {"-product-name", "-vram", "-device-id", "-driver-version"} <= set(container["args"])
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"DS_NODE_NAME": "spec.nodeName"}  # the labeller labels only its own node
+    volumes = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"]}
+    mounts = {volumes[m["name"]]: (m["mountPath"], m.get("readOnly")) for m in container["volumeMounts"]}
+    assert mounts == {"/sys": ("/sys", True), "/dev": ("/dev", True)}
+    assert spec["serviceAccountName"] == "demo-amd-gpu-labeller"
+    assert spec.get("automountServiceAccountToken") is not False
+
+
+def test_amd_labeller_may_label_nodes_and_nothing_else():
+    objs = h.render_objects(CHART)
+    account = h.one(objs, "ServiceAccount", "demo-amd-gpu-labeller")
+    assert account["metadata"]["namespace"] == "bud-system"
+    assert account.get("automountServiceAccountToken") is not False  # it talks to the API server
+    role = h.one(objs, "ClusterRole", "demo-amd-gpu-labeller")
+    # controller-runtime's client.Update writes the whole Node: update, not patch.
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "update"]}
+    ]
+    binding = h.one(objs, "ClusterRoleBinding", "demo-amd-gpu-labeller")
+    assert binding["roleRef"]["name"] == "demo-amd-gpu-labeller"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "demo-amd-gpu-labeller", "namespace": "bud-system"}
+    ]
+
+
+def test_budcluster_holds_every_right_the_chart_grants():
+    """Kubernetes lets BudCluster create a role only with rights it holds itself (it has no `escalate`)."""
+    held = {
+        (group, resource, verb)
+        for rule in yaml.safe_load(ROLE_FILE.read_text())["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    for role in h.find(h.render_objects(CHART), "ClusterRole") + h.find(h.render_objects(CHART), "Role"):
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    missing = {v for v in rule["verbs"] if (group, resource, v) not in held}
+                    assert not missing, (role["metadata"]["name"], group, resource, missing)
+
+
+def _gaudi_rule() -> dict:
+    objs = h.render_objects(CHART)
+    conf = yaml.safe_load(h.one(objs, "ConfigMap", "demo-nfd-worker-conf")["data"]["nfd-worker.conf"])
+    (rule,) = conf["sources"]["custom"]
+    return rule
+
+
+def _expand_device_template(template: str, device: str) -> dict[str, str]:
+    """What NFD makes of a `{{ range .pci.device }}...{{ .device }}...{{ end }}` template for one device."""
+    head, _, rest = template.partition("{{ range .pci.device }}")
+    body, _, tail = rest.partition("{{ end }}")
+    assert not head.strip() and not tail.strip() and "{{ .device }}" in body, template
+    key, _, value = body.replace("{{ .device }}", device).strip().partition("=")
+    return {key: value}
+
+
+def test_worker_names_the_gaudi_device_id_and_the_inventory_reads_the_generation():
+    rule = _gaudi_rule()
+    # Only Habana Labs devices: the other vendors keep their vendor-only labels (the GPU labellers' selectors).
+    (term,) = rule["matchFeatures"]
+    assert term["feature"] == "pci.device"
+    assert term["matchExpressions"] == {"vendor": {"op": "In", "value": ["1da3"]}}
+    labels = _expand_device_template(rule["labelsTemplate"], "1020")
+    assert labels == {"feature.node.kubernetes.io/pci-1da3_1020.present": "true"}
+    node = {
+        "metadata": {
+            "name": "hpu-0",
+            "labels": {"feature.node.kubernetes.io/pci-1da3.present": "true", **labels},
+        },
+        "status": {
+            "capacity": {"cpu": "160", "habana.ai/gaudi": "8"},
+            "allocatable": {"habana.ai/gaudi": "8"},
+        },
+    }
+    inv = parse_node(node)
+    assert (inv.accelerator_type, inv.accelerator_model, inv.accelerator_count) == ("hpu", "Gaudi2", 8)
+    assert inv.accelerator_memory_mib == 96 * 1024
+
+
 def test_components_can_be_switched_off_and_placed():
     values = {
         "nfd": {
@@ -138,6 +248,8 @@ def test_crds_are_optional():
         ({"surprise": 1}, "surprise"),
         ({"namespace": "Bud_System"}, "namespace"),
         ({"nfd": {"master": {"replicas": -1}}}, "replicas"),
+        ({"amdLabeller": {"image": {"tag": ""}}}, "tag"),
+        ({"amdLabeller": {"privileged": True}}, "privileged"),
     ],
 )
 def test_schema_rejects_bad_values(values, needle):

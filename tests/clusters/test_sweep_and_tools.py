@@ -144,7 +144,12 @@ def test_refused_updates_and_deletions_carry_codes_and_change_nothing(api, dc3):
     first.refresh_from_db()
     assert first.labels == {} and first.status == ClusterStatus.AVAILABLE
 
+    # Deleting, with its deletion run in progress (a cluster left deleting without one may be deleted again:
+    # tests/lifecycle/test_cancel_pending.py).
+    from core.models import Run
+
     Cluster.objects.filter(pk=first.pk).update(status=ClusterStatus.DELETING)
+    Run.objects.create(kind="cluster.delete", subject_id=str(first.pk), status="running")
     again = api.delete(f"/clusters/{first.pk}")
     assert again.status_code == 409 and again.json()["code"] == "already_deleting"
     with pytest.raises(services.RegistrationRefused) as refused:

@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 
 from core import workflow
 from core.choices import RunStatus
+from core.models import Run
 
 pytestmark = pytest.mark.django_db
 
@@ -104,7 +105,10 @@ def test_cancel_pending_run(api):
     run = workflow.get_workflow("demo.chain").launch(params={})
     response = api.post(f"/runs/{run.pk}/cancel", {"reason": "changed my mind"}, format="json")
     assert response.status_code == 202
-    assert response.json()["status"] == RunStatus.CANCELLED
+    # Not started, but its cleanup still runs (tests/core/test_workflow.py follows it to the end on a worker).
+    assert response.json()["status"] == RunStatus.CLEANING_UP
+    assert api.post(f"/runs/{run.pk}/cancel", {}, format="json").status_code == 202  # still stopping
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLED)
     again = api.post(f"/runs/{run.pk}/cancel", {}, format="json")
     assert again.status_code == 409
     assert again.json() == {"detail": "Run already cancelled; nothing to cancel.", "code": "run_ended"}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.utils import timezone
 
 from core import workflow
 from core.choices import RunStatus, StepStatus
-from core.models import Run, RunEvent
+from core.models import Run, RunEvent, RunStep
 from core.tasks import execute_step
-from tests.worker import WorkerProcess, wait_for
+from tests.worker import armed_worker, broker_drained, kill_worker_during_step, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,7 +119,7 @@ def test_duplicate_delivery_runs_each_body_once(worker):
         execute_step.apply_async((str(run.pk), name))
     _finished(run)
     assert run.status == RunStatus.SUCCEEDED
-    time.sleep(1.0)  # let the duplicates drain
+    wait_for(broker_drained, what="the worker to handle every duplicate")
     for name in ("first", "second", "third"):
         assert _bodies(run, name) == 1, name
     run.refresh_from_db()
@@ -126,10 +127,12 @@ def test_duplicate_delivery_runs_each_body_once(worker):
 
 
 def test_cancel_stops_at_next_step_boundary_and_runs_cleanup(worker):
-    run = workflow.get_workflow("demo.slow").launch(params={"sleep": 2.0})
-    wait_for(lambda: run.steps.filter(name="work", status=StepStatus.RUNNING).exists(), what="work to start")
-    assert workflow.request_cancel(Run.objects.get(pk=run.pk))
-    _finished(run)
+    with armed_worker(worker, ["demo.slow/work:pause"], name="boundary"):
+        run = workflow.get_workflow("demo.slow").launch(params={"sleep": 0})
+        wait_for(lambda: workflow.failpoint_reached(run.pk, "work"), what="work to be under way")
+        assert workflow.request_cancel(Run.objects.get(pk=run.pk))
+        workflow.release_failpoint(run.pk, "work")
+        _finished(run)
     assert run.status == RunStatus.CANCELLED
     statuses = _steps(run)
     assert statuses["work"] == StepStatus.SUCCEEDED  # not cooperative: it finishes its own work
@@ -176,45 +179,92 @@ def test_cancel_while_waiting_is_immediate(worker, tmp_path):
     assert _steps(run)["wait_file"] == StepStatus.CANCELLED
 
 
-def test_worker_killed_mid_step_run_finishes_after_new_worker(celery_worker_process, transactional_db):
-    # Stop the shared worker so the doomed one is the only consumer.
-    celery_worker_process.stop()
-    doomed = WorkerProcess(name="doomed").start()
-    replacement = None
-    try:
-        run = workflow.get_workflow("demo.slow").launch(params={"sleep": 3.0})
-        wait_for(
-            lambda: run.steps.filter(name="work", status=StepStatus.RUNNING).exists(),
-            what="the work step to start on the doomed worker",
-        )
-        time.sleep(0.5)
-        doomed.kill()
-        replacement = WorkerProcess(name="replacement").start()
-        # The step is silent now; after WORKFLOW_STALE_AFTER the reaper resumes the run.
-        wait_for(
-            lambda: workflow.reap_stale_runs(), timeout=30, interval=0.5, what="the reaper to resume the run"
-        )
-        _finished(run, timeout=40)
-        assert run.status == RunStatus.SUCCEEDED, run.error
-        work = run.steps.get(name="work")
-        assert work.attempt == 2
-        assert _bodies(run, "work") == 2  # the body ran again after the crash (bodies are idempotent)
-        assert _bodies(run, "after") == 1
-        assert run.events.filter(status="resumed").exists()
-    finally:
-        doomed.kill()
-        if replacement:
-            replacement.stop()
-        celery_worker_process.start()
+def test_worker_killed_mid_step_run_finishes_after_new_worker(worker):
+    # The worker dies after the body ran, before the step's success is recorded: the reaper resumes the run
+    # once the step is silent for WORKFLOW_STALE_AFTER, and the body runs again (bodies are idempotent).
+    _, run = kill_worker_during_step(
+        worker,
+        lambda: (None, workflow.get_workflow("demo.slow").launch(params={"sleep": 0.1}).pk),
+        "work",
+        name="demo",
+        extra_env={},
+    )
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.steps.get(name="work").attempt == 2
+    assert _bodies(run, "work") == 2
+    assert _bodies(run, "after") == 1
+    assert run.events.filter(status="resumed").exists()
 
 
-def test_reaper_ignores_healthy_runs(worker):
-    run = workflow.get_workflow("demo.slow").launch(params={"sleep": 2.0})
-    wait_for(lambda: run.steps.filter(name="work", status=StepStatus.RUNNING).exists(), what="work to start")
-    assert str(run.pk) not in workflow.reap_stale_runs()
-    _finished(run)
+def test_reaper_never_resumes_a_step_whose_worker_is_alive(worker, settings):
+    """A step held far longer than the stale window, its heartbeat beating: every reaper pass leaves it alone."""
+    stale = settings.WORKFLOW_STALE_AFTER
+    with armed_worker(worker, ["demo.slow/work:pause"], name="alive"):
+        run = workflow.get_workflow("demo.slow").launch(params={"sleep": 0})
+        wait_for(lambda: workflow.failpoint_reached(run.pk, "work"), what="work to be under way")
+        started = RunStep.objects.get(run=run, name="work").started_at
+        passes = 0
+
+        def reaped_past_two_windows() -> bool:
+            nonlocal passes
+            assert str(run.pk) not in workflow.reap_stale_runs()
+            passes += 1
+            return (timezone.now() - started).total_seconds() > 2 * stale
+
+        wait_for(reaped_past_two_windows, timeout=4 * stale + 30, interval=0.25, what="two stale windows")
+        workflow.release_failpoint(run.pk, "work")
+        _finished(run)
     assert run.status == RunStatus.SUCCEEDED
-    assert run.resumed_count == 0
+    assert run.resumed_count == 0 and passes > 10
+    assert run.steps.get(name="work").attempt == 1
+    assert _bodies(run, "work") == 1
+
+
+def test_cancel_of_a_pending_run_still_runs_its_cleanup(worker):
+    worker.stop()  # nobody takes the run: it stays pending
+    try:
+        run = workflow.get_workflow("demo.chain").launch(params={})
+        assert workflow.request_cancel(Run.objects.get(pk=run.pk))
+        run.refresh_from_db()
+        assert run.status == RunStatus.CLEANING_UP and run.cancel_requested
+    finally:
+        worker.start()
+    _finished(run)
+    assert run.status == RunStatus.CANCELLED
+    assert _steps(run) == {
+        "first": StepStatus.SKIPPED,
+        "second": StepStatus.SKIPPED,
+        "third": StepStatus.SKIPPED,
+        "undo": StepStatus.SUCCEEDED,
+    }
+    assert _bodies(run, "first") == 0 and _bodies(run, "undo") == 1
+    # The original chain's message arrives after the cancel and finds nothing to do.
+    assert not workflow.request_cancel(Run.objects.get(pk=run.pk))
+
+
+def test_heartbeat_outlives_a_database_error(transactional_db, settings, monkeypatch):
+    """A failed heartbeat write (a database blip) must not stop the heartbeat: a silent live step would be
+    taken over by the reaper."""
+    settings.WORKFLOW_HEARTBEAT_INTERVAL = 0.02
+    run = Run.objects.create(kind="demo.slow", status=RunStatus.RUNNING)
+    step = RunStep.objects.create(run=run, order=0, name="work", title="Work", status=StepStatus.RUNNING)
+    real_now, calls = timezone.now, []
+
+    class FlakyClock:
+        @staticmethod
+        def now():
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("connection to the database lost")
+            return real_now()
+
+    monkeypatch.setattr(workflow, "timezone", FlakyClock)
+    with workflow._Heartbeat(run.pk, step.pk):
+        wait_for(
+            lambda: RunStep.objects.get(pk=step.pk).heartbeat_at is not None,
+            timeout=10,
+            what="a heartbeat after the failed one",
+        )
 
 
 def test_heartbeat_slower_than_half_the_stale_window_is_refused(settings):

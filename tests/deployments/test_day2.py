@@ -1,4 +1,5 @@
-"""Day-2 operations and failure paths: scale, upgrade, rollback, cancel, a killed worker, pods that never start."""
+"""Day-2 operations and failure paths: scale, upgrade, rollback, cancel, a killed worker, pods that never start,
+an API server out for a while."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import pytest
 
 from clusters.models import Revision
 from clusters.services import gateway_for
+from core import workflow
 from core.choices import RunStatus, StepStatus
-from core.models import Run
-from deployments.models import Deployment
+from core.models import Run, RunStep
+from deployments.models import Deployment, DeploymentEvent
 from tests.conftest import WORKER_ENV
-from tests.worker import kill_worker_during_step, wait_for
+from tests.worker import armed_worker, crash_inside_each_step, kill_worker_during_step, wait_for
 
 from .conftest import SIM, finished
 
@@ -142,6 +144,8 @@ def test_pods_that_cannot_pull_fail_with_the_reason_verbatim(api, cluster):
 def test_worker_killed_during_install_run_completes_once_without_duplicates(
     api, cluster, celery_worker_process
 ):
+    # The worker dies inside install (its failpoint: after the runtime was applied, before the step's success
+    # was recorded), so the resumed install meets everything it already created.
     deployment, run = kill_worker_during_step(
         celery_worker_process, lambda: _deploy(api, cluster, "killed"), "install", name="deploy",
         extra_env=WORKER_ENV,
@@ -158,3 +162,106 @@ def test_worker_killed_during_install_run_completes_once_without_duplicates(
     assert (
         Revision.objects.filter(release__namespace=deployment.namespace, release__name="killed").count() == 1
     )
+
+
+def test_cancelled_pending_delete_leaves_deleting_and_can_be_repeated(api, cluster, celery_worker_process):
+    deployment = _running(api, cluster, "undeleted")
+    celery_worker_process.stop()  # nobody takes the delete run: it stays pending
+    try:
+        response = api.delete(f"/deployments/{deployment.pk}")
+        assert response.status_code == 202, response.json()
+        run_id = response.json()["run_id"]
+        assert api.post(f"/runs/{run_id}/cancel", {}, format="json").status_code == 202
+    finally:
+        celery_worker_process.start()
+    run = finished(run_id)
+    assert run.status == RunStatus.CANCELLED
+    assert run.steps.get(name="delete_failed").status == StepStatus.SUCCEEDED
+    deployment.refresh_from_db()
+    assert deployment.status == "failed" and "cancel" in deployment.reason
+    assert _objects(cluster, deployment.namespace)["Deployment"] == ["undeleted"]  # nothing was removed
+
+    again = api.delete(f"/deployments/{deployment.pk}")
+    assert again.status_code == 202, again.json()
+    assert finished(again.json()["run_id"]).status == RunStatus.SUCCEEDED
+    deployment.refresh_from_db()
+    assert deployment.status == "deleted"
+    with gateway_for(cluster) as gw:
+        assert gw.get_or_none("v1", "Namespace", deployment.namespace) is None
+
+
+def test_api_server_out_for_a_while_during_install_is_waited_out(api, cluster, gpu, celery_worker_process):
+    """Connections reset for longer than the old three quick attempts lasted: install keeps retrying with
+    backoff (short delays here) within the transient window, and the deploy succeeds once the server is back."""
+    fast_retries = {**WORKER_ENV, "WORKFLOW_RETRY_DELAY": "0.2", "WORKFLOW_RETRY_MAX_DELAY": "1"}
+    with armed_worker(
+        celery_worker_process, ["deployment.deploy/install:pause"], name="outage", extra_env=fast_retries
+    ):
+        deployment, run_id = _deploy(api, cluster, "outage")
+        wait_for(lambda: workflow.failpoint_reached(run_id, "install"), timeout=60, what="install to start")
+        gpu.set_fault(gpu.names[0], "unreachable", delay=0.05)
+        try:
+            workflow.release_failpoint(run_id, "install")
+            wait_for(
+                lambda: RunStep.objects.get(run_id=run_id, name="install").transient_failures >= 5,
+                timeout=60,
+                what="install to fail five times in a row",
+            )
+            install = RunStep.objects.get(run_id=run_id, name="install")
+            assert install.status in (StepStatus.WAITING, StepStatus.RUNNING), install.message
+        finally:
+            gpu.set_fault(gpu.names[0], "clear")
+        run = finished(run_id)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    retries = run.events.filter(step="install", message__contains="retrying in")
+    assert retries.count() >= 5
+    deployment.refresh_from_db()
+    assert deployment.status == "running"
+
+
+DEPLOY_STEPS = [
+    "verify_cluster", "place", "namespace", "secrets", "transfer", "wait_transfer", "install", "wait_ready",
+    "verify_endpoint", "mark_running",
+]  # fmt: skip
+DELETE_STEPS = ["remove_objects", "wait_namespace_gone", "mark_deleted"]
+
+
+def _one_succeeded_event_per_step(run: Run) -> None:
+    for step in run.steps.filter(phase="main"):
+        assert run.events.filter(step=step.name, status="succeeded").count() == 1, step.name
+    assert run.events.filter(step="", status="succeeded").count() == 1
+
+
+def test_fault_matrix_deploy_and_delete_survive_a_kill_inside_every_step(api, cluster, celery_worker_process):
+    """The fault matrix's subset in the suite (benchmarks/fault_matrix.py runs every workflow): a worker is
+    SIGKILLed inside each step of a deploy and of its deletion, after the step's body did its work and before
+    the step's outcome was recorded. Every run still succeeds, with nothing created twice."""
+    deployment, run, kills = crash_inside_each_step(
+        celery_worker_process, lambda: _deploy(api, cluster, "matrix"), DEPLOY_STEPS, name="deploy",
+        extra_env=WORKER_ENV,
+    )  # fmt: skip
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert kills == len(DEPLOY_STEPS) and run.resumed_count >= len(DEPLOY_STEPS)
+    for step in DEPLOY_STEPS:  # killed once inside each, each then resumed on a new worker
+        assert run.events.filter(step=step, status="failpoint").count() == 1, step
+        assert run.events.filter(step=step, message__contains="resumed on a new worker").count() == 1, step
+    _one_succeeded_event_per_step(run)
+    objects = _objects(cluster, deployment.namespace)
+    assert objects["Deployment"] == ["matrix"] and objects["Service"] == ["matrix"]
+    assert objects["Job"] == ["model-transfer"] and objects["PersistentVolumeClaim"] == ["model-weights"]
+    assert len(objects["ReplicaSet"]) == 1 and len(objects["Pod"]) == 2
+    assert Revision.objects.filter(release__namespace=deployment.namespace).count() == 2  # runtime + transfer
+    events = list(DeploymentEvent.objects.filter(deployment=deployment).values_list("new_status", flat=True))
+    assert events.count("running") == 1 and events.count("deploying") == 1
+
+    deployment, run, kills = crash_inside_each_step(
+        celery_worker_process, lambda: (deployment, api.delete(f"/deployments/{deployment.pk}").json()["run_id"]),
+        DELETE_STEPS, name="delete", extra_env=WORKER_ENV,
+    )  # fmt: skip
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert kills == len(DELETE_STEPS)
+    _one_succeeded_event_per_step(run)
+    deployment.refresh_from_db()
+    assert deployment.status == "deleted"
+    with gateway_for(cluster) as gw:
+        assert gw.get_or_none("v1", "Namespace", deployment.namespace) is None

@@ -26,7 +26,7 @@ def _deploy(api, cluster, name: str, **extra) -> dict:
 
 
 def test_8b_model_deploys_to_a_gpu_and_its_endpoint_answers(api, cluster, gpu):
-    body = _deploy(api, cluster, "llama-8b", hf_token="hf_sEcReT_tOkEn_123")
+    body = _deploy(api, cluster, "llama-8b", hf_token="hf_sEcReT_tOkEn_123", device_type="cuda")
     run = finished(body["run_id"])
     assert run.status == RunStatus.SUCCEEDED, run.error
     deployment = Deployment.objects.get(pk=body["deployment_id"])
@@ -132,7 +132,9 @@ def test_plan_is_a_dry_run_with_manifests_memory_and_time(api, cluster):
     assert response.status_code == 200, response.json()
     plan = response.json()
     assert plan["feasible"] is True
-    assert plan["placement"]["device_type"] == "cuda" and plan["placement"]["tensor_parallel_size"] == 1
+    # Left to choose (device_type auto), placement takes the device with the most memory headroom: the
+    # MI300X (192 GiB, model and memory from the AMD labeller) before the H100 (80 GiB).
+    assert plan["placement"]["device_type"] == "rocm" and plan["placement"]["tensor_parallel_size"] == 1
     assert 14 < plan["memory"]["weights_gib"] < 16  # 8.03 B parameters x 2 bytes
     assert "kind: Deployment" in plan["manifests"]["runtime"] and "kind: Job" in plan["manifests"]["transfer"]
     assert plan["estimated_total_seconds"] > 0
@@ -152,7 +154,7 @@ def test_admin_lists_deployments_and_previews_a_plan(client, admin_user, cluster
     assert b"TP 1" in page.content and b"kind: Deployment" in page.content
     refused = client.post(
         "/admin/deployments/deployment/plan/",
-        {"cluster": cluster.pk, "model": "llama-3.1-405b", "name": "big", "device_type": "auto", "replicas": 1,
+        {"cluster": cluster.pk, "model": "llama-3.1-405b", "name": "big", "device_type": "cuda", "replicas": 1,
          "context_len": 4096, "concurrency": 8, "dtype": "auto", "quantization": ""},
     )  # fmt: skip
     assert b"No placement" in refused.content and b"gpu-h100-0:" in refused.content

@@ -260,7 +260,68 @@ def test_presets_size_nodes_like_their_hardware():
     gaudi = hardware.nfd_labels(nodes["hpu-gaudi2-0"][HARDWARE_KEY])
     assert gaudi["feature.node.kubernetes.io/pci-1da3.present"] == "true"
     assert gaudi["feature.node.kubernetes.io/pci-8086.device-1020"] == "true"
+    # The collectors chart's nfd-worker rule names each Habana device id (Gaudi2 is 1da3:1020).
+    assert gaudi["feature.node.kubernetes.io/pci-1da3_1020.present"] == "true"
     assert hardware.gfd_labels(nodes["hpu-gaudi2-0"][HARDWARE_KEY]) == {}
+    # Only Habana devices get the device-keyed label: the GPU labellers are scheduled by pci-<vendor>.present.
+    mi300_nfd = hardware.nfd_labels(nodes["gpu-mi300x-0"][HARDWARE_KEY])
+    assert mi300_nfd["feature.node.kubernetes.io/pci-1002.present"] == "true"
+    assert not [k for k in mi300_nfd if k.startswith("feature.node.kubernetes.io/pci-1002_")]
+
+
+def _chart_daemonset(suffix: str) -> dict:
+    from tests.charts import helpers as charts
+
+    objs = charts.render_objects("node_info_collector")
+    return charts.one(objs, "DaemonSet", f"demo-{suffix}")
+
+
+def test_collector_kind_recognises_the_collectors_the_chart_deploys():
+    kinds = {
+        suffix: [
+            hardware.collector_kind(c)
+            for c in _chart_daemonset(suffix)["spec"]["template"]["spec"]["containers"]
+        ]
+        for suffix in ("nfd-worker", "gpu-feature-discovery", "amd-gpu-labeller")
+    }
+    assert kinds == {
+        "nfd-worker": ["nfd"],
+        "gpu-feature-discovery": ["gfd"],
+        "amd-gpu-labeller": ["amd-labeller"],
+    }
+    # The labeller mirrored into a private registry is still the labeller: the command names it.
+    (labeller,) = _chart_daemonset("amd-gpu-labeller")["spec"]["template"]["spec"]["containers"]
+    mirrored = {**labeller, "image": "registry.example.com/mirror/amd-labeller:1.31.0.9"}
+    assert hardware.collector_kind(mirrored) == "amd-labeller"
+    # The ROCm device plugin itself (same repository, no labeller) publishes nothing.
+    plugin = {"image": "docker.io/rocm/k8s-device-plugin:1.31.0.9", "command": ["./k8s-device-plugin"]}
+    assert hardware.collector_kind(plugin) is None
+
+
+def test_amd_labeller_from_the_chart_labels_the_mi300x_node_once_nfd_found_it(gpu_cluster, apps, core, ns):
+    chart_spec = _chart_daemonset("amd-gpu-labeller")["spec"]["template"]["spec"]
+    apps.create_namespaced_daemon_set(
+        ns,
+        daemonset(
+            "amd-labeller",
+            "unused",
+            containers=chart_spec["containers"],
+            nodeSelector=chart_spec["nodeSelector"],
+            tolerations=chart_spec["tolerations"],
+        ),
+    )
+    apps.create_namespaced_daemon_set(ns, daemonset("nfd-worker", NFD_IMAGE, ["nfd-worker"]))
+    mi300 = wait_for(
+        lambda: (lb := core.read_node("gpu-mi300x-0").metadata.labels).get("amd.com/gpu.product-name") and lb
+    )
+    assert mi300["amd.com/gpu.product-name"] == "AMD_Instinct_MI300X"
+    assert mi300["amd.com/gpu.vram"] == "192G" and mi300["amd.com/gpu.device-id"] == "74a1"
+    wait_for(lambda: apps.read_namespaced_daemon_set_status("amd-labeller", ns).status.number_ready == 1)
+    pods = core.list_namespaced_pod(ns, label_selector="app=amd-labeller").items
+    assert [p.spec.node_name for p in pods] == ["gpu-mi300x-0"]
+    assert not any(k.startswith("amd.com/") for k in core.read_node("gpu-h100-0").metadata.labels)
+    gaudi_label = "feature.node.kubernetes.io/pci-1da3_1020.present"
+    assert wait_for(lambda: core.read_node("hpu-gaudi2-0").metadata.labels.get(gaudi_label)) == "true"
 
 
 def test_custom_node_file_is_accepted(tmp_path):

@@ -72,8 +72,15 @@ def test_registration_rolls_out_collectors_and_inventory_matches_preset(api, reg
     assert nodes["ip-10-0-12-34.ec2.internal"].accelerator_model == "NVIDIA-L4"
     mi300 = nodes["gpu-mi300x-0"]
     assert (mi300.accelerator_type, mi300.accelerator_vendor, mi300.accelerator_count) == ("rocm", "AMD", 8)
+    # From the AMD labeller the chart runs on the node: amd.com/gpu.product-name and .vram (192G).
+    assert mi300.accelerator_model == "AMD Instinct MI300X"
+    assert mi300.accelerator_memory_mib == 192 * 1024
+    assert mi300.driver_version == "6.8.5"
     gaudi = nodes["hpu-gaudi2-0"]
     assert (gaudi.accelerator_type, gaudi.accelerator_count) == ("hpu", 8)
+    # From the device id the chart's nfd-worker rule labels (1da3:1020); memory is Gaudi2's published 96 GB.
+    assert (gaudi.accelerator_vendor, gaudi.accelerator_model) == ("Intel", "Gaudi2")
+    assert gaudi.accelerator_memory_mib == 96 * 1024
     xeon = nodes["cpu-xeon-spr-0"]
     assert xeon.accelerator_type == "cpu"
     assert {"AMXBF16", "AMXINT8", "AVX512F"} <= set(xeon.cpu_flags)
@@ -82,6 +89,9 @@ def test_registration_rolls_out_collectors_and_inventory_matches_preset(api, reg
     summary = api.get(f"/clusters/{registered.pk}").json()["summary"]
     assert summary["nodes"] == 7 and summary["ready_nodes"] == 7
     assert summary["gpus"]["NVIDIA-H100-80GB-HBM3"] == {"type": "cuda", "total": 8, "free": 8}
+    assert summary["gpus"]["AMD Instinct MI300X"] == {"type": "rocm", "total": 8, "free": 8}
+    assert summary["gpus"]["Gaudi2"] == {"type": "hpu", "total": 8, "free": 8}
+    assert not [model for model in summary["gpus"] if model.startswith("unknown")]
 
 
 def test_pod_using_two_gpus_lowers_free_count_and_removed_node_disappears(api, registered, gpu):
@@ -189,3 +199,30 @@ def test_inspect_nodes_command_prints_json(tmp_path):
     (node,) = json.loads(out.getvalue())
     assert node["accelerator_model"].startswith("NVIDIA-H100")
     assert list(node)[:4] == ["node", "ready", "schedulable", "taints"]
+
+
+class _Gateway:
+    """The two reads `unlabelled_nodes` makes, answered from lists (no cluster needed for the rule itself)."""
+
+    def __init__(self, nodes: dict[str, dict[str, str]]):
+        self.nodes = nodes
+
+    def list(self, api_version, kind, namespace=None, *, label_selector=None, **_):
+        if kind == "Node":
+            return [{"metadata": {"name": n, "labels": labels}} for n, labels in self.nodes.items()]
+        return []  # no labeller pod is ready yet
+
+
+def test_collectors_wait_for_the_amd_labeller_on_nodes_nfd_found_an_amd_gpu_on():
+    labeller = {
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/component": "amd-gpu-labeller"}},
+            "template": {"spec": {"nodeSelector": {"feature.node.kubernetes.io/pci-1002.present": "true"}}},
+        }
+    }
+    nfd = {"feature.node.kubernetes.io/pci-1002.present": "true", "kubernetes.io/os": "linux"}
+    gw = _Gateway({"gpu-mi300x-0": nfd, "cpu-0": {"kubernetes.io/os": "linux"}})
+    daemonsets = {"bud-node-info-amd-gpu-labeller": labeller}
+    assert services.unlabelled_nodes(gw, "bud-system", daemonsets) == ["gpu-mi300x-0"]
+    gw.nodes["gpu-mi300x-0"] = {**nfd, "amd.com/gpu.product-name": "AMD_Instinct_MI300X"}
+    assert services.unlabelled_nodes(gw, "bud-system", daemonsets) == []

@@ -111,7 +111,7 @@ def test_credentials_are_write_only(api, api_noperm):
 
 
 def test_provision_waits_for_approval_then_registers_and_destroys_on_delete(
-    api, api_noperm, admin_user, worker, dc, local_module
+    api, api_noperm, api_approver, admin_user, worker, dc, local_module
 ):
     local_module(dc.names[0])
     credential = _credential(api)
@@ -146,10 +146,13 @@ def test_provision_waits_for_approval_then_registers_and_destroys_on_delete(
     assert not Provisioning.objects.get(cluster=cluster).applied_at  # nothing applied before approval
 
     assert api_noperm.post(f"/runs/{run_id}/approve").status_code == 403
-    approved = api.post(f"/runs/{run_id}/approve")
+    # The requester may not approve its own plan (PROVISIONING_APPROVER_MUST_DIFFER): another admin does.
+    own = api.post(f"/runs/{run_id}/approve")
+    assert (own.status_code, own.json()["code"]) == (403, "self_approval")
+    approved = api_approver.post(f"/runs/{run_id}/approve")
     assert approved.status_code == 202, approved.json()
-    assert approved.json()["approved_by"] == "admin"
-    again = api.post(f"/runs/{run_id}/approve")
+    assert approved.json()["approved_by"] == "approver"
+    again = api_approver.post(f"/runs/{run_id}/approve")
     assert (again.status_code, again.json()["code"]) == (409, "already_approved")
 
     run = _finished(run_id)

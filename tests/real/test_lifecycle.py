@@ -86,6 +86,14 @@ def test_whole_lifecycle_with_the_service_account_token(api, worker, real_cluste
     assert "H100" in str(h100["devices"][0]) and h100["devices"][0]["free"] == 8
     amd = api.get(f"/clusters/{cluster.pk}/nodes?accelerator_vendor=amd").json()["results"]
     assert [n["name"] for n in amd] == ["gpu-mi300x-0"]
+    # The AMD labeller ran on the MI300X node only (its DaemonSet selects NFD's pci-1002 label) and the Gaudi
+    # generation comes from the device id NFD's worker rule labels.
+    mi300, gaudi = amd[0], nodes["hpu-gaudi2-0"]
+    assert (mi300["accelerator_model"], mi300["accelerator_memory_mib"]) == ("AMD Instinct MI300X", 196608)
+    assert (gaudi["accelerator_model"], gaudi["accelerator_count"]) == ("Gaudi2", 8)
+    apps = client.AppsV1Api(real_cluster.client())
+    labeller = apps.read_namespaced_daemon_set("bud-node-info-amd-gpu-labeller", "bud-system").status
+    assert (labeller.desired_number_scheduled, labeller.number_ready) == (1, 1)
     lap("inventory")
 
     # 3. Deploy.

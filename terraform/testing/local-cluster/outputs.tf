@@ -18,8 +18,11 @@ output "node_count" {
   value       = length(null_resource.node)
 }
 
+# The kubeconfig names the user but carries no credential: Terraform keeps every output in its state in
+# plain text. BudCluster adds the token it already holds (the `token` variable, which Terraform never
+# writes into the state) and stores the finished kubeconfig encrypted.
 output "kubeconfig" {
-  description = "Token-based kubeconfig (no exec plugin) for the cluster."
+  description = "Kubeconfig of the cluster without the user's credential (BudCluster adds the token variable)."
   sensitive   = true
   value = yamlencode({
     apiVersion      = "v1"
@@ -34,7 +37,7 @@ output "kubeconfig" {
     }]
     users = [{
       name = "${var.cluster_name}-budcluster"
-      user = { token = var.token }
+      user = {}
     }]
     contexts = [{
       name = var.cluster_name

@@ -34,7 +34,7 @@ variable "ca_data" {
 }
 
 variable "token" {
-  description = "Bearer token written into the kubeconfig output; pass it as a secret variable (TF_VAR_token)."
+  description = "Bearer token of the cluster; pass it as a secret variable (TF_VAR_token). Not used by any resource or output, so it never reaches the state: BudCluster adds it to the kubeconfig after apply."
   type        = string
   default     = ""
   sensitive   = true
