@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,13 +66,11 @@ import yaml
 
 from core import netguard
 from core.conf import setting
-from core.netguard import HostVerdict
 
 __all__ = [
     "KubeconfigError",
     "ValidatedKubeconfig",
     "check_host_at_connect",
-    "classify_host",
     "max_bytes",
     "server_identity",
     "validate_kubeconfig",
@@ -157,56 +154,11 @@ def _parse_yaml(text: str) -> Any:
         raise KubeconfigError("kubeconfig nests too deeply") from None
 
 
-@dataclass(frozen=True)
-class _Url:
-    scheme: str
-    host: str
-    port: int
-    verdict: HostVerdict
-
-
-_DEFAULT_PORTS = {"https": 443, "http": 80, "socks5": 1080}
-
-
-def _check_url(url: Any, what: str, schemes: tuple[str, ...], allow_loopback: bool) -> _Url:
-    if not isinstance(url, str) or not url:
-        raise KubeconfigError(f"{what} is missing or not a string")
-    # Refused outright: parsers (urllib3, Go net/url, WHATWG) disagree on these, which is how SSRF filters
-    # are bypassed.
-    if re.search(r"[\s\\\x00-\x1f\x7f]", url):
-        raise KubeconfigError(f"{what} contains whitespace, backslashes or control characters")
+def _check_url(url: Any, what: str, schemes: tuple[str, ...], allow_loopback: bool) -> netguard.CheckedUrl:
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise KubeconfigError(f"{what} is not a valid URL ({exc})") from None
-    scheme = parts.scheme.lower() if "://" in url else ""
-    if scheme not in schemes:
-        if schemes == ("https",):
-            raise KubeconfigError(
-                f"{what} must use https:// (got {scheme + '://' if scheme else 'no scheme'})"
-            )
-        raise KubeconfigError(f"{what} scheme must be one of {', '.join(schemes)} (got {scheme or 'none'})")
-    netloc = parts.netloc
-    hostport = netloc.rpartition("@")[2]
-    if hostport.startswith("["):
-        host = hostport[1 : hostport.find("]")] if "]" in hostport else ""
-    else:
-        host = hostport.rsplit(":", 1)[0] if ":" in hostport else hostport
-    if not host:
-        raise KubeconfigError(f"{what} has no host")
-    try:
-        verdict = classify_host(host)
-    except KubeconfigError as exc:
-        raise KubeconfigError(f"{what} {exc}") from None
-    _refuse_verdict(verdict, host, what, allow_loopback)
-    if "@" in netloc:
-        raise KubeconfigError(f"{what} must not contain user info (user@host)")
-    if parts.query or parts.fragment:
-        raise KubeconfigError(f"{what} must not have a query or fragment")
-    if port == 0:
-        raise KubeconfigError(f"{what} has port 0")
-    return _Url(scheme, verdict.host, port or _DEFAULT_PORTS[scheme], verdict)
+        return netguard.check_url(url, what, schemes=schemes, allow_loopback=allow_loopback)
+    except netguard.AddressRefused as exc:
+        raise KubeconfigError(str(exc)) from None
 
 
 # --- structure ----------------------------------------------------------------------------------------------
@@ -294,7 +246,7 @@ def _check_user(name: str, user: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class _ClusterCheck:
     server: str
-    url: _Url
+    url: netguard.CheckedUrl
     insecure: bool
 
 
@@ -483,21 +435,6 @@ def check_host_at_connect(
         raise KubeconfigError(str(exc)) from None
 
 
-def classify_host(host: str) -> netguard.HostVerdict:
-    """:func:`core.netguard.classify_host`, raising :class:`KubeconfigError`."""
-    try:
-        return netguard.classify_host(host)
-    except netguard.AddressRefused as exc:
-        raise KubeconfigError(str(exc)) from None
-
-
-def _refuse_verdict(verdict: netguard.HostVerdict, original: str, what: str, allow_loopback: bool) -> None:
-    try:
-        netguard.refuse_verdict(verdict, original, what, allow_loopback)
-    except netguard.AddressRefused as exc:
-        raise KubeconfigError(str(exc)) from None
-
-
 # --- the same server, spelled differently -------------------------------------------------------------------
 
 # Loopback names and the two loopback addresses a name resolves to: one host on the machine's loopback
@@ -541,5 +478,5 @@ def server_identity(server: str) -> str:
         host_key = _LOOPBACK_IDENTITY
     else:
         host_key = f"[{address.compressed}]" if address.version == 6 else str(address)
-    port = port or _DEFAULT_PORTS.get(scheme, 0)
+    port = port or netguard.DEFAULT_PORTS.get(scheme, 0)
     return f"{scheme}://{host_key}:{port}{parts.path.rstrip('/')}"

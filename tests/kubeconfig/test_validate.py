@@ -130,7 +130,7 @@ HOSTILE: list[tuple[str, bytes | str, str]] = [
     (
         "proxy bad scheme",
         with_server("https://k8s.example.com", **{"proxy-url": "ftp://proxy.example.com"}),
-        "proxy-url scheme",
+        "proxy-url must use http:// or https:// or socks5:// (got ftp://)",
     ),
     (
         "insecure-skip-tls-verify",
