@@ -12,9 +12,10 @@ from rest_framework.test import APIClient
 
 from clusters import services
 from clusters.choices import ClusterStatus, Platform
-from clusters.models import Cluster, ClusterEvent
+from clusters.models import Cluster, ClusterEvent, Release
 from core import crypto
 from core.choices import RunStatus
+from core.gateway import ClusterGateway
 from core.models import Run
 from devcluster.testing import devcluster_fixture
 from tests.worker import wait_for
@@ -171,12 +172,29 @@ def test_delete_removes_cluster(api, worker, dc):
     assert response.status_code == 202
     _finished(response.json()["run_id"])
     cluster = Cluster.objects.get(name="to-delete")
+    releases = list(Release.objects.filter(cluster=cluster).values_list("namespace", "name"))
+    assert releases  # registration installed the collectors
+
+    def installed(gw: ClusterGateway) -> list[str]:
+        """What BudCluster's releases put on the cluster that is still there (DaemonSets of the collectors)."""
+        return [
+            f"{ns}/{ds['metadata']['name']}"
+            for ns, _ in releases
+            for ds in gw.list("apps/v1", "DaemonSet", namespace=ns)
+        ]
+
+    with ClusterGateway(dc.kubeconfig(dc.names[3])) as gw:
+        assert installed(gw)
     deletion = api.delete(f"/clusters/{cluster.pk}")
     assert deletion.status_code == 202
     run = _finished(deletion.json()["run_id"])
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert not Cluster.objects.filter(pk=cluster.pk).exists()
     assert api.get(f"/clusters/{cluster.pk}").status_code == 404
+    # Removed from the cluster too, not only from the database.
+    with ClusterGateway(dc.kubeconfig(dc.names[3])) as gw:
+        assert installed(gw) == []
+        assert not Release.objects.filter(cluster_id=cluster.pk).exists()
 
 
 def test_rotate_keys_keeps_values_readable(api, dc, tmp_path, settings):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 import yaml
@@ -32,19 +31,19 @@ def _store(dc, name: str, vc: str, status=ClusterStatus.AVAILABLE) -> Cluster:
     )
 
 
-def test_black_holed_cluster_costs_only_its_own_timeout(dc3):
+def test_black_holed_cluster_is_not_available_and_the_others_stay_available(dc3):
+    # What the dead cluster costs the sweep in time is measured by benchmarks/health_sweep.py ("sweep with 1
+    # black-holed cluster"), not asserted here.
     clusters = [_store(dc3, f"sweep-{i}", vc) for i, vc in enumerate(dc3.names)]
     dc3.set_fault(dc3.names[0], "unreachable")
     try:
-        started = time.monotonic()
         report = services.sweep(timeout=2.0, workers=8, cluster_ids=[c.pk for c in clusters])
-        elapsed = time.monotonic() - started
     finally:
         dc3.set_fault(dc3.names[0], "clear")
     assert report.checked == 6
     assert report.transitions == [("sweep-0", "available", "not_available")]
-    # The healthy five answered while the dead one waited out its timeout in parallel.
-    assert elapsed < 2.0 * 2
+    # Its own timeout ended its probe, not the sweep's overall deadline.
+    assert "deadline" not in Cluster.objects.get(name="sweep-0").reason
     statuses = dict(Cluster.objects.values_list("name", "status"))
     assert statuses["sweep-0"] == "not_available"
     assert all(statuses[f"sweep-{i}"] == "available" for i in range(1, 6))

@@ -13,7 +13,6 @@ import math
 import ssl
 import statistics
 import threading
-import time
 
 import pytest
 
@@ -98,11 +97,9 @@ def test_a_tenth_of_requests_failing_shows_as_ten_percent_with_the_message(sse_s
 
 def test_stalled_stream_hits_idle_timeout_and_counts_as_error(sse_server):
     url = sse_server(ttft_ms=50, itl_ms=10, stall_after=2)
-    started = time.monotonic()
     result = run_benchmark_sync(
         settings(url, num_requests=3, concurrency=3, idle_timeout_s=0.5, timeout_s=30)
     )
-    assert time.monotonic() - started < 10  # ended by the idle timeout, not the 30 s total
     summary = benchstats.summarize(result)
     assert summary["failed_requests"] == 3 and summary["successful_requests"] == 0
     assert summary["errors"] == [{"message": "timeout: no data for 0.5 s (stalled stream)", "count": 3}]
@@ -146,13 +143,11 @@ def test_cancel_stops_cleanly_and_keeps_partial_results(sse_server):
         if done >= 10:
             cancel.set()
 
-    started = time.monotonic()
     result = run_benchmark_sync(
         settings(url, num_requests=400, concurrency=2, output_tokens=3, progress_interval_s=0.0),
         progress,
         cancel,
     )
-    assert time.monotonic() - started < 10  # 400 requests would take ~14 s
     assert result.partial is True
     assert 10 <= len(result.requests) < 400
     assert all(r.success for r in result.requests)  # requests cut short are dropped, not reported as failures
