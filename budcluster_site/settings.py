@@ -412,6 +412,8 @@ CLUSTER_HEALTH_SWEEP_DEADLINE = env_float("CLUSTER_HEALTH_SWEEP_DEADLINE", 45.0)
 # together. Keep it below the web worker's timeout (gunicorn's --timeout, 30 s by default and as the Dockerfile
 # and compose.yaml run it), or a cluster that drips bytes gets the web worker killed mid-request.
 CLUSTER_LIVE_CHECK_DEADLINE = env_float("CLUSTER_LIVE_CHECK_DEADLINE", 15.0)
+# Registration's first step (version, nodes, ~100 permission checks) ends within this many seconds in all.
+CLUSTER_VERIFY_DEADLINE = env_float("CLUSTER_VERIFY_DEADLINE", 60.0)
 
 # --- hardware collectors ----------------------------------------------------------------------------------------
 COLLECTOR_NAMESPACE = env_str("COLLECTOR_NAMESPACE", "bud-system")

@@ -7,6 +7,8 @@ and imports no app above clusters.
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from core import crypto
 from core.gateway import GatewayError, Unreachable
 from core.workflow import Step, StepContext, StepFailed, TransientError
@@ -24,10 +26,11 @@ def step_error(exc: GatewayError) -> Exception:
 
 def verify(ctx: StepContext) -> dict:
     """The first contact with a new server: an unreachable one fails at once (usually a wrong address, and the
-    operator registering it is waiting for the answer)."""
+    operator registering it is waiting for the answer). Each call is bounded, and all of them together
+    (``CLUSTER_VERIFY_DEADLINE``): a server slow on every one of ~100 permission checks cannot hold a worker."""
     cluster = step_cluster(ctx)
     try:
-        with gateway_for(cluster) as gw:
+        with gateway_for(cluster, budget=float(settings.CLUSTER_VERIFY_DEADLINE)) as gw:
             return verify_connection(gw)
     except GatewayError as exc:
         raise StepFailed(str(exc)) from None
@@ -97,8 +100,6 @@ REGISTER_CLEANUP = [Step("mark_error", "Record why registration failed", mark_er
 def _namespaces_left_to_playbook() -> set[str]:
     """BudCluster's own namespace (collectors, and its service account with the token this teardown may be
     running with) is removed by the teardown playbook, last; without playbooks, here."""
-    from django.conf import settings
-
     if not getattr(settings, "CLUSTER_SETUP_PLAYBOOKS", True):
         return set()
     return {getattr(settings, "COLLECTOR_NAMESPACE", "bud-system")}

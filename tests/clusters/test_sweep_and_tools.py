@@ -180,3 +180,23 @@ def test_admin_cluster_page_shows_nodes_and_collection_action(admin_client, dc3)
     )
     text = response.content.decode()
     assert "registration cannot re-run now" in text and "Registration re-run for 0 cluster(s)." in text
+
+
+def test_verify_step_ends_within_its_overall_deadline(dc3, settings):
+    """Each call answers within its own timeout, but ~100 slow permission checks together would hold the worker
+    for minutes: the verify step as a whole stops at CLUSTER_VERIFY_DEADLINE with a clear reason."""
+    from types import SimpleNamespace
+
+    from clusters.workflows import verify
+    from core.workflow import StepFailed
+
+    cluster = _store(dc3, "slow-verify", dc3.names[3], status=ClusterStatus.REGISTERING)
+    settings.CLUSTER_VERIFY_DEADLINE = 1.0
+    dc3.set_fault(dc3.names[3], "slow", delay=0.3)  # every request answers, 0.3 s late
+    try:
+        with pytest.raises(StepFailed, match="the 1s allowed for this check"):
+            verify(SimpleNamespace(params={"cluster_id": cluster.pk}))
+    finally:
+        dc3.set_fault(dc3.names[3], "clear")
+    settings.CLUSTER_VERIFY_DEADLINE = 60.0
+    assert verify(SimpleNamespace(params={"cluster_id": cluster.pk}))["version"]
