@@ -15,9 +15,9 @@ from aiohttp import web
 
 from devcluster import patch, resources, tables
 from devcluster.resources import ResourceInfo
-from devcluster.store import ApiError, VirtualCluster, clone, decode_continue, encode_continue
+from devcluster.store import ApiError, VirtualCluster, clone, decode_continue, encode_continue, not_found
 from devcluster.validation import check_body, check_field_selector, validate
-from devcluster.wire import dry_run, field_manager, json_response, not_found, read_body, status_ok
+from devcluster.wire import dry_run, field_manager, json_response, read_body, status_ok
 
 
 def list_objects(

@@ -15,9 +15,9 @@ from aiohttp import web
 from devcluster import patch
 from devcluster.objects import finish_update, prepare_create
 from devcluster.resources import ResourceInfo
-from devcluster.store import ApiError, VirtualCluster, clone
+from devcluster.store import ApiError, VirtualCluster, clone, not_found
 from devcluster.validation import check_body, check_immutable, validate
-from devcluster.wire import dry_run, json_response, not_found, read_body, truthy
+from devcluster.wire import dry_run, json_response, read_body, truthy
 
 
 def apply_patch(ctype: str, current: dict, body: Any, info: ResourceInfo) -> dict:

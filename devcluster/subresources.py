@@ -16,9 +16,9 @@ from devcluster import patch
 from devcluster.objects import finish_update
 from devcluster.patch_requests import apply_patch
 from devcluster.resources import ResourceInfo
-from devcluster.store import ApiError, VirtualCluster, clone
+from devcluster.store import ApiError, VirtualCluster, clone, not_found
 from devcluster.validation import check_body
-from devcluster.wire import dry_run, json_response, not_found, read_body
+from devcluster.wire import dry_run, json_response, read_body
 
 _CREATED = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
 

@@ -38,15 +38,6 @@ def status_ok(info: ResourceInfo, name: str, uid: str | None = None) -> dict:
     return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
 
 
-def not_found(info: ResourceInfo, name: str) -> ApiError:
-    return ApiError(
-        404,
-        "NotFound",
-        f'{info.plural}{"." + info.group if info.group else ""} "{name}" not found',
-        {"name": name, "group": info.group, "kind": info.plural},
-    )
-
-
 async def read_body(request: web.Request) -> Any:
     """The decoded request body (JSON, YAML or protobuf), None when empty; undecodable bodies are 4xx."""
     ctype = (request.content_type or "").lower()
