@@ -5,6 +5,10 @@ and `python -m devcluster real serve --nodes gpu-mixed --kubeconfig OUT.yaml` fo
 Kubeconfig files (0600): OUT.yaml is the first cluster's; with N > 1 every cluster also gets
 OUT.d/<name>.yaml (names c0001, c0002, ...).  The admin token for `/_devcluster/...` is written to
 OUT.admin-token.  The process serves until interrupted (SIGINT/SIGTERM).
+
+`--state-dir DIR` keeps the CA, tokens and every object in DIR (devcluster.persist): started again with the
+same DIR and port, the server is the same one to its clients (old kubeconfigs verify and authenticate,
+objects and resourceVersions are where they were), after Ctrl-C as after a crash.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import yaml
 
 from devcluster.harness import DevCluster
+from devcluster.persist import StateDirError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--kubeconfig", required=True, help="kubeconfig file to write for the first cluster")
     s.add_argument("--clusters", type=int, default=1, help="number of virtual clusters")
     s.add_argument("--openshift", action="store_true", help="add OpenShift API groups and a ClusterVersion")
+    s.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="keep the CA, tokens and all objects in DIR (created 0700) so a restart on the same port "
+        "serves the same clusters; default: in memory only",
+    )
     s.add_argument("--pod-start-delay", type=float, help="seconds from a pod's binding to Running")
     s.add_argument("--pod-ready-delay", type=float, help="seconds from Running to Ready")
     s.add_argument("--job-duration", type=float, help="seconds a Job's pod runs")
@@ -128,30 +139,39 @@ def sim_config(args: argparse.Namespace) -> object | None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    dc = DevCluster(
-        nodes=args.nodes,
-        clusters=args.clusters,
-        port=args.port,
-        host=args.host,
-        openshift=args.openshift,
-        sim_config=sim_config(args),
-    )
-    dc.loop = asyncio.get_running_loop()
-    await dc.setup()
-    paths = dc.write_kubeconfigs(args.kubeconfig)
-    logging.getLogger("devcluster").info(
-        "serving %d virtual cluster(s) at %s/clusters/<name>; kubeconfig %s%s",
-        len(dc.names),
-        dc.url,
-        paths[0],
-        f" (+{len(paths) - 1} in {paths[1].parent})" if len(paths) > 1 else "",
-    )
+    try:
+        dc = DevCluster(
+            nodes=args.nodes,
+            clusters=args.clusters,
+            port=args.port,
+            host=args.host,
+            openshift=args.openshift,
+            sim_config=sim_config(args),
+            state_dir=args.state_dir,
+        )
+        dc.loop = asyncio.get_running_loop()
+        await dc.setup()
+    except (StateDirError, OSError) as exc:
+        print(f"devcluster cannot start: {exc}", file=sys.stderr)
+        return 1
+    # Signals are caught from here on: a stop always goes through shutdown(), which saves the state.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await dc.server.stop()
+    try:
+        paths = dc.write_kubeconfigs(args.kubeconfig)
+        logging.getLogger("devcluster").info(
+            "serving %d virtual cluster(s) at %s/clusters/<name>; kubeconfig %s%s%s",
+            len(dc.names),
+            dc.url,
+            paths[0],
+            f" (+{len(paths) - 1} in {paths[1].parent})" if len(paths) > 1 else "",
+            f"; state in {dc.state_dir}" if dc.state_dir else "",
+        )
+        await stop.wait()
+    finally:
+        await dc.shutdown()
     return 0
 
 

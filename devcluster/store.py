@@ -11,6 +11,10 @@ Design:
   caller mutating what it got cannot corrupt the store (the same guarantee etcd's serialisation gives).
 - resourceVersion is a per-cluster counter; a bounded history of recent changes lets a watch resume from a
   resourceVersion (older than the history -> 410 Gone, like a compacted etcd).
+- Persistence is optional and outside the store: `journal`, when set, is called with every committed change
+  (devcluster.persist appends it to the state directory's journal); `export_state` / `from_state` / `replay`
+  turn a cluster into plain data and back.  Without a state directory `journal` stays None and a commit pays
+  one attribute test for it.
 - Semantics follow the real registries where clients notice: generateName, 409 AlreadyExists / Conflict on
   a stale resourceVersion, 404 for objects in a missing namespace, 403 in a terminating namespace,
   generation bumps on spec changes only, no-op updates keep the resourceVersion, finalizers delay deletion,
@@ -298,6 +302,7 @@ class VirtualCluster:
         "_subscribers",
         "_watchers",
         "faults",
+        "journal",
         "loop",
         "name",
         "openshift",
@@ -307,7 +312,13 @@ class VirtualCluster:
     )
 
     def __init__(
-        self, name: str, token: str, loop: asyncio.AbstractEventLoop | None = None, openshift: bool = False
+        self,
+        name: str,
+        token: str,
+        loop: asyncio.AbstractEventLoop | None = None,
+        openshift: bool = False,
+        *,
+        bootstrap: bool = True,
     ) -> None:
         self.name = name
         self.token = token
@@ -322,8 +333,11 @@ class VirtualCluster:
         self._watchers: list[Watcher] | None = None
         self._history: deque | None = None
         self._crd_infos: dict[tuple[str, str, str], ResourceInfo] | None = None
-        for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
-            self.create("namespaces", {"metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}})
+        # Called as journal(cluster, event_type, key, obj) after each committed change (devcluster.persist).
+        self.journal: Callable[[VirtualCluster, str, str, dict], None] | None = None
+        if bootstrap:  # a restored cluster (from_state) brings its own namespaces
+            for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+                self.create("namespaces", {"metadata": {"name": ns}, "spec": {"finalizers": ["kubernetes"]}})
 
     # ------------------------------------------------------------------ resource table
     def resource(self, key: str) -> ResourceInfo:
@@ -792,6 +806,9 @@ class VirtualCluster:
         if self._history is None:
             self._history = deque(maxlen=HISTORY_SIZE)
         self._history.append((int(obj["metadata"]["resourceVersion"]), key, event_type, obj, old))
+        journal = self.journal
+        if journal is not None:  # before anyone hears of the change, so nothing acknowledged is unrecorded
+            journal(self, event_type, key, obj)
         if self._watchers:
             for w in list(self._watchers):
                 if w.key == key:
@@ -802,6 +819,88 @@ class VirtualCluster:
                     cb(event_type, key, clone(obj))
                 except Exception:  # a faulty controller must not break the API write that triggered it
                     log.exception("devcluster subscriber failed on %s %s", event_type, key)
+
+    # ------------------------------------------------------------------ state (devcluster.persist)
+    def export_state(self) -> dict:
+        """This cluster as plain JSON-shaped data: identity, token, objects, the resourceVersion counter and the
+        watch history.  The stored objects are shared, not copied: serialise the result (or hand it to
+        `from_state`) before the cluster changes again."""
+        return {
+            "name": self.name,
+            "token": self.token,
+            "uid": self.uid,
+            "openshift": self.openshift,
+            "rv": self._rv,
+            "objects": {key: list(table.values()) for key, table in self._objects.items() if table},
+            "history": [list(entry) for entry in self._history or ()],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, loop: asyncio.AbstractEventLoop | None = None) -> VirtualCluster:
+        """A cluster rebuilt from `export_state` data: same token, uid, objects, resourceVersions and history, so
+        clients holding the old kubeconfig, resourceVersions or a watch position carry on.  Call `resume()` once
+        it is served from a running loop."""
+        vc = cls(
+            state["name"], state["token"], loop=loop, openshift=bool(state.get("openshift")), bootstrap=False
+        )
+        vc.uid = state.get("uid") or vc.uid
+        for key, objs in (state.get("objects") or {}).items():
+            vc._objects[key] = {
+                ((o["metadata"].get("namespace") or ""), o["metadata"]["name"]): o for o in objs
+            }
+        for crd in vc._objects.get("customresourcedefinitions.apiextensions.k8s.io", {}).values():
+            vc._register_crd(crd)
+        history = state.get("history") or ()
+        if history:
+            vc._history = deque((tuple(entry) for entry in history), maxlen=HISTORY_SIZE)
+        vc._rv = max(int(state.get("rv") or 0), vc._max_rv())
+        return vc
+
+    def replay(self, event_type: str, key: str, obj: dict) -> None:
+        """Apply one journaled change (what `_commit` saw) to a restored cluster, history included."""
+        meta = obj["metadata"]
+        k = (meta.get("namespace") or "", meta["name"])
+        table = self._table(key)
+        old = table.get(k)
+        rv = int(meta.get("resourceVersion") or 0)
+        if event_type == "DELETED":
+            table.pop(k, None)
+            if key == "customresourcedefinitions.apiextensions.k8s.io":
+                self._unregister_crd(meta["name"])
+                for ri in resources.crd_resources(obj):
+                    self._objects.pop(ri.key, None)
+            old = None
+        else:
+            table[k] = obj
+            if key == "customresourcedefinitions.apiextensions.k8s.io":
+                self._register_crd(obj)
+        if self._history is None:
+            self._history = deque(maxlen=HISTORY_SIZE)
+        self._history.append((rv, key, event_type, obj, old))
+        self._rv = max(self._rv, rv)
+
+    def object_count(self) -> int:
+        return sum(len(t) for t in self._objects.values())
+
+    def _max_rv(self) -> int:
+        return max(
+            (
+                int(o["metadata"].get("resourceVersion") or 0)
+                for t in self._objects.values()
+                for o in t.values()
+            ),
+            default=0,
+        )
+
+    def resume(self) -> None:
+        """Go on with the work pending when the state was saved: namespaces that were terminating finish."""
+        loop = self.loop
+        for ns in list(self._objects.get("namespaces", {}).values()):
+            if (ns.get("status") or {}).get("phase") == "Terminating":
+                if loop is not None and loop.is_running():
+                    loop.call_later(0.2, self._finalize_namespace, ns["metadata"]["name"])
+                else:
+                    self._finalize_namespace(ns["metadata"]["name"])
 
     # ------------------------------------------------------------------ events
     def record_event(self, involved: dict, reason: str, message: str, type_: str = "Normal") -> None:

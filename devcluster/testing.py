@@ -12,6 +12,13 @@ or make a differently shaped one:
 The server binds 127.0.0.1 on a free port, runs on a background thread and is stopped when the fixture's
 scope ends.  `kube_client(dc)` gives an official-client ApiClient; `write_kubeconfig(dc, path)` a 0600 file
 for kubectl, Helm or Ansible.
+
+A test that restarts the API server (`dc.restart()`, or `dc.stop()` ... `dc.start()`) can ask for a state
+directory, so the restart reloads everything from disk as a new process would:
+
+    gpu = devcluster_fixture(name="gpu", nodes="gpu-mixed", scope="module", state_dir=True)
+
+(`True`: a fresh directory under pytest's temporary directory; or a path.)
 """
 
 from __future__ import annotations
@@ -33,13 +40,20 @@ def devcluster_fixture(
     nodes: str | list[dict] | None = None,
     clusters: int = 1,
     openshift: bool = False,
+    state_dir: bool | str | Path | None = None,
     **kwargs: Any,
 ) -> Callable[..., Iterator[DevCluster]]:
-    """A pytest fixture (registered under `name`) yielding a started `DevCluster`."""
+    """A pytest fixture (registered under `name`) yielding a started `DevCluster`; `state_dir=True` gives it
+    a state directory of its own (devcluster.persist)."""
 
     @pytest.fixture(scope=scope, name=name)  # type: ignore[call-overload]
-    def _fixture() -> Iterator[DevCluster]:
-        dc = DevCluster(nodes=nodes, clusters=clusters, openshift=openshift, **kwargs).start()
+    def _fixture(request: pytest.FixtureRequest) -> Iterator[DevCluster]:
+        where = state_dir
+        if where is True:
+            where = request.getfixturevalue("tmp_path_factory").mktemp(f"{name}-state")
+        dc = DevCluster(
+            nodes=nodes, clusters=clusters, openshift=openshift, state_dir=where or None, **kwargs
+        ).start()
         try:
             yield dc
         finally:

@@ -17,6 +17,12 @@ mkdir -p -m 700 var
 if [ "$DEVCLUSTER" = "1" ]; then
   export BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS="${BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS:-1}"
 fi
+# Commands typed in another terminal (manage.py check_clusters, demo, benchmark) read these from var/make-run.env
+# (budcluster_site/settings.py), so they judge clusters as the service does. Rewritten at every start: a start
+# without the devcluster forgets the loopback setting.
+RUN_VAR_DIR="${BUDCLUSTER_VAR_DIR:-var}"
+mkdir -p -m 700 "$RUN_VAR_DIR"
+$PY -m budcluster_site.env write "$RUN_VAR_DIR/make-run.env" BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS || exit 1
 
 pids=()
 cleanup() {
@@ -38,8 +44,10 @@ if [ "$DEVCLUSTER" = "1" ]; then
     DC_PORT=0
   fi
   rm -f "$DC_KUBECONFIG"
+  # var/devcluster-state keeps its CA, tokens and objects across restarts (rm -rf it for a fresh devcluster,
+  # e.g. after changing DEVCLUSTER_NODES: a restored cluster keeps the nodes it had).
   $PY -m devcluster serve --port "$DC_PORT" --nodes "${DEVCLUSTER_NODES:-gpu-mixed}" --kubeconfig "$DC_KUBECONFIG" \
-    --log-level WARNING &
+    --state-dir var/devcluster-state --log-level WARNING &
   pids+=($!)
 fi
 

@@ -63,6 +63,9 @@ def attach(cluster: Any, config: SimConfig | None, nodes: list[dict]) -> None:
             cluster.create("nodes", node)
     sim = Simulation(cluster, config or SimConfig(), hardware)
     cluster.sim = sim
+    # Pods started before an API server restart (restored state) are taken over where they are, not restarted.
+    for pod in cluster.list("pods"):
+        sim.kubelet.resume(pod)
     sim.storage.ensure_default_class()
     sim.network.ensure_kubernetes_service()
     cluster.subscribe(sim.on_change)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from devcluster.sim import hardware
@@ -37,6 +38,16 @@ _CONDITION_ORDER = {
     "ContainersReady": 3,
     "PodScheduled": 4,
 }
+
+
+def _seconds_since(timestamp: str) -> float:
+    """Wall-clock seconds since an RFC 3339 timestamp of ours (0 when there is none): what a restored pod
+    already ran survives a restart, the loop clock does not."""
+    try:
+        then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - then).total_seconds())
 
 
 def image_is_bad(image: str) -> bool:
@@ -187,6 +198,56 @@ class Kubelet:
         pod = self._write_status(pod) or pod
         if self._node_ready(node):
             self._later(self.sim.config.pod_start_delay, self._containers_start, pod)
+
+    def resume(self, pod: dict) -> bool:
+        """Take over a pod this kubelet had already started before the API server restarted (restored state):
+        its status stays as stored and only what was still to come is re-armed (Ready, a Job's finish, the
+        next crash or image back-off); a serving pod gets its inference simulator back.  False when the pod
+        was never started, or is finished: `start()` (or nothing) is right for those."""
+        meta, status = pod["metadata"], pod.get("status") or {}
+        cstatuses = status.get("containerStatuses") or []
+        node = self._node(pod) if pod["spec"].get("nodeName") else None
+        if not cstatuses or node is None or status.get("phase") not in ("Pending", "Running"):
+            return False
+        key = (meta["namespace"], meta["name"])
+        self.tracked[key] = meta["uid"]
+        self.restarts[key] = max(int(cs.get("restartCount") or 0) for cs in cstatuses)
+        ip = status.get("podIP") or ""
+        if ip.rpartition(".")[2].isdigit():  # new pods on this node must not get a restored pod's address
+            name = node["metadata"]["name"]
+            self.ip_next[name] = max(self.ip_next.get(name, 1), int(ip.rpartition(".")[2]))
+        waiting = {((cs.get("state") or {}).get("waiting") or {}).get("reason"): cs for cs in cstatuses}
+        config = self.sim.config
+        if status.get("phase") == "Pending":
+            if "ErrImagePull" in waiting:
+                self._later(config.crash_backoff, self._image_backoff, pod, [waiting["ErrImagePull"]["name"]])
+            elif "ContainerCreating" in waiting and self._node_ready(node):
+                self._later(config.pod_start_delay, self._containers_start, pod)
+            return True
+        self.sim.pod_running(pod)
+        crashing = [
+            c["name"]
+            for c in pod["spec"].get("containers") or ()
+            if container_env(c).get("DEVCLUSTER_CRASH", "").lower() in ("1", "true")
+        ]
+        ready = (condition(pod, "Ready") or {}).get("status") == "True"
+        if crashing:
+            if "CrashLoopBackOff" not in waiting:
+                self._later(config.pod_ready_delay, self._crash, pod, crashing)
+            elif self.restarts[key] < config.max_restarts:
+                self._later(config.crash_backoff, self._restart, pod, crashing)
+        elif pod["spec"].get("restartPolicy") in ("Never", "OnFailure"):
+            ran = _seconds_since(
+                min(
+                    ((cs.get("state") or {}).get("running") or {}).get("startedAt") or "~" for cs in cstatuses
+                )
+            )
+            if not ready and config.pod_ready_delay < config.job_duration:
+                self._later(config.pod_ready_delay - ran, self._ready, pod)
+            self._later(config.job_duration - ran, self._finish, pod)
+        elif not ready:
+            self._later(config.pod_ready_delay, self._ready, pod)
+        return True
 
     def _cstatus(
         self,

@@ -272,8 +272,10 @@ class Network:
             POOL.release(*current)
             current = None
         if current is None:
-            requested = svc["spec"].get("loadBalancerIP") or (svc["metadata"].get("annotations") or {}).get(
-                "metallb.universe.tf/loadBalancerIPs"
+            requested = (
+                svc["spec"].get("loadBalancerIP")
+                or (svc["metadata"].get("annotations") or {}).get("metallb.universe.tf/loadBalancerIPs")
+                or _status_ip(svc)  # a restored Service keeps the address its clients were given
             )
             ip = POOL.allocate(self.sim.config.lb_pool_prefix, ports, requested, self.sim.config.lb_listen)
             if ip is None:
@@ -399,7 +401,8 @@ class Network:
             return
         if self.ingress_ip is None:
             port = self.sim.config.ingress_port
-            ip = POOL.allocate(self.sim.config.lb_pool_prefix, [port], None, self.sim.config.lb_listen)
+            shown = next((ip for ip in map(_status_ip, ingresses) if ip), None)  # restored: keep it
+            ip = POOL.allocate(self.sim.config.lb_pool_prefix, [port], shown, self.sim.config.lb_listen)
             if ip is None:
                 return
             self.ingress_ip = ip
@@ -490,6 +493,12 @@ class Network:
         return web.Response(
             text=f"devcluster: pod {ns}/{pod['metadata']['name']} answered on port {target}\n"
         )
+
+
+def _status_ip(obj: dict) -> str | None:
+    """The load-balancer address an object's status already shows (Service or Ingress), if any."""
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [{}]
+    return ingress[0].get("ip") or None
 
 
 def resolve_target_port(service_port: dict, pod: dict | None) -> int:

@@ -758,8 +758,18 @@ class Workloads:
         if key in self.transfers:
             return
         total = self._transfer_total(job)
-        start = self.sim.loop.time() + self.sim.config.pod_start_delay
-        self._write_progress(job, 0, total, "Running")
+        cm = self.cluster.peek("configmaps", key[0], f"{key[1]}-progress") or {}
+        done = str((cm.get("data") or {}).get("bytes_done") or "")
+        ours = any(
+            r.get("uid") == job["metadata"]["uid"]
+            for r in cm.get("metadata", {}).get("ownerReferences") or ()
+        )
+        if ours and done.isdigit():
+            # A restored transfer (the API server restarted) goes on from the progress it had reported.
+            start = self.sim.loop.time() - int(done) / max(total, 1) * self.sim.config.job_duration
+        else:
+            start = self.sim.loop.time() + self.sim.config.pod_start_delay
+            self._write_progress(job, 0, total, "Running")
 
         def tick() -> None:
             current = self.cluster.get("jobs.batch", *key)
