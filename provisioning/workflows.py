@@ -3,9 +3,16 @@
 ``cluster.provision`` (one run per attempt)::
 
     check_credentials → init → plan → approve (waits for POST /runs/{id}/approve unless auto_approve)
-      → apply (per-resource progress and events) → outputs (kubeconfig, its token added outside the
-        Terraform state → clusters' registration run)
+      → apply (per-resource progress and events) → outputs (the non-sensitive ones stored)
+      → credential (the cluster's kubeconfig, made outside Terraform → clusters' registration run)
       → wait_registration                       cleanup on failure/cancel: record_failure
+
+No credential of the cluster passes through Terraform's state (plain text whatever the backend). The cloud
+modules return only where the cluster is; the ``credential`` step mints a service-account token with a
+short-lived token of the cloud identity and builds the kubeconfig (``provisioning.cloud_auth``). A module that
+is handed the cluster's token as a variable (the local stand-in) returns a kubeconfig without it, and the
+``outputs`` step adds the token and registers that kubeconfig; ``credential`` then has nothing to do. Either
+way the kubeconfig is only ever stored encrypted, by the clusters app.
 
 Every Terraform step builds its own runner (a fresh private work directory on whichever worker runs it)
 and runs ``init`` first: the state lives in the backend, the saved plan in the database (encrypted), so no
@@ -58,6 +65,7 @@ from core.workflow import (
     request_cancel,
 )
 
+from . import cloud_auth
 from .ansible import PlaybookError, run_playbook
 from .choices import ProvisioningStatus
 from .models import Provisioning
@@ -252,30 +260,60 @@ def apply(ctx: StepContext) -> dict:
     return _terraform(ctx, body, what="apply")
 
 
+def _registration_started(provisioning: Provisioning) -> bool:
+    return bool(
+        provisioning.registration_run_id and Run.objects.filter(pk=provisioning.registration_run_id).exists()
+    )
+
+
+def _register(ctx: StepContext, provisioning: Provisioning, document: str) -> Run:
+    try:
+        run = replace_kubeconfig(provisioning.cluster, document.encode(), user=ctx.run.created_by)
+    except RegistrationRefused as exc:
+        raise StepFailed(f"the provisioned cluster's kubeconfig was refused: {exc}") from None
+    set_provisioning_status(provisioning.pk, ProvisioningStatus.REGISTERING, registration_run=run)
+    return run
+
+
 def outputs(ctx: StepContext) -> dict:
-    """Read the outputs; the (sensitive) kubeconfig goes straight into the cluster's registration."""
+    """Read the outputs and keep the non-sensitive ones. A module's (sensitive) kubeconfig output goes straight
+    into the cluster's registration; without one, the ``credential`` step makes the kubeconfig."""
 
     def body(provisioning: Provisioning, tf: Any, sink: _TerraformSink) -> dict:
         values = tf.output()
         public = {name: out.value for name, out in values.items() if not out.sensitive}
         Provisioning.objects.filter(pk=provisioning.pk).update(outputs=public)
-        if (
-            provisioning.registration_run_id
-            and Run.objects.filter(pk=provisioning.registration_run_id).exists()
-        ):
+        if _registration_started(provisioning):
             return {"outputs": public, "registration_run": str(provisioning.registration_run_id)}
         kubeconfig = values.get("kubeconfig")
         if kubeconfig is None or not kubeconfig.value:
-            raise StepFailed(f"module {provisioning.module} returned no kubeconfig output")
+            return {"outputs": public, "kubeconfig": "minted by the credential step"}
         document = _with_credential(provisioning, str(kubeconfig.value))
-        try:
-            run = replace_kubeconfig(provisioning.cluster, document.encode(), user=ctx.run.created_by)
-        except RegistrationRefused as exc:
-            raise StepFailed(f"the provisioned cluster's kubeconfig was refused: {exc}") from None
-        set_provisioning_status(provisioning.pk, ProvisioningStatus.REGISTERING, registration_run=run)
+        run = _register(ctx, provisioning, document)
         return {"outputs": public, "registration_run": str(run.pk)}
 
     return _terraform(ctx, body, what="output")
+
+
+def credential(ctx: StepContext) -> Any:
+    """Mint the cluster's long-lived credential outside Terraform and register its kubeconfig (cloud modules).
+
+    One check per call (see ``provisioning.cloud_auth``): until the cloud identity is accepted by the new API
+    server and the token controller has filled the token Secret, the step waits (``NotYet``), up to
+    ``PROVISIONING_CREDENTIAL_TIMEOUT``. A re-run (a redelivered message, a worker that died here) applies the
+    same objects and reuses the same Secret; once the registration run exists it does nothing."""
+    provisioning = _provisioning(ctx)
+    if _registration_started(provisioning):
+        return {"registration_run": str(provisioning.registration_run_id), "minted": False}
+    set_provisioning_status(provisioning.pk, ProvisioningStatus.REGISTERING)
+    try:
+        minted = cloud_auth.mint_for(provisioning)
+    except cloud_auth.NotReady as exc:
+        return NotYet(str(exc))
+    except cloud_auth.CredentialRefused as exc:
+        raise StepFailed(f"cannot make the cluster's credential: {exc}") from None
+    run = _register(ctx, provisioning, minted.kubeconfig)
+    return {**minted.summary(), "minted": True, "registration_run": str(run.pk)}
 
 
 # User fields that carry a credential in a kubeconfig (exec and auth-provider are refused by the guard).
@@ -373,7 +411,18 @@ PROVISION_STEPS = [
         ),
     ),
     Step("apply", "Apply", apply, eta=900),
-    Step("outputs", "Read outputs and register the cluster", outputs, eta=10),
+    Step("outputs", "Read outputs", outputs, eta=10),
+    Step(
+        "credential",
+        "Make the cluster's credential and register the cluster",
+        credential,
+        eta=10,
+        poll=Poll(
+            interval=lambda ctx: float(_setting("PROVISIONING_CREDENTIAL_POLL_INTERVAL", 5.0)),
+            timeout=lambda ctx: float(_setting("PROVISIONING_CREDENTIAL_TIMEOUT", 900.0)),
+            what="the cluster's credential (the cloud identity accepted, the token Secret filled)",
+        ),
+    ),
     Step(
         "wait_registration",
         "Wait for the cluster's registration",

@@ -1,8 +1,13 @@
 """Static checks of the cloud modules (no cloud, no provider downloads here): contract and safety rules.
 
-``terraform validate`` needs the aws/azurerm/kubernetes providers, which cannot be installed where only
-PyPI is reachable, so the modules are read with python-hcl2 and ``terraform fmt`` (syntax only) is run
-with the Terraform binary available.
+``terraform validate`` needs the aws/azurerm providers, which cannot be installed where only PyPI is
+reachable, so the modules are read with python-hcl2 and ``terraform fmt`` (syntax only) is run with the
+Terraform binary available.
+
+The rule that matters most: no credential of the cluster in the state. Terraform keeps every output and every
+resource attribute there in plain text, so the cloud modules create no Kubernetes object (no kubernetes
+provider, no token Secret), output no kubeconfig, and on AKS disable the local accounts whose client key the
+cluster resource would otherwise carry. BudCluster mints the credential after apply (provisioning/cloud_auth.py).
 """
 
 from __future__ import annotations
@@ -17,7 +22,16 @@ from provisioning.toolchain import find_terraform_binary
 from tests.provisioning.conftest import LOCAL_MODULE, REPO
 
 MODULES = REPO / "terraform" / "modules"
-CONTRACT_OUTPUTS = {"cluster_name", "cluster_endpoint", "kubernetes_version", "kubeconfig"}
+CLOUD_STAND_IN = REPO / "terraform" / "testing" / "cloud-cluster"
+# What provisioning.cloud_auth builds the kubeconfig from, and what the API shows.
+CONTRACT_OUTPUTS = {
+    "cluster_name",
+    "cluster_endpoint",
+    "cluster_ca_certificate",
+    "kubernetes_version",
+    "node_pools",
+}
+LOCAL_CONTRACT_OUTPUTS = {"cluster_name", "cluster_endpoint", "kubernetes_version", "kubeconfig"}
 REQUIRED_VARIABLES = {
     "aws-eks": {"cluster_name", "region"},
     "azure-aks": {"cluster_name", "location"},
@@ -30,11 +44,8 @@ def module(request):
     return request.param, load_module(MODULES / request.param)
 
 
-def _kubeconfig_template(spec) -> str:
-    value = spec.outputs["kubeconfig"]["value"]
-    # The output points at local.kubeconfig; resolve one level.
-    match = re.fullmatch(r"\$\{local\.(\w+)\}", value)
-    return spec.locals[match.group(1)] if match else value
+def _all_text(spec) -> str:
+    return "\n".join(spec.sources.values())
 
 
 def test_required_variables_and_every_variable_documented(module):
@@ -60,29 +71,42 @@ def test_gpu_node_pool_shape(module):
         assert re.search(rf"\b{attribute}\b", pool_type), f"{name}: gpu_node_pools lacks {attribute}"
 
 
-def test_outputs_contract_with_sensitive_kubeconfig(module):
+def test_outputs_contract_without_any_credential(module):
     name, spec = module
     assert set(spec.outputs) >= CONTRACT_OUTPUTS
-    assert "kubeconfig" in spec.sensitive_outputs
+    assert "kubeconfig" not in spec.outputs
+    # Nothing an output returns is secret, so nothing needs hiding (a sensitive output is still in the state).
+    assert spec.sensitive_outputs == set()
     for output, body in spec.outputs.items():
         assert unquote(body.get("description", "")).strip(), f"{name}: output {output} has no description"
+        value = str(body["value"])
+        for credential in ("token", "client_key", "client_certificate", "password", "kube_config_raw"):
+            assert credential not in value, f"{name}: output {output} reads {credential}"
+        assert "kube_admin_config" not in value
 
 
-def test_kubeconfig_is_token_based_without_exec(module):
-    _, spec = module
-    template = _kubeconfig_template(spec)
-    assert template.startswith("${yamlencode(")
-    assert "token =" in template
-    for forbidden in ("exec", "auth-provider", "client-certificate =", "tokenFile", "-file"):
-        assert forbidden not in template
-    # Nor does the apply-time kubernetes provider depend on a cloud CLI.
-    assert not re.search(r"\bexec\s*\{", spec.sources["providers.tf"])
+def test_nothing_is_created_inside_the_cluster(module):
+    """No kubernetes provider and no Kubernetes resource: the state cannot hold a service-account token, and the
+    module does not need a provider configured from the cluster it creates."""
+    name, spec = module
+    assert "kubernetes" not in spec.required_providers
+    assert "kubernetes" not in spec.providers
+    assert not [r for r in spec.resources if r.startswith("kubernetes_")]
+    text = _all_text(spec)
+    for forbidden in (
+        "kubernetes_secret",
+        "aws_eks_cluster_auth",
+        "service-account-token",
+        "kube_config_raw",
+    ):
+        assert forbidden not in text, f"{name} mentions {forbidden}"
+    assert {"service_account_name", "service_account_cluster_role"}.isdisjoint(spec.variables)
 
 
 def test_providers_and_terraform_version_pinned(module):
     name, spec = module
     assert spec.required_version == ">= 1.5.0"
-    assert {CLOUD_PROVIDER[name], "kubernetes"} <= set(spec.required_providers)
+    assert set(spec.required_providers) == {CLOUD_PROVIDER[name]}
     for provider, requirement in spec.required_providers.items():
         assert requirement["source"].startswith("hashicorp/"), provider
         assert re.fullmatch(r"~> \d+\.\d+", requirement["version"]), provider
@@ -97,7 +121,7 @@ def test_no_backend_and_no_credentials_in_source(module):
         re.MULTILINE,
     )
     for file_name, text in spec.sources.items():
-        # A credential attribute may reference a value (the kubeconfig's token), never hold a literal.
+        # Credentials reach the providers through the environment only.
         assert not secret_attributes.search(text), f"{name}/{file_name} sets a credential literal"
         assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text)
 
@@ -106,8 +130,40 @@ def test_aks_cluster_uses_requested_name():
     spec = load_module(MODULES / "azure-aks")
     cluster = spec.resources["azurerm_kubernetes_cluster"]["this"]
     assert cluster["name"] == "${var.cluster_name}"
-    assert cluster["local_account_disabled"] is False
     assert spec.outputs["cluster_name"]["value"] == "${azurerm_kubernetes_cluster.this.name}"
+
+
+def test_aks_has_no_local_accounts_and_the_terraform_principal_is_admin_through_azure_rbac():
+    """Local accounts off: the cluster resource's kube_config holds no client key and kube_admin_config is
+    empty. Entra ID with Azure RBAC, and the principal running Terraform (BudCluster's) gets the cluster admin
+    role, so BudCluster can mint its credential with an Entra ID token of that principal."""
+    spec = load_module(MODULES / "azure-aks")
+    cluster = spec.resources["azurerm_kubernetes_cluster"]["this"]
+    assert cluster["local_account_disabled"] is True
+    assert cluster["role_based_access_control_enabled"] is True
+    (aad,) = cluster["azure_active_directory_role_based_access_control"]
+    assert aad["azure_rbac_enabled"] is True
+    assert aad["tenant_id"] == "${data.azurerm_client_config.current.tenant_id}"
+    admin = spec.resources["azurerm_role_assignment"]["cluster_admin"]
+    assert unquote(admin["role_definition_name"]) == "Azure Kubernetes Service RBAC Cluster Admin"
+    assert admin["scope"] == "${azurerm_kubernetes_cluster.this.id}"
+    assert admin["principal_id"] == "${data.azurerm_client_config.current.object_id}"
+    assert 'data "azurerm_client_config" "current"' in _all_text(spec)
+    # The CA is public: an output BudCluster can read (the provider marks the whole kube_config sensitive).
+    ca = spec.outputs["cluster_ca_certificate"]
+    assert (
+        ca["value"]
+        == "${nonsensitive(azurerm_kubernetes_cluster.this.kube_config[0].cluster_ca_certificate)}"
+    )
+    assert "tenant_id" in spec.outputs
+
+
+def test_eks_identity_running_terraform_is_cluster_admin():
+    """Access entries on, the creator admin: BudCluster's presigned STS token of that identity works at once."""
+    spec = load_module(MODULES / "aws-eks")
+    (access,) = spec.resources["aws_eks_cluster"]["this"]["access_config"]
+    assert access["bootstrap_cluster_creator_admin_permissions"] is True
+    assert unquote(access["authentication_mode"]) in ("API", "API_AND_CONFIG_MAP")
 
 
 def test_eks_gpu_pools_carry_labels_taints_and_ami():
@@ -119,10 +175,26 @@ def test_eks_gpu_pools_carry_labels_taints_and_ami():
     assert spec.resources["aws_eks_cluster"]["this"]["version"] == "${var.kubernetes_version}"
 
 
-def test_local_stand_in_matches_the_contract():
+def test_local_stand_in_matches_its_contract():
+    """The local stand-in is handed the token (a variable, never in the state) and returns the kubeconfig
+    without it."""
     spec = load_module(LOCAL_MODULE)
-    assert set(spec.outputs) >= CONTRACT_OUTPUTS
+    assert set(spec.outputs) >= LOCAL_CONTRACT_OUTPUTS
     assert "kubeconfig" in spec.sensitive_outputs
+    assert "token" not in str(spec.outputs["kubeconfig"]["value"])
+    assert spec.variables["token"]["sensitive"] is True
+    assert spec.backends == []
+
+
+def test_cloud_stand_in_matches_the_cloud_contract():
+    spec = load_module(CLOUD_STAND_IN)
+    assert set(spec.outputs) >= CONTRACT_OUTPUTS
+    assert "kubeconfig" not in spec.outputs and spec.sensitive_outputs == set()
+    assert spec.variables["bootstrap_token"]["sensitive"] is True
+    # The bootstrap token is used by no resource and no output: it cannot reach the state.
+    uses = [name for name, text in spec.sources.items() if "var.bootstrap_token" in text]
+    assert uses == []
+    assert set(spec.required_providers) == {"null"}
     assert spec.backends == []
 
 

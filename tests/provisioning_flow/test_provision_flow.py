@@ -296,11 +296,13 @@ def test_provision_refusals(api, dc, local_module):
     assert (no_credential.status_code, no_credential.json()["code"]) == (404, "no_such_credential")
     assert not Cluster.objects.filter(name="prov-ref").exists()
     registered = Cluster.objects.create(name="has-config", kubeconfig="apiVersion: v1", status="available")
-    again = api.post(f"/clusters/{registered.pk}/provision", {**body, "provider": "aws"}, format="json")
+    # The cluster names itself: the re-provision body has no `name` (an unknown key is a 400).
+    again_body = {key: value for key, value in body.items() if key != "name"}
+    again = api.post(f"/clusters/{registered.pk}/provision", {**again_body, "provider": "aws"}, format="json")
     assert (again.status_code, again.json()["code"]) == (409, "already_registered")
     not_provisioning = Run.objects.create(kind="cluster.register", title="not a provisioning run")
     approve = api.post(f"/runs/{not_provisioning.pk}/approve")
-    assert (approve.status_code, approve.json()["code"]) == (404, "not_awaiting_approval")
+    assert (approve.status_code, approve.json()["code"]) == (409, "not_awaiting_approval")
 
 
 def test_provision_command_follows_the_run(api, worker, dc, local_module):

@@ -1,9 +1,19 @@
-# Standalone use of the EKS module (BudCluster itself runs modules/aws-eks directly with a pg backend).
+# Standalone use of the EKS module (BudCluster itself runs modules/aws-eks directly with a pg backend and
+# mints its own credential after apply).
 #
 #   export AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...
 #   terraform init      # local state; add a backend of your own if you like (none is in source)
 #   terraform apply
-#   terraform output -raw kubeconfig > kubeconfig.yaml && chmod 600 kubeconfig.yaml
+#
+# The module outputs no credential (the state would hold it in plain text). The IAM identity that ran the
+# apply is the cluster's admin (an EKS access entry); reach the cluster with your own tools:
+#
+#   aws eks update-kubeconfig --name "$(terraform output -raw cluster_name)" --region us-east-1
+#
+# and, to register it with BudCluster (whose kubeconfig guard refuses the `aws eks get-token` exec plugin),
+# print a service-account token kubeconfig from that context:
+#
+#   ../../../scripts/budcluster-kubeconfig.sh > budcluster.kubeconfig
 terraform {
   required_version = ">= 1.5.0"
 }
@@ -42,7 +52,10 @@ output "cluster_endpoint" {
   value = module.cluster.cluster_endpoint
 }
 
-output "kubeconfig" {
-  value     = module.cluster.kubeconfig
-  sensitive = true
+output "cluster_name" {
+  value = module.cluster.cluster_name
+}
+
+output "cluster_ca_certificate" {
+  value = module.cluster.cluster_ca_certificate
 }

@@ -20,6 +20,10 @@ resource "aws_eks_cluster" "this" {
     public_access_cidrs     = var.public_access_cidrs
   }
 
+  # Access entries (the EKS API, not the aws-auth ConfigMap) decide who may use the cluster. The IAM identity
+  # that runs this apply gets a cluster-admin access entry at creation: BudCluster, holding that identity's
+  # credential, signs a short-lived token with it after apply and mints its own service-account token with
+  # it (provisioning/cloud_auth.py). The ConfigMap stays readable for tools that still write it.
   access_config {
     authentication_mode                         = "API_AND_CONFIG_MAP"
     bootstrap_cluster_creator_admin_permissions = true

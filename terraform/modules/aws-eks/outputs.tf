@@ -1,3 +1,7 @@
+# No output carries a credential: Terraform keeps outputs in its state in plain text. BudCluster builds the
+# cluster's kubeconfig from cluster_endpoint and cluster_ca_certificate and a service-account token it mints
+# after apply (provisioning/cloud_auth.py), and stores that kubeconfig only encrypted.
+
 output "cluster_name" {
   description = "Name of the EKS cluster."
   value       = aws_eks_cluster.this.name
@@ -31,10 +35,4 @@ output "vpc_id" {
 output "node_pools" {
   description = "Names of the node groups (system first, then GPU pools)."
   value       = concat([aws_eks_node_group.system.node_group_name], [for pool in aws_eks_node_group.gpu : pool.node_group_name])
-}
-
-output "kubeconfig" {
-  description = "Kubeconfig with a long-lived service-account token (no exec plugin). Sensitive: store encrypted."
-  value       = local.kubeconfig
-  sensitive   = true
 }

@@ -113,24 +113,6 @@ variable "gpu_node_pools" {
   }
 }
 
-variable "service_account_name" {
-  description = "Name of the Kubernetes service account whose token goes into the kubeconfig output."
-  type        = string
-  default     = "budcluster"
-}
-
-variable "service_account_namespace" {
-  description = "Namespace of that service account."
-  type        = string
-  default     = "kube-system"
-}
-
-variable "service_account_cluster_role" {
-  description = "ClusterRole bound to the service account. BudCluster installs workloads cluster-wide, hence cluster-admin by default."
-  type        = string
-  default     = "cluster-admin"
-}
-
 variable "tags" {
   description = "Extra AWS tags for every resource."
   type        = map(string)

@@ -52,10 +52,18 @@ resource "azurerm_kubernetes_cluster" "this" {
   dns_prefix          = local.dns_prefix
   kubernetes_version  = var.kubernetes_version
 
-  # Local accounts stay enabled: without them AKS only offers Entra ID kubeconfigs, which need the
-  # kubelogin exec plugin that BudCluster's kubeconfig guard refuses.
-  local_account_disabled            = false
+  # No local accounts: the cluster has no static admin certificate, so neither kube_config nor
+  # kube_admin_config (attributes Terraform keeps in its state) holds a secret. Entra ID identities are
+  # authorized by Azure RBAC (the role assignment below); service accounts, such as the one BudCluster mints
+  # its long-lived token for after apply (provisioning/cloud_auth.py), by Kubernetes RBAC.
+  local_account_disabled            = true
   role_based_access_control_enabled = true
+
+  azure_active_directory_role_based_access_control {
+    tenant_id              = data.azurerm_client_config.current.tenant_id
+    azure_rbac_enabled     = true
+    admin_group_object_ids = var.admin_group_object_ids
+  }
 
   default_node_pool {
     name                         = "system"
@@ -97,6 +105,16 @@ resource "azurerm_kubernetes_cluster" "this" {
   }
 
   depends_on = [azurerm_role_assignment.control_plane_network]
+}
+
+# The principal running this apply (BudCluster's service principal) is cluster admin through Azure RBAC:
+# after apply BudCluster asks Entra ID for a short-lived token of that principal for the AKS server
+# application and creates its own service account and token with it. Azure role assignments take a few
+# minutes to reach the cluster; BudCluster retries until they have.
+resource "azurerm_role_assignment" "cluster_admin" {
+  scope                = azurerm_kubernetes_cluster.this.id
+  role_definition_name = "Azure Kubernetes Service RBAC Cluster Admin"
+  principal_id         = data.azurerm_client_config.current.object_id
 }
 
 resource "azurerm_kubernetes_cluster_node_pool" "gpu" {

@@ -1,3 +1,7 @@
+# No output carries a credential: Terraform keeps outputs in its state in plain text. BudCluster builds the
+# cluster's kubeconfig from cluster_endpoint and cluster_ca_certificate and a service-account token it mints
+# after apply (provisioning/cloud_auth.py), and stores that kubeconfig only encrypted.
+
 output "cluster_name" {
   description = "Name of the AKS cluster (the requested name)."
   value       = azurerm_kubernetes_cluster.this.name
@@ -26,17 +30,17 @@ output "resource_group_name" {
 
 output "cluster_ca_certificate" {
   description = "Base64 PEM CA certificate of the API server."
-  value       = azurerm_kubernetes_cluster.this.kube_config[0].cluster_ca_certificate
-  sensitive   = true
+  # A public certificate, but the provider marks the whole kube_config block sensitive. With local accounts
+  # disabled the block holds no secret (no client key, certificate or password).
+  value = nonsensitive(azurerm_kubernetes_cluster.this.kube_config[0].cluster_ca_certificate)
+}
+
+output "tenant_id" {
+  description = "Entra ID tenant of the cluster's Azure RBAC (the tenant BudCluster asks for its bootstrap token)."
+  value       = data.azurerm_client_config.current.tenant_id
 }
 
 output "node_pools" {
   description = "Names of the node pools (system first, then GPU pools)."
   value       = concat(["system"], [for pool in azurerm_kubernetes_cluster_node_pool.gpu : pool.name])
-}
-
-output "kubeconfig" {
-  description = "Kubeconfig with a long-lived service-account token (no exec plugin). Sensitive: store encrypted."
-  value       = local.kubeconfig
-  sensitive   = true
 }

@@ -2,6 +2,11 @@
 # ARM_CLIENT_SECRET, ARM_TENANT_ID, ARM_SUBSCRIPTION_ID); nothing secret is configured here.
 # State backend: none in source. BudCluster's runner adds a `pg` backend at run time; standalone users
 # pass their own with `terraform init -backend-config=...` (see ../../README.md).
+#
+# No kubernetes provider: the module creates nothing inside the cluster, so no credential of the cluster
+# ever passes through Terraform or its state. BudCluster mints its own service-account token after apply
+# (provisioning/cloud_auth.py), authenticating as the principal that ran this apply (see the role
+# assignment in main.tf).
 provider "azurerm" {
   features {}
 
@@ -9,11 +14,5 @@ provider "azurerm" {
   subscription_id = var.subscription_id
 }
 
-# The local account credentials (client certificate from kube_config) are used during this apply only, to create
-# the BudCluster service account; they are not part of the kubeconfig output.
-provider "kubernetes" {
-  host                   = azurerm_kubernetes_cluster.this.kube_config[0].host
-  client_certificate     = base64decode(azurerm_kubernetes_cluster.this.kube_config[0].client_certificate)
-  client_key             = base64decode(azurerm_kubernetes_cluster.this.kube_config[0].client_key)
-  cluster_ca_certificate = base64decode(azurerm_kubernetes_cluster.this.kube_config[0].cluster_ca_certificate)
-}
+# The identity Terraform runs as: its tenant for Entra ID integration, its object id for the role assignment.
+data "azurerm_client_config" "current" {}

@@ -118,22 +118,10 @@ variable "gpu_node_pools" {
   }
 }
 
-variable "service_account_name" {
-  description = "Name of the Kubernetes service account whose token goes into the kubeconfig output."
-  type        = string
-  default     = "budcluster"
-}
-
-variable "service_account_namespace" {
-  description = "Namespace of that service account."
-  type        = string
-  default     = "kube-system"
-}
-
-variable "service_account_cluster_role" {
-  description = "ClusterRole bound to the service account. BudCluster installs workloads cluster-wide, hence cluster-admin by default."
-  type        = string
-  default     = "cluster-admin"
+variable "admin_group_object_ids" {
+  description = "Entra ID groups whose members are cluster admins (kubectl through kubelogin). BudCluster needs none: the principal running Terraform is made cluster admin."
+  type        = list(string)
+  default     = []
 }
 
 variable "tags" {
