@@ -18,10 +18,22 @@ import dj_database_url
 from csp.constants import NONE, SELF, UNSAFE_INLINE
 from django.core.management.utils import get_random_secret_key
 
-from .env import ConfigError, env_bool, env_float, env_int, env_list, env_str
+from .env import (
+    RUN_SETTINGS_FILE,
+    ConfigError,
+    apply_env_file,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("BUDCLUSTER_VAR_DIR", str(BASE_DIR / "var")))
+# What `make run` set for its own processes (var/make-run.env, written at its start): a command run in another
+# terminal against the same var/ judges clusters by the same rules. The process environment wins over the file.
+apply_env_file(VAR_DIR / RUN_SETTINGS_FILE)
 
 
 def _private_dir(path: Path) -> Path:
@@ -81,6 +93,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Early: a body over API_MAX_BODY_BYTES is answered 413 before anything reads it.
     "core.api.middleware.RequestBodyLimitMiddleware",
+    # Before URL resolution: /clusters/ is /clusters (API paths have no trailing slash).
+    "core.api.middleware.TrailingSlashMiddleware",
     # Before WhiteNoise, so that static files carry the Content-Security-Policy header too.
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -241,22 +255,24 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": [
         "rest_framework.permissions.IsAuthenticated",
         "core.permissions.ModelPermissions",
+        # Last: a query parameter the operation does not document is a 400 (after 401/403, before any lookup).
+        "core.api.query.KnownQueryParameters",
     ],
+    # Strict filtering: unknown orderings and invalid filter values (ready=maybe) are 400s, not ignored.
     "DEFAULT_FILTER_BACKENDS": [
-        "django_filters.rest_framework.DjangoFilterBackend",
-        "rest_framework.filters.SearchFilter",
-        "rest_framework.filters.OrderingFilter",
+        "core.api.filters.FilterBackend",
+        "core.api.filters.SearchFilter",
+        "core.api.filters.OrderingFilter",
     ],
     "DEFAULT_PAGINATION_CLASS": "core.pagination.Pagination",
     "PAGE_SIZE": env_int("API_PAGE_SIZE", 50),
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Documents the one error shape on every operation, query serializers and strict request bodies.
+    "DEFAULT_SCHEMA_CLASS": "core.api.schema.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.errors.exception_handler",
-    # JSON nested at most core.api.parsers.MAX_JSON_DEPTH levels (the negotiation applies it in every view).
-    "DEFAULT_PARSER_CLASSES": [
-        "core.api.parsers.JSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON nested at most core.api.parsers.MAX_JSON_DEPTH levels (the negotiation applies it in every view). JSON
+    # only: form encodings cannot carry the nested bodies (s3, node pools, env), a form would flatten them into
+    # keys the endpoint refuses. The kubeconfig upload (clusters) declares multipart itself.
+    "DEFAULT_PARSER_CLASSES": ["core.api.parsers.JSONParser"],
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.api.parsers.ContentNegotiation",
     "DEFAULT_METADATA_CLASS": "core.api.metadata.Metadata",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
@@ -418,6 +434,9 @@ CLUSTER_VERIFY_DEADLINE = env_float("CLUSTER_VERIFY_DEADLINE", 60.0)
 # --- hardware collectors ----------------------------------------------------------------------------------------
 COLLECTOR_NAMESPACE = env_str("COLLECTOR_NAMESPACE", "bud-system")
 COLLECTOR_TIMEOUT = env_float("COLLECTOR_TIMEOUT", 600.0)
+# A NotReady node cannot run the collectors: collection waits for it this long (since the wait began, or since the
+# node went NotReady), then stores what the other nodes show and ends partial, naming it (hardware/workflows.py).
+COLLECTOR_NOT_READY_TIMEOUT = env_float("COLLECTOR_NOT_READY_TIMEOUT", 60.0)
 COLLECTOR_POLL_INTERVAL = env_float("COLLECTOR_POLL_INTERVAL", 5.0)
 
 # --- deployments ------------------------------------------------------------------------------------------------
@@ -465,6 +484,17 @@ PROVISIONING_APPROVAL_POLL_INTERVAL = env_float("PROVISIONING_APPROVAL_POLL_INTE
 PROVISIONING_APPROVER_MUST_DIFFER = env_bool("PROVISIONING_APPROVER_MUST_DIFFER", True)
 PROVISIONING_REGISTRATION_TIMEOUT = env_float("PROVISIONING_REGISTRATION_TIMEOUT", 1800.0)
 PROVISIONING_POLL_INTERVAL = env_float("PROVISIONING_POLL_INTERVAL", 2.0)
+# The credential BudCluster mints on a cluster it provisioned (provisioning/cloud_auth.py): a service account bound
+# to a ClusterRole and its token Secret; the wait for the cloud identity to be accepted and the token to be filled.
+PROVISIONING_CREDENTIAL_NAMESPACE = env_str("PROVISIONING_CREDENTIAL_NAMESPACE", "kube-system")
+PROVISIONING_CREDENTIAL_SERVICE_ACCOUNT = env_str("PROVISIONING_CREDENTIAL_SERVICE_ACCOUNT", "budcluster")
+PROVISIONING_CREDENTIAL_CLUSTER_ROLE = env_str("PROVISIONING_CREDENTIAL_CLUSTER_ROLE", "cluster-admin")
+PROVISIONING_CREDENTIAL_TIMEOUT = env_float("PROVISIONING_CREDENTIAL_TIMEOUT", 900.0)
+PROVISIONING_CREDENTIAL_POLL_INTERVAL = env_float("PROVISIONING_CREDENTIAL_POLL_INTERVAL", 5.0)
+# Entra ID host for AKS bootstrap tokens (https://login.microsoftonline.us, https://login.chinacloudapi.cn).
+PROVISIONING_AZURE_AUTHORITY_HOST = env_str(
+    "PROVISIONING_AZURE_AUTHORITY_HOST", "https://login.microsoftonline.com"
+)
 CLUSTER_SETUP_PLAYBOOKS = env_bool("CLUSTER_SETUP_PLAYBOOKS", True)
 PLAYBOOK_TIMEOUT = env_float("PLAYBOOK_TIMEOUT", 600.0)
 

@@ -9,6 +9,9 @@ from core.api import health
 admin.site.site_header = "BudCluster"
 admin.site.site_title = "BudCluster admin"
 admin.site.index_title = "Clusters, deployments and runs"
+# "View site": the service has no front page (its root is the REST API, which answers JSON), so the admin's
+# link leads to the API documentation, which a signed-in operator may read.
+admin.site.site_url = "/docs"
 
 urlpatterns = [
     path("health", health.health, name="health"),

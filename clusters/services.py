@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from core import crypto
 from core.errors import Refused
-from core.gateway import ClusterGateway, GatewayError
+from core.gateway import AddressNotAllowed, ClusterGateway, GatewayError
 from core.models import Run, recorded_user
 from core.sweep import sweep_each
 from core.workflow import get_workflow
@@ -423,12 +423,22 @@ def _node_ready(node: dict) -> bool:
 
 @dataclass
 class SweepReport:
+    """What a sweep did. ``refused``: (cluster, why) for clusters BudCluster's own address guard would not let it
+    call (a configuration error of this process, e.g. ``BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS`` off where the
+    service has it on): they were not checked, and their status, reason and events are left as they were."""
+
     checked: int = 0
     transitions: list[tuple[str, str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
-        return {"checked": self.checked, "transitions": self.transitions, "seconds": round(self.seconds, 3)}
+        return {
+            "checked": self.checked,
+            "transitions": self.transitions,
+            "refused": dict(self.refused),
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def _retry_due(cluster: Cluster, now) -> bool:
@@ -440,7 +450,9 @@ def _retry_due(cluster: Cluster, now) -> bool:
     return not cluster.last_retry_at or cluster.last_retry_at < now - ERROR_RETRY_EVERY
 
 
-def _probe(cluster: Cluster, timeout: float) -> tuple[bool, str]:
+def _probe(cluster: Cluster, timeout: float) -> tuple[bool | None, str]:
+    """(True, "") the API server answered; (False, why) it did not; (None, why) BudCluster's own address guard
+    refused to connect, so nothing was asked of the cluster and there is no verdict on it."""
     try:
         # budget=timeout: the host lookup and the call together, so one cluster costs at most its timeout.
         with gateway_for(
@@ -448,6 +460,8 @@ def _probe(cluster: Cluster, timeout: float) -> tuple[bool, str]:
         ) as gw:
             gw.version()
         return True, ""
+    except AddressNotAllowed as exc:
+        return None, str(exc)
     except GatewayError as exc:
         return False, str(exc)
     except Exception as exc:  # a broken row must not stop the sweep of the others
@@ -459,7 +473,7 @@ def _probe(cluster: Cluster, timeout: float) -> tuple[bool, str]:
 
 def _probe_all(
     clusters: list[Cluster], timeout: float, workers: int, deadline: float
-) -> dict[int, tuple[bool, str]]:
+) -> dict[int, tuple[bool | None, str]]:
     """Probe every cluster on up to ``workers`` threads; what has not answered after ``deadline`` seconds is
     reported not answering and the sweep goes on without waiting for it (its thread ends with its own
     timeout). Each probe is bounded already; the overall deadline keeps a sweep of many slow clusters from
@@ -488,6 +502,10 @@ def sweep(
     NOT_AVAILABLE for more than 24 h → ERROR; ERROR clusters are retried once a day. One dead cluster costs only
     its own timeout: probes run in a thread pool, each bounded by ``timeout`` in total. The whole sweep ends
     within ``deadline`` (``CLUSTER_HEALTH_SWEEP_DEADLINE``): a cluster not probed by then counts as not answering.
+
+    A cluster whose API server BudCluster's own address guard refuses (``core.netguard``) was not probed at all:
+    that is this process's configuration, not the cluster's health, so it is listed in ``report.refused`` and
+    logged as an error, and its row (status, reason, last check, events) is not touched.
     """
     timeout = timeout or float(getattr(settings, "CLUSTER_HEALTH_TIMEOUT", 5.0))
     workers = workers or int(getattr(settings, "CLUSTER_HEALTH_CONCURRENCY", 64))
@@ -517,6 +535,7 @@ def sweep(
             if probed_from[pk] == status
         }
         _apply_sweep(clusters, results, still, now, report, changed, events)
+        report.checked -= len(report.refused)
         Cluster.objects.bulk_update(
             changed,
             ["status", "reason", "not_available_since", "last_checked", "last_retry_at"],
@@ -524,12 +543,19 @@ def sweep(
         )
         ClusterEvent.objects.bulk_create(events, batch_size=500)
     report.seconds = time.monotonic() - started
+    if report.refused:
+        logger.error(
+            "health sweep: %d cluster(s) not checked, BudCluster's outbound-address guard refused their API server "
+            "(a configuration error of this process; their status is left as it was): %s",
+            len(report.refused),
+            "; ".join(f"{name}: {why}" for name, why in report.refused),
+        )
     return report
 
 
 def _apply_sweep(
     clusters: list[Cluster],
-    results: dict[int, tuple[bool, str]],
+    results: dict[int, tuple[bool | None, str]],
     still: set[int],
     now,
     report: SweepReport,
@@ -541,6 +567,9 @@ def _apply_sweep(
         if cluster.pk not in still:
             continue
         ok, error = results[cluster.pk]
+        if ok is None:  # refused by our own guard: no verdict on the cluster, nothing of its row changes
+            report.refused.append((cluster.name, error))
+            continue
         old = cluster.status
         cluster.last_checked = now
         if cluster.status == ClusterStatus.ERROR:

@@ -1,19 +1,30 @@
-"""Admin for runs (read-only, steps and events inline, a cancel action), API tokens (no key is ever shown but
-once, on creation) and what every app's admin shares."""
+"""Admin for runs (read-only, steps and events inline, a cancel action; never deleted: they are the audit trail), API
+tokens (no key is ever shown but once, on creation) and what every app's admin shares.
+
+Shared: ``start_each`` (an action over the selection that calls a service), ``CheckedActions`` (an action the user
+may not run answers 403), ``ReadOnlyInline`` and ``DeleteThroughRun``: objects that own things in a cluster (a
+deployment's namespace and pods, a cluster's collectors and RBAC) are never deleted as rows. Their Delete button
+and list action show what will be removed from the cluster, then start the deletion run (the service the API's
+DELETE calls, with its permission and refusals) and open that run's page.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import knox.admin  # noqa: F401  (registers knox's token admin first, so the one below replaces it)
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from knox.models import AuthToken
 
 from . import tokens, workflow
@@ -70,6 +81,112 @@ class CheckedActions:
         if action and action not in self.get_actions(request):
             raise PermissionDenied
         return super().changelist_view(request, extra_context)
+
+
+class DeleteThroughRun:
+    """ModelAdmin mixin for objects whose deletion must remove what they own in a cluster: a database cascade
+    would leave it running there. The Delete button (``delete_view``) and the list action named by
+    ``deletion_action`` both show a confirmation page listing, per object, what leaves the cluster
+    (:meth:`deletion_removes`) and the deletion run's steps, with the options the API takes (``deletion_form``,
+    e.g. a cluster's ``force``); confirming calls :meth:`start_deletion` (the API's service) for each object and
+    opens the started run's page (the run list, for several). A refusal (already deleting, active deployments)
+    is shown on the page and starts nothing. The permission is the model's delete permission, as for the API's
+    ``DELETE``. Rows are never deleted by the admin itself: ``delete_model``/``delete_queryset`` refuse."""
+
+    deletion_kind: str = ""  # the workflow whose step titles the confirmation page lists
+    deletion_action: str = ""  # the list action that confirms through the same page
+    deletion_form: type[forms.Form] = forms.Form  # options the API's DELETE takes too
+
+    def start_deletion(self, request, obj, options: dict) -> Run:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def deletion_removes(self, obj) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # a plain cascade; the deletion action runs the workflow
+        return actions
+
+    def delete_model(self, request, obj) -> None:
+        raise PermissionDenied("deleted only through its deletion run")
+
+    def delete_queryset(self, request, queryset) -> None:
+        raise PermissionDenied("deleted only through its deletion run")
+
+    def delete_view(self, request, object_id, extra_context=None):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not self.has_delete_permission(request, obj):
+            raise PermissionDenied
+        return self.confirm_deletion(request, [obj], from_action=False)
+
+    def confirm_deletion(self, request, objects: Sequence[Any], *, from_action: bool):
+        """The confirmation page; on its POST (``post=yes``) start the runs and redirect to them."""
+        confirmed = request.method == "POST" and request.POST.get("post") == "yes"
+        form = self.deletion_form(request.POST if confirmed else None)
+        refusals: list[str] = []
+        status = 200
+        if confirmed and form.is_valid():
+            runs = []
+            for obj in objects:
+                try:
+                    run = self.start_deletion(request, obj, form.cleaned_data)
+                except Refused as exc:
+                    refusals.append(f"{obj}: {exc}")
+                    status = exc.status
+                    continue
+                self.log_change(request, obj, f"Deletion requested: run {run.pk}")
+                runs.append(run)
+            if runs:
+                for refusal in refusals:
+                    self.message_user(request, refusal, messages.WARNING)
+                return self._open_runs(request, runs)
+        elif confirmed:
+            status = 400
+        many = f"{len(objects)} {self.opts.verbose_name_plural}"
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Delete {objects[0] if len(objects) == 1 else many}?",
+            "objects": [(obj, self.deletion_removes(obj)) for obj in objects],
+            "steps": self._deletion_steps(),
+            "form": form,
+            "refusals": refusals,
+            "from_action": from_action,
+            "action": self.deletion_action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "cancel_url": (
+                reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+                if from_action
+                else reverse(
+                    f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[objects[0].pk]
+                )
+            ),
+        }
+        return TemplateResponse(request, "admin/delete_through_run.html", context, status=status)
+
+    def _deletion_steps(self) -> list[str]:
+        try:
+            return [step.title for step in workflow.get_workflow(self.deletion_kind).steps]
+        except KeyError:
+            return []
+
+    def _open_runs(self, request, runs: list[Run]) -> HttpResponseRedirect:
+        links = format_html_join(
+            ", ", '<a href="{}">{}</a>', ((reverse("admin:core_run_change", args=[r.pk]), r.pk) for r in runs)
+        )
+        self.message_user(request, format_html("Deletion started: run {}", links), messages.SUCCESS)
+        if not request.user.has_perm("core.view_run"):
+            # The runs' pages would answer 403: back to the list, whose message names the runs.
+            return HttpResponseRedirect(
+                reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist")
+            )
+        if len(runs) == 1:
+            return HttpResponseRedirect(reverse("admin:core_run_change", args=[runs[0].pk]))
+        ids = ",".join(str(r.pk) for r in runs)
+        return HttpResponseRedirect(f"{reverse('admin:core_run_changelist')}?id__in={ids}")
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -133,6 +250,11 @@ class RunAdmin(CheckedActions, admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         # Viewing is allowed through the view permission; nothing on a run is edited by hand.
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Runs are the audit trail of what was done to clusters and deployments, and by whom: not even a
+        # superuser removes one here (their subjects' rows may go; the runs stay).
         return False
 
     @admin.display(description="status", ordering="status")

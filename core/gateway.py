@@ -113,6 +113,15 @@ class Invalid(GatewayError):
     reason = "invalid"
 
 
+class AddressNotAllowed(GatewayError):
+    """BudCluster's own outbound-address guard (``core.netguard``) refused the API server's address: a loopback
+    server while ``BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS`` is off in this process, or a name that now resolves to a
+    forbidden address. Nothing was sent to the cluster, so this says nothing about its health: it is a
+    configuration error to report (the health sweep leaves the cluster's status alone), and retrying cannot help."""
+
+    reason = "address_refused"
+
+
 class Expired(Unreachable):
     """410 Gone: a list's continue token (or a resourceVersion) is older than the API server still keeps.
 
@@ -418,7 +427,7 @@ class ClusterGateway:
         ``page_size`` objects are asked for per list request (default ``DEFAULT_PAGE_SIZE``, 500);
         ``max_response_bytes`` caps each answer; ``list_deadline`` bounds a whole paged list; ``budget`` bounds
         everything done through this gateway, from its creation (the host lookup included) to its last call."""
-        from core.netguard import AddressRefused, check_host_at_connect
+        from core.netguard import AddressRefused, NameNotResolved, check_host_at_connect
 
         self.budget = budget
         self._budget_end = time.monotonic() + budget if budget is not None else None
@@ -444,8 +453,10 @@ class ClusterGateway:
         try:
             lookup = timeout if budget is None else min(timeout, budget)
             ip = check_host_at_connect(self.host, port, allow_loopback=allow_loopback, timeout=lookup)
-        except AddressRefused as exc:
+        except NameNotResolved as exc:  # DNS has no answer: the cluster is not reachable from here
             raise Unreachable(str(exc)) from None
+        except AddressRefused as exc:
+            raise AddressNotAllowed(str(exc)) from None
         netloc_ip = f"[{ip}]" if ":" in ip else ip
         self._base = f"https://{netloc_ip}:{port}{url.path.rstrip('/')}"
         self._host_header = url.netloc.rsplit("@", 1)[-1]
@@ -466,9 +477,15 @@ class ClusterGateway:
         key = _pool_key(self._base, headers, cluster, user) if reuse else ""
         client = _pool_get(key) if reuse else None
         if client is None:
+            try:
+                verify = self._ssl_context(cluster, user)
+            except (ssl.SSLError, ValueError) as exc:
+                # A CA or client certificate that is base64 PEM but no certificate (the kubeconfig guard checks the
+                # encoding only): the cluster cannot be called, and the operator is told why (never a crash).
+                raise Invalid(f"the kubeconfig's TLS data cannot be used: {exc}") from None
             client = httpx.Client(
                 transport=GuardedTransport(
-                    verify=self._ssl_context(cluster, user),
+                    verify=verify,
                     limits=httpx.Limits(max_connections=8, max_keepalive_connections=4),
                 ),
                 headers=headers,

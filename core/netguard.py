@@ -45,6 +45,7 @@ __all__ = [
     "AddressRefused",
     "CheckedUrl",
     "HostVerdict",
+    "NameNotResolved",
     "check_host_at_connect",
     "check_url",
     "classify_host",
@@ -57,6 +58,11 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class AddressRefused(ValueError):
     """A host BudCluster must not connect to (or cannot judge); the message names it and carries no secret."""
+
+
+class NameNotResolved(AddressRefused):
+    """The host's name did not resolve (or not in time): nothing was judged, so this says where the host is not
+    reachable from, not that BudCluster's rules forbid it (callers report it as an unreachable host)."""
 
 
 def loopback_allowed(value: bool | None = None) -> bool:
@@ -369,16 +375,16 @@ def check_host_at_connect(
     try:
         infos = future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
-        raise AddressRefused(f"host {host!r} did not resolve within {timeout:g} s") from None
+        raise NameNotResolved(f"host {host!r} did not resolve within {timeout:g} s") from None
     except OSError as exc:
-        raise AddressRefused(f"host {host!r} does not resolve ({exc.strerror or exc})") from None
+        raise NameNotResolved(f"host {host!r} does not resolve ({exc.strerror or exc})") from None
     addresses: list[IPAddress] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         addr = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if addr not in addresses:
             addresses.append(addr)
     if not addresses:
-        raise AddressRefused(f"host {host!r} does not resolve")
+        raise NameNotResolved(f"host {host!r} does not resolve")
     for addr in addresses:
         kind = classify_ip(addr)
         if kind == "ok" or (kind == "loopback" and loopback_ok):

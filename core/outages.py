@@ -2,8 +2,9 @@
 
 While the database or the broker is down a request cannot be served, but nothing is wrong with the request or the
 code: the API answers **503** with ``Retry-After`` and a body naming the dependency
-(``{"detail": "...", "code": "database_unavailable" | "broker_unavailable"}``), never a 500. The mapping lives in
-:func:`unavailable_dependency`, used by the API's exception handler and by the 500 view (``core.api.errors``).
+(``{"detail": "...", "code": "database_unavailable" | "broker_unavailable", "retry_after": 5}``), never a 500.
+The mapping lives in :func:`unavailable_dependency`, used by the API's exception handler and by the 500 view
+(``core.api.errors``).
 
 Starting a run while the broker is down is refused before anything is stored (:func:`require_broker`, called by
 ``core.workflow.Workflow.launch``): the caller's transaction rolls back, so a 503 leaves no run and no subject row
@@ -44,8 +45,9 @@ class DependencyUnavailable(Exception):
     def code(self) -> str:
         return f"{self.dependency}_unavailable"
 
-    def as_dict(self) -> dict[str, str]:
-        return {"detail": str(self), "code": self.code}
+    def as_dict(self) -> dict[str, str | int]:
+        """The answer's body: the API's error shape (``core.api.errors``), with when to retry."""
+        return {"detail": str(self), "code": self.code, "retry_after": self.retry_after}
 
 
 def database_unavailable() -> DependencyUnavailable:

@@ -29,6 +29,9 @@ Design (after pulpcore's tasking and AWX's job events):
   unfinished step; the stale step is taken over (attempt + 1). With the defaults (5 s, 20 s, 5 s) a dead
   worker's run resumes 20-25 s after its last heartbeat, while a live step would have to miss three heartbeats
   in a row (a database outage of 15 s) before it looked dead.
+* A run carried out by a command in its own process (``start_in_process`` / ``carry_out_in_process``: ``manage.py
+  benchmark``) names that process in its params; when it goes silent the reaper closes the run (FAILED, naming the
+  process; cleanup on a worker) instead of resuming it on a worker. See the last section.
 * Failpoints (``WORKFLOW_FAILPOINTS``, tests only) pause or kill a worker at a named step; see below.
 * Every transition appends a ``RunEvent``; run progress (percent) and ETA are derived from the steps' estimated
   durations and recomputed on each transition.
@@ -917,7 +920,7 @@ def reap_stale_runs() -> list[str]:
         | Q(status=RunStatus.PENDING, created_at__lt=stale_before),
     ).filter(Q(wake_at__isnull=True) | Q(wake_at__lt=stale_before))
     resumed = []
-    for run in candidates.only("id", "status", "heartbeat_at", "created_at", "kind")[:500]:
+    for run in candidates.only("id", "status", "heartbeat_at", "created_at", "kind", "params")[:500]:
         claimed = Run.objects.filter(pk=run.pk, status=run.status, heartbeat_at=run.heartbeat_at).update(
             heartbeat_at=now, resumed_count=F("resumed_count") + 1
         )
@@ -937,9 +940,166 @@ def reap_stale_runs() -> list[str]:
             else:
                 _maybe_finish_cleanup(full)
             continue
+        owner = (run.params or {}).get(OWNER_PARAM)
+        if owner and phase == StepPhase.MAIN:
+            # Carried out by a process of its own (a command), which is gone: end the run, never hand its work to a
+            # worker (its user stopped it, or would not expect it to go on elsewhere). Its cleanup runs on a worker.
+            _close_orphaned(run.pk, owner, silent)
+            continue
         _event(
             run.pk, remaining[0], "resumed", f"no sign of life for {silent:.0f}s; resuming at {remaining[0]}"
         )
         send_chain(run.pk, remaining)
         resumed.append(str(run.pk))
     return resumed
+
+
+# --- runs carried out by the calling process ---------------------------------------------------------------------
+# A management command that measures or watches something for its user (``manage.py benchmark``) runs the steps in
+# its own process, with its own progress output, instead of asking a worker. Its run is an ordinary run all the same
+# (listed, cancellable through the API, progress and events), marked with ``params[OWNER_PARAM]`` naming the
+# process. While the process lives, the heartbeat thread stamps the run as a worker's would; when it stops without
+# a word (SIGKILL, a machine lost), the reaper ends the run FAILED, naming the process, and its cleanup steps run on
+# a worker - the run is closed, not resumed. Only workflows of plain steps (no poll, no fan-out) run this way.
+
+OWNER_PARAM = "owner"
+
+
+def start_in_process(
+    kind: str,
+    *,
+    owner: str,
+    subject: Model | None = None,
+    params: dict | None = None,
+    user: Any = None,
+    title: str | None = None,
+) -> Run:
+    """Create a RUNNING run of ``kind`` whose main steps this process carries out (``carry_out_in_process``);
+    ``owner`` names the process (``manage.py benchmark (pid 4242 on host)``). Nothing is sent to a worker."""
+    from django.contrib.contenttypes.models import ContentType
+
+    workflow = get_workflow(kind)
+    if any(step.poll or step.each for step in workflow.steps):
+        raise ValueError(f"workflow {kind} has waiting or fan-out steps; only a worker can carry it out")
+    now = timezone.now()
+    with transaction.atomic():
+        run = Run.objects.create(
+            kind=kind,
+            title=title or workflow.title,
+            subject_type=ContentType.objects.get_for_model(subject) if subject is not None else None,
+            subject_id=str(subject.pk) if subject is not None else "",
+            params={**(params or {}), OWNER_PARAM: owner},
+            status=RunStatus.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
+            created_by=recorded_user(user),
+        )
+        steps = [(StepPhase.MAIN, s) for s in workflow.steps] + [
+            (StepPhase.CLEANUP, s) for s in workflow.cleanup
+        ]
+        RunStep.objects.bulk_create(
+            RunStep(
+                run=run,
+                order=order,
+                name=step.name,
+                title=step.title,
+                phase=phase,
+                eta_seconds=step.eta(run.params) if callable(step.eta) else step.eta,
+            )
+            for order, (phase, step) in enumerate(steps)
+        )
+        total = sum(s.eta(run.params) if callable(s.eta) else s.eta for s in workflow.steps)
+        Run.objects.filter(pk=run.pk).update(eta=now + timedelta(seconds=total))
+        _event(run.pk, "", RunStatus.RUNNING, f"{run.title}: started in {owner}")
+    return run
+
+
+def carry_out_in_process(run: Run, body: Callable[[StepContext], Any] | None = None) -> Any:
+    """Carry out the main steps of a run made by ``start_in_process`` here, each claimed and recorded as a worker
+    would (heartbeat, events, progress); ``body`` replaces the single main step's function (the same service,
+    called with this process's own progress and stop callbacks). Returns the last step's result.
+
+    ``Cancelled`` (the run's cancel flag, or the caller's own stop: Ctrl-C), ``StepFailed`` and any other exception
+    (``KeyboardInterrupt`` counts as a cancel) end the run here: the cleanup steps run in this process too, then
+    the exception is raised again for the caller to report."""
+    workflow = get_workflow(run.kind)
+    if body is not None and len(workflow.steps) != 1:
+        raise ValueError(f"workflow {run.kind} has several main steps; a body can replace only a single one")
+    result = None
+    for spec in workflow.steps:
+        step = RunStep.objects.get(run_id=run.pk, name=spec.name)
+        if not _claim(step, timezone.now()):
+            raise RuntimeError(f"step {spec.name} of run {run.pk} is not this process's to run")
+        step.status, step.attempt = StepStatus.RUNNING, step.attempt + 1
+        _event(run.pk, step.name, StepStatus.RUNNING, f"{step.title}: started")
+        try:
+            with _Heartbeat(run.pk, step.pk):
+                result = (body or spec.func)(StepContext(run, step))
+        except BaseException as exc:
+            cancelled = isinstance(exc, Cancelled | KeyboardInterrupt)
+            if cancelled:
+                message = "cancelled while running"
+            elif isinstance(exc, StepFailed):
+                message = str(exc)
+            else:
+                logger.exception("step %s of run %s raised", step.name, run.pk)
+                message = f"{type(exc).__name__}: {exc}"
+            _finish_step(step, StepStatus.CANCELLED if cancelled else StepStatus.FAILED, message)
+            reason = "cancelled by request" if cancelled else f"{step.title} failed: {message}"
+            _clean_up_in_process(workflow, run, cancelled=cancelled, reason=reason)
+            raise
+        if not _finish_step(step, StepStatus.SUCCEEDED, "done", result):
+            return result  # the reaper ended the run meanwhile (this process looked dead): its outcome stands
+        _refresh_run_progress(run.pk, step.order, 1.0, heartbeat_at=timezone.now())
+    _finish_run(run, succeeded=True)
+    return result
+
+
+def _clean_up_in_process(workflow: Workflow, run: Run, *, cancelled: bool, reason: str) -> None:
+    """``_begin_cleanup`` without the broker: skip the remaining main steps, run the cleanup steps here (best
+    effort, each recorded), end the run FAILED or CANCELLED."""
+    now = timezone.now()
+    with transaction.atomic():
+        RunStep.objects.filter(run_id=run.pk, phase=StepPhase.MAIN, status=StepStatus.PENDING).update(
+            status=StepStatus.SKIPPED, finished_at=now
+        )
+        fields: dict[str, Any] = {"status": RunStatus.CLEANING_UP, "error": reason, "heartbeat_at": now}
+        if cancelled:
+            fields["cancel_requested"] = True
+        if not Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(**fields):
+            return  # already ending (the reaper took it): its cleanup is on its way
+        _event(run.pk, "", RunStatus.CLEANING_UP, f"{reason}; running cleanup")
+    for step in RunStep.objects.filter(
+        run_id=run.pk, phase=StepPhase.CLEANUP, status=StepStatus.PENDING
+    ).order_by("order"):
+        if not _claim(step, timezone.now()):
+            continue
+        step.status = StepStatus.RUNNING
+        try:
+            with _Heartbeat(run.pk, step.pk):
+                output = workflow.step(step.name).func(StepContext(run, step))
+            _finish_step(step, StepStatus.SUCCEEDED, "done", output)
+        except Exception as exc:
+            logger.exception("cleanup step %s of run %s raised", step.name, run.pk)
+            _finish_step(
+                step,
+                StepStatus.FAILED,
+                str(exc) if isinstance(exc, StepFailed) else f"{type(exc).__name__}: {exc}",
+            )
+    run.refresh_from_db(fields=["cancel_requested", "error"])
+    _finish_run(run, succeeded=False, cancelled=run.cancel_requested, error=run.error)
+
+
+def _close_orphaned(run_id: Any, owner: str, silent: float) -> None:
+    """The reaper's end of a run whose owning process went silent: its running step fails, naming the process;
+    the run's cleanup steps go to a worker. A run its user had asked to cancel ends CANCELLED."""
+    reason = f"{owner} stopped without finishing (no sign of life for {silent:.0f}s); the run is closed, not resumed"
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(pk=run_id)
+        if run.status not in (RunStatus.PENDING, RunStatus.RUNNING):
+            return
+        for step in RunStep.objects.filter(
+            run_id=run.pk, phase=StepPhase.MAIN, status__in=[StepStatus.RUNNING, StepStatus.WAITING]
+        ):
+            _finish_step(step, StepStatus.FAILED, reason)
+        _begin_cleanup(None, run, cancelled=run.cancel_requested, reason=reason)

@@ -6,8 +6,14 @@ Each action and view needs the permission of its API twin: Scale ``change_deploy
 deployment's status and workers, as the health beat does; there is no API call for it), the plan preview
 ``view_deployment`` (``POST /deployments/plan``).
 
-Benchmarks: a list with the key numbers, and a read-only page with the summary table and the plots inline (the
-images come from an admin view that checks the view permission and renders PNG from the stored samples)."""
+Deleting (the page's Delete button or the list action) never drops the row: after a confirmation page listing
+what leaves the cluster (the namespace, the releases and their objects, the pods and the GPUs they hold) it starts
+``services.start_delete``'s run, as ``DELETE /deployments/{id}`` does, and opens the run's page. A cluster's
+deletion page lists the deployments on it through ``clusters.admin.describe_deletion``.
+
+Benchmarks: a list with the key numbers and the verdict against the targets as the badge, and a read-only page
+with the summary table and the plots inline (the images come from an admin view that checks the view permission
+and renders PNG from the stored samples)."""
 
 from __future__ import annotations
 
@@ -18,11 +24,13 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import render
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import escape, format_html, format_html_join
+from django.utils.timezone import localtime
 
-from clusters.choices import ClusterStatus
-from clusters.models import Cluster
-from core.admin import CheckedActions, ReadOnlyInline, status_badge
+from clusters.admin import describe_deletion
+from clusters.choices import ClusterStatus, ReleaseStatus
+from clusters.models import Cluster, Release
+from core.admin import CheckedActions, DeleteThroughRun, ReadOnlyInline, status_badge
 
 from . import health, services
 from .catalog import list_models
@@ -83,8 +91,55 @@ class PlanForm(forms.Form):
         self.fields["model"].choices = [(m.name, f"{m.name} ({m.params / 1e9:.1f} B)") for m in list_models()]
 
 
+class DeploymentForm(forms.ModelForm):
+    class Meta:
+        model = Deployment
+        fields = ()
+        # The admin renders help texts as HTML: the model's "bud-<sanitised name>-..." would lose its <...> parts.
+        help_texts = {"namespace": escape(Deployment._meta.get_field("namespace").help_text)}
+
+
+def _deletion_lines(deployment: Deployment) -> list[str]:
+    """What deleting ``deployment`` removes from its cluster, for the confirmation pages."""
+    lines = [f"namespace {deployment.namespace}: deleted with everything in it"]
+    releases = Release.objects.filter(
+        cluster_id=deployment.cluster_id, namespace=deployment.namespace
+    ).exclude(status=ReleaseStatus.UNINSTALLED)
+    for release in releases.order_by("-created_at"):
+        revision = release.revisions.filter(number=release.current_revision).first()
+        applied = ", ".join(
+            f"{o.get('kind')}/{o.get('name')}" for o in (revision.applied if revision else [])
+        )
+        lines.append(
+            f"release {release.name} ({release.chart}): uninstalled" + (f" ({applied})" if applied else "")
+        )
+    for worker in deployment.workers.all():
+        held = f", holding {worker.device}" if worker.device else ""
+        lines.append(f"pod {worker.name} on node {worker.node or '(not scheduled)'}{held}: removed")
+    if not deployment.workers.exists() and deployment.replicas:
+        summary = (deployment.placement.get("candidate") or {}).get("summary")
+        lines.append(
+            f"{deployment.replicas} replica(s)" + (f" placed as {summary}" if summary else "") + ": removed"
+        )
+    lines.append("the deployment record stays, marked deleted (history)")
+    return lines
+
+
+@describe_deletion
+def _deployments_on_cluster(cluster: Cluster) -> list[str]:
+    deployments = Deployment.objects.filter(cluster=cluster).exclude(status=DeploymentStatus.DELETED)
+    return [
+        f"deployment {d.name} ({d.get_status_display()}, namespace {d.namespace}, {d.replicas} replica(s)): its "
+        "releases, pods and GPUs are removed with the cluster's"
+        for d in deployments.order_by("name")
+    ]
+
+
 @admin.register(Deployment)
-class DeploymentAdmin(CheckedActions, admin.ModelAdmin):
+class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
+    form = DeploymentForm
+    deletion_kind = "deployment.delete"
+    deletion_action = "delete_deployments"
     list_display = (
         "name",
         "coloured_status",
@@ -110,11 +165,6 @@ class DeploymentAdmin(CheckedActions, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("cluster", "release").defer("cluster__kubeconfig")
-
-    def get_actions(self, request):
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # deletion removes cluster objects: it goes through the run
-        return actions
 
     def has_add_permission(self, request) -> bool:
         return (
@@ -147,9 +197,11 @@ class DeploymentAdmin(CheckedActions, admin.ModelAdmin):
             "<table><tr><th>#</th><th>description</th><th>created</th><th>objects</th></tr>{}</table>",
             format_html_join(
                 "",
-                "<tr><td>{}{}</td><td>{}</td><td>{:%Y-%m-%d %H:%M:%S}</td><td>{}</td></tr>",
+                # No format specs here: format_html escapes each argument to a string first.
+                "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 (
-                    (r.number, " (current)" if r.number == current else "", r.description, r.created_at,
+                    (r.number, " (current)" if r.number == current else "", r.description,
+                     localtime(r.created_at).strftime("%Y-%m-%d %H:%M:%S"),
                      ", ".join(f"{o['kind']}/{o['name']}" for o in r.applied))
                     for r in rows
                 ),
@@ -190,8 +242,14 @@ class DeploymentAdmin(CheckedActions, admin.ModelAdmin):
     @admin.action(
         description="Delete selected deployments (every object and the namespace)", permissions=["delete"]
     )
-    def delete_deployments(self, request, queryset) -> None:
-        self._each(request, queryset, lambda d: services.start_delete(d, user=request.user))
+    def delete_deployments(self, request, queryset):
+        return self.confirm_deletion(request, list(queryset), from_action=True)
+
+    def start_deletion(self, request, obj: Deployment, options: dict):
+        return services.start_delete(obj, user=request.user)
+
+    def deletion_removes(self, obj: Deployment) -> list[str]:
+        return _deletion_lines(obj)
 
     @admin.action(description="Check health now", permissions=["change"])
     def check_health_now(self, request, queryset) -> None:
@@ -301,10 +359,24 @@ class BenchmarkAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # A finished benchmark is history anyone with the permission may remove; one still measuring is its run's
+        # to finish (cancel the run instead).
+        if obj is not None and obj.status in (BenchmarkStatus.PENDING, BenchmarkStatus.RUNNING):
+            return False
+        return super().has_delete_permission(request, obj)
+
     # --- columns -----------------------------------------------------------------------------------------------
 
     @admin.display(description="status", ordering="status")
     def coloured_status(self, obj: Benchmark) -> str:
+        # A benchmark that ran to the end but missed its targets is a failure to whoever reads the list.
+        if obj.status == BenchmarkStatus.SUCCEEDED and obj.passed is not None:
+            return (
+                status_badge("succeeded", "Targets met")
+                if obj.passed
+                else status_badge("failed", "Targets missed")
+            )
         return status_badge(BENCHMARK_COLOURS.get(obj.status, "pending"), obj.get_status_display())
 
     @admin.display(description="concurrency")
@@ -395,10 +467,10 @@ class BenchmarkAdmin(admin.ModelAdmin):
         if not checks:
             return "no targets" if s else "-"
         return format_html(
-            "{} (margin {:.0%})<table><tr><th>target</th><th>value</th><th>limit</th><th>measured</th>"
+            "{} (margin {})<table><tr><th>target</th><th>value</th><th>limit</th><th>measured</th>"
             "<th>passed</th></tr>{}</table>",
             "PASSED" if s.get("passed") else "FAILED",
-            s.get("target_margin", obj.margin),
+            f"{s.get('target_margin', obj.margin):.0%}",  # formatted here: format_html takes no format specs
             format_html_join(
                 "",
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

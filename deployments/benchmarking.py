@@ -43,6 +43,7 @@ from django.db import models, transaction
 from django.utils import timezone
 from rest_framework import serializers
 
+from core.api import serializers as strict
 from core.choices import RunStatus
 from core.errors import Refused
 from core.models import recorded_user
@@ -85,7 +86,7 @@ class BenchmarkRefused(Refused):
 # --- options -------------------------------------------------------------------------------------------------
 
 
-class TargetsSerializer(serializers.Serializer):
+class TargetsSerializer(strict.Serializer):
     ttft_ms = serializers.FloatField(required=False, allow_null=True, min_value=0.001, help_text="Mean TTFT")
     e2e_ms = serializers.FloatField(required=False, allow_null=True, min_value=0.001, help_text="Mean E2E")
     throughput_per_user = serializers.FloatField(
@@ -93,15 +94,10 @@ class TargetsSerializer(serializers.Serializer):
     )
 
     def to_internal_value(self, data: Any) -> dict:
-        if isinstance(data, dict) and set(data) - set(self.fields):
-            unknown = sorted(set(data) - set(self.fields))
-            raise serializers.ValidationError(
-                f"unknown targets {unknown}; expected some of {sorted(self.fields)}"
-            )
         return {k: v for k, v in super().to_internal_value(data).items() if v is not None}
 
 
-class BenchmarkOptionsSerializer(serializers.Serializer):
+class BenchmarkOptionsSerializer(strict.Serializer):
     """What a benchmark sends; every field optional. Unknown keys are refused (a typo must not pass silently)."""
 
     requests = serializers.IntegerField(
@@ -142,13 +138,6 @@ class BenchmarkOptionsSerializer(serializers.Serializer):
     targets = TargetsSerializer(required=False, allow_null=True, default=None)
     margin = serializers.FloatField(min_value=0, max_value=10, default=benchstats.DEFAULT_MARGIN)
     seed = serializers.IntegerField(min_value=0, default=0)
-
-    def to_internal_value(self, data: Any) -> dict:
-        if isinstance(data, dict) and set(data) - set(self.fields):
-            raise serializers.ValidationError(
-                {k: ["unknown option"] for k in sorted(set(data) - set(self.fields))}
-            )
-        return super().to_internal_value(data)
 
     def validate(self, attrs: dict) -> dict:
         errors: dict[str, str] = {}

@@ -3,6 +3,8 @@ progress, the endpoint and its probe, the periodic health check and sweep, and w
 
 * **Workers**: one ``Worker`` row per runtime pod, upserted in bulk whenever the pods are read (`upsert_workers`),
   with the reason a pod is not ready in Kubernetes' own words (waiting reasons, last exit, scheduling events).
+  When pods land on or leave nodes, those nodes' inventory rows are read again (``hardware.services.refresh_nodes``)
+  so free GPU counts show the deployment at once, not at the next inventory refresh.
 * **Readiness** (`readiness`): ready and updated replicas of the runtime Deployment as of its current generation,
   and why the others are not ready; the deploy and day-2 runs wait on it.
 * **Transfer** (`transfer_state`): the copy Job's conditions and the ``<job>-progress`` ConfigMap it writes.
@@ -33,6 +35,7 @@ from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.services import gateway_for
 from core.gateway import ClusterGateway, GatewayError, pinned_client
 from core.sweep import sweep_each
+from hardware.services import refresh_nodes
 
 from .catalog import GENERATION
 from .charts import DEPLOYMENT_LABEL, SERVING_PORT, ingress_host, runtime_release_name
@@ -134,6 +137,31 @@ def scheduling_events(gw: ClusterGateway, namespace: str) -> list[str]:
     return out[-5:]
 
 
+# Phases in which a pod no longer holds what it requested (hardware.pods counts the same way).
+_RELEASED_PHASES = frozenset({WorkerPhase.SUCCEEDED, WorkerPhase.FAILED})
+
+
+def _held_nodes(workers) -> dict[str, str]:
+    """Pod name → the node it holds resources on (bound and not terminated)."""
+    return {w["name"]: w["node"] for w in workers if w["node"] and w["phase"] not in _RELEASED_PHASES}
+
+
+def _refresh_changed_nodes(gw: ClusterGateway, deployment: Deployment, before: dict, after: dict) -> None:
+    """Read again the nodes the deployment's pods were bound to or released, so their free counts are current."""
+    moved = [pod for pod in before.keys() | after.keys() if before.get(pod) != after.get(pod)]
+    changed = {before.get(pod) for pod in moved} | {after.get(pod) for pod in moved}
+    changed.discard(None)
+    if not changed:
+        return
+    try:
+        refresh_nodes(deployment.cluster, gw, changed)
+    except GatewayError as exc:
+        # The next read of the pods, or the periodic refresh, tries again; readiness itself does not depend on it.
+        logger.info(
+            "could not refresh nodes %s of cluster %s: %s", sorted(changed), deployment.cluster_id, exc
+        )
+
+
 # --- readiness ---------------------------------------------------------------------------------------------------
 
 
@@ -169,7 +197,9 @@ def readiness(gw: ClusterGateway, deployment: Deployment) -> Readiness:
     desired = int(spec.get("replicas", deployment.replicas))
     observed_current = status.get("observedGeneration", 0) >= obj.get("metadata", {}).get("generation", 0)
     pods = list_pods(gw, deployment)
+    held_before = _held_nodes(Worker.objects.filter(deployment=deployment).values("name", "node", "phase"))
     workers = upsert_workers(deployment, pods)
+    _refresh_changed_nodes(gw, deployment, held_before, _held_nodes(workers))
     problems = sorted({w["reason"] for w in workers if w["reason"]})
     # Pods the controllers could not even create (admission refused them: Pod Security, quota, ...): the
     # Deployment says so in its ReplicaFailure condition, with the API server's words.

@@ -71,6 +71,14 @@ class Deployment(models.Model):
         ordering = ("-created_at",)
         constraints = [
             models.UniqueConstraint(fields=["cluster", "namespace"], name="deployment_unique_namespace"),
+            # People and commands name deployments (``manage.py benchmark llama-8b``), so a name means one live
+            # deployment per cluster. Deleted ones stay as history and free their name for a new deployment.
+            models.UniqueConstraint(
+                fields=["cluster", "name"],
+                condition=~models.Q(status="deleted"),
+                name="deployment_unique_live_name",
+                violation_error_message="A live deployment with this name exists on this cluster.",
+            ),
         ]
         permissions = [("rollback_deployment", "Can roll a deployment back to a revision")]
 

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from clusters.choices import ClusterStatus, ReleaseStatus
@@ -77,6 +77,7 @@ class DeploymentRefused(Refused):
         RUN_IN_PROGRESS = "run_in_progress", "Another run of the deployment is in progress"
         NOTHING_TO_CHANGE = "nothing_to_change", "Replicas, engine args and image are as they are"
         NO_SUCH_REVISION = "no_such_revision", "The deployment has no such revision"
+        NAME_TAKEN = "name_taken", "A live deployment on the cluster has this name"
         ALREADY_DELETING = "already_deleting", "The deployment is being deleted"
         ALREADY_DELETED = "already_deleted", "The deployment is deleted"
 
@@ -126,13 +127,15 @@ class PlanOutcome:
     runtime_values: dict = field(default_factory=dict)
     manifests: dict = field(default_factory=dict)
     eta: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         if not self.ok:
-            return {"feasible": False, **self.refusal}
+            return {"feasible": False, "warnings": self.warnings, **self.refusal}
         estimate = self.placement["result"]["estimate"]
         return {
             "feasible": True,
+            "warnings": self.warnings,
             "placement": self.placement["candidate"],
             "alternatives": self.placement["result"]["candidates"][1:6],
             "memory": estimate,
@@ -256,12 +259,15 @@ def _taint_text(taint: dict) -> str:
 def plan(cluster: Cluster, config: dict, *, nodes: list | None = None, name: str = "preview") -> PlanOutcome:
     """Dry run on the stored inventory: placement or per-node refusals, manifests, memory, ETA. Writes nothing.
 
-    An invalid request (bad model, dtype, context, ...) or values the charts refuse raise DeploymentRefused.
+    An invalid request (bad model, dtype, context, ...) or values the charts refuse raise DeploymentRefused. A
+    cluster that is not available is planned all the same (on the inventory last stored), with a warning: the
+    inventory may be stale, and a deploy would be refused until the cluster is available again.
     """
+    warnings = plan_warnings(cluster)
     try:
         result = place(config, nodes if nodes is not None else node_capacities(cluster))
     except placement_engine.PlacementError as exc:
-        return PlanOutcome(ok=False, refusal=refusal_record(exc))
+        return PlanOutcome(ok=False, refusal=refusal_record(exc), warnings=warnings)
     except ValueError as exc:
         raise DeploymentRefused(str(exc), code=Code.INVALID_REQUEST) from None
     record = placement_record(result, config)
@@ -298,7 +304,22 @@ def plan(cluster: Cluster, config: dict, *, nodes: list | None = None, name: str
         runtime_values=values,
         manifests=manifests,
         eta=eta_seconds(config, result.estimate.weights_bytes, result.best.device_type),
+        warnings=warnings,
     )
+
+
+def plan_warnings(cluster: Cluster) -> list[str]:
+    """What may make a plan on ``cluster`` misleading: it is not available (not answering, in error, ...)."""
+    if cluster.status == ClusterStatus.AVAILABLE:
+        return []
+    since = ""
+    if cluster.status == ClusterStatus.NOT_AVAILABLE and cluster.not_available_since:
+        since = f" since {cluster.not_available_since:%Y-%m-%d %H:%M} UTC"
+    reason = f" ({cluster.reason})" if cluster.reason else ""
+    return [
+        f"cluster {cluster.name} is {cluster.status}{since}{reason}: this plan uses the inventory stored before, "
+        "which may be out of date, and a deploy is refused until the cluster is available again"
+    ]
 
 
 # --- deploy ------------------------------------------------------------------------------------------------------
@@ -331,6 +352,7 @@ def start_deploy(
     created. ``config`` must not hold credentials: they go in ``credentials`` and are stored encrypted on the row.
     """
     _usable_cluster(cluster)
+    _refuse_taken_name(cluster, name)
     creds = {k: v for k, v in (credentials or {}).items() if k in CREDENTIAL_KEYS and v}
     if config.get("source") == ModelSource.S3 and not (
         creds.get("s3_access_key_id") and creds.get("s3_secret_access_key")
@@ -346,37 +368,56 @@ def start_deploy(
     secret_names = sorted({HF_SECRET if key == "hf_token" else S3_SECRET for key in creds})
     weights = outcome.placement["result"]["estimate"]["weights_bytes"]
     device = outcome.placement["candidate"]["device_type"]
-    with transaction.atomic():
-        deployment = Deployment.objects.create(
-            name=name,
-            cluster=cluster,
-            namespace=namespace_for(name),
-            model_name=spec.name,
-            model_spec=spec.as_dict(),
-            device_type=config.get("device_type") or "auto",
-            replicas=int(config.get("replicas") or 1),
-            engine_args=list(config.get("engine_args") or []),
-            image=config.get("image") or "",
-            config={
-                **{k: v for k, v in config.items() if not k.startswith("_")},
-                "secret_names": secret_names,
-            },
-            credentials=creds or None,
-            keep_on_failure=keep_on_failure,
-            created_by=recorded_user(user),
-        )
-        record_event(deployment, "deploy", "deploy requested", new=DeploymentStatus.PENDING)
-        params = {
-            "deployment_id": deployment.pk,
-            "eta": eta_seconds(config, weights, device),
-            "timeouts": timeouts(config, weights),
-            "benchmark": config.get("benchmark") or None,
-            "keep_on_failure": keep_on_failure,
-        }
-        run = get_workflow("deployment.deploy").launch(
-            subject=deployment, params=params, user=user, title=f"Deploy {name}"
-        )
+    try:
+        with transaction.atomic():
+            deployment = Deployment.objects.create(
+                name=name,
+                cluster=cluster,
+                namespace=namespace_for(name),
+                model_name=spec.name,
+                model_spec=spec.as_dict(),
+                device_type=config.get("device_type") or "auto",
+                replicas=int(config.get("replicas") or 1),
+                engine_args=list(config.get("engine_args") or []),
+                image=config.get("image") or "",
+                config={
+                    **{k: v for k, v in config.items() if not k.startswith("_")},
+                    "secret_names": secret_names,
+                },
+                credentials=creds or None,
+                keep_on_failure=keep_on_failure,
+                created_by=recorded_user(user),
+            )
+            record_event(deployment, "deploy", "deploy requested", new=DeploymentStatus.PENDING)
+            params = {
+                "deployment_id": deployment.pk,
+                "eta": eta_seconds(config, weights, device),
+                "timeouts": timeouts(config, weights),
+                "benchmark": config.get("benchmark") or None,
+                "keep_on_failure": keep_on_failure,
+            }
+            run = get_workflow("deployment.deploy").launch(
+                subject=deployment, params=params, user=user, title=f"Deploy {name}"
+            )
+    except IntegrityError:
+        # Another request took the name between the check above and this insert (the unique constraint).
+        _refuse_taken_name(cluster, name)
+        raise
     return deployment, run
+
+
+def _refuse_taken_name(cluster: Cluster, name: str) -> None:
+    """A name is one live deployment per cluster (``deployment_unique_live_name``); deleted ones free it."""
+    taken = Deployment.objects.filter(cluster=cluster, name=name).exclude(status=DeploymentStatus.DELETED)
+    existing = taken.values_list("pk", flat=True).first()
+    if existing is not None:
+        raise DeploymentRefused(
+            f"cluster {cluster.name} already has a deployment named {name!r} (id {existing}); choose another name "
+            "or delete that one first",
+            code=Code.NAME_TAKEN,
+            status=409,
+            data={"deployment_id": existing},
+        )
 
 
 # --- day 2 -------------------------------------------------------------------------------------------------------
@@ -451,7 +492,11 @@ def start_rollback(deployment: Deployment, revision: int, *, user: Any = None) -
     _changeable(deployment)
     if not Revision.objects.filter(release_id=deployment.release_id, number=revision).exists():
         raise DeploymentRefused(
-            f"deployment {deployment.name} has no revision {revision}", code=Code.NO_SUCH_REVISION, status=404
+            f"deployment {deployment.name} has no revision {revision}; its revisions are "
+            f"{', '.join(str(n) for n in revisions(deployment).values_list('number', flat=True)) or 'none'}",
+            code=Code.NO_SUCH_REVISION,
+            # The deployment exists; the request names a state of it that does not: a conflict, not a 404.
+            status=409,
         )
     with transaction.atomic():
         record_event(deployment, "rollback", f"rollback to revision {revision} requested")

@@ -36,6 +36,11 @@ class NodeAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False  # the inventory comes from the cluster (collect-node-info)
 
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # A row mirrors a node of the cluster: deleting it removes nothing there (the next refresh brings it
+        # back) and only hides the node from placement meanwhile. Cordon or remove the node in Kubernetes.
+        return False
+
 
 class NodeInline(ReadOnlyInline):
     model = Node

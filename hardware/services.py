@@ -7,7 +7,9 @@ clusters may be collected and the permission it takes.
 ``refresh_inventory`` reads every Node and every non-terminated Pod once, parses nodes with the pure
 ``hardware.inventory`` parser, subtracts what bound pods request (``hardware.pods``, so "free GPUs" is true), and
 writes all rows in one bulk upsert plus one delete for nodes that left. Query count does not depend on the number
-of nodes.
+of nodes. ``refresh_nodes`` does the same for a few named nodes: what a deployment's pods take shows in the free
+counts as soon as they are bound (``deployments.health`` calls it when its pods' nodes change), not at the next
+periodic refresh.
 
 ``cluster_summaries`` is what the cluster API shows per cluster; ``HardwareConfig.ready`` registers it with
 ``clusters.extensions``, so clusters never imports this app.
@@ -19,6 +21,7 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import connection, models, transaction
@@ -198,6 +201,9 @@ def _upsert(cluster_id: int, rows: list[dict]) -> None:
     quoted = ", ".join(f'"{c}"' for c in columns)
     updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in UPDATE_FIELDS)
     with connection.cursor() as cursor:
+        # ON COMMIT DROP ends it with the transaction; a second upsert in the same transaction (a full refresh, then
+        # the nodes a deployment's pods landed on) finds the first one's table still there.
+        cursor.execute(f'DROP TABLE IF EXISTS "tmp_{table}"')
         cursor.execute(f'CREATE TEMP TABLE "tmp_{table}" (LIKE "{table}") ON COMMIT DROP')
         cursor.execute(f'ALTER TABLE "tmp_{table}" DROP COLUMN "id"')
         with cursor.cursor.copy(f'COPY "tmp_{table}" ({quoted}) FROM STDIN') as copy:
@@ -222,6 +228,32 @@ def refresh_inventory(cluster: Cluster, gateway: ClusterGateway) -> dict:
     nodes = gateway.list("v1", "Node")
     pods = gateway.list("v1", "Pod", field_selector="status.phase!=Succeeded,status.phase!=Failed")
     return store_inventory(cluster, nodes, pods)
+
+
+def refresh_nodes(cluster: Cluster, gateway: ClusterGateway, names: Iterable[str]) -> int:
+    """Re-read the named nodes and the pods bound to each, and store their rows (other nodes are untouched).
+
+    One read of each node and one list of its pods (field selector ``spec.nodeName``), so it is cheap enough to run
+    whenever a workload's pods land on or leave nodes. A node that is gone is left to the full refresh, which also
+    removes its row. Returns the number of rows written."""
+    rows = []
+    now = timezone.now()
+    for name in sorted({n for n in names if n}):
+        obj = gateway.get_or_none("v1", "Node", name)
+        if obj is None:
+            continue
+        pods = gateway.list(
+            "v1", "Pod", field_selector=f"spec.nodeName={name},status.phase!=Succeeded,status.phase!=Failed"
+        )
+        inv = parse_node(obj)
+        if not inv.node:
+            continue
+        values = row_values(inv, requested_by_pods(inv.node, pods) if pods else _NO_PODS)
+        rows.append({"name": inv.node, "fingerprint": _fingerprint(values), "updated_at": now, **values})
+    if rows:
+        with transaction.atomic():
+            _upsert(cluster.pk, rows)
+    return len(rows)
 
 
 def refresh_available(*, workers: int = 8) -> dict:

@@ -1,6 +1,16 @@
 """Admin of the provisioning app: credentials with write-only secrets, provisioning runs with their plan,
 per-resource progress and the (redacted) Terraform and Ansible event logs, approve/cancel actions (approval goes
-through ``services.approve``, as the API's and ``manage.py approve_run``'s: its permissions, no self-approval)."""
+through ``services.approve``, as the API's and ``manage.py approve_run``'s: its permissions, no self-approval).
+
+Credentials: created through ``services.create_credential`` (the API's service) after the API's own checks (the
+``CloudCredentialCreateSerializer`` for names and lengths, ``services.check_credential_fields`` for the provider's
+fields); rotated through ``services.update_credential`` (``PATCH /credentials/{id}``'s service). Secret inputs
+are write-only: a blank one keeps the stored value, a value replaces it, an optional one can be cleared; a stored
+secret is never rendered, the page only says how it is stored and which fields are set.
+
+A provisioning record is never deleted here: it is what lets the cluster's deletion run ``terraform destroy``.
+The cloud resources go with the cluster's deletion, whose confirmation page names them (``describe_deletion``).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +18,41 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
+from clusters.admin import describe_deletion
+from clusters.models import Cluster
 from core import workflow
 from core.admin import CheckedActions, status_badge
 from core.fields import describe_stored
 from core.models import RunEvent, RunStep
 
 from . import services
-from .choices import CREDENTIAL_SECRET_FIELDS, ProvisioningStatus
+from .api.serializers import CloudCredentialCreateSerializer
+from .choices import CREDENTIAL_SECRET_FIELDS, CloudProvider, ProvisioningStatus
 from .models import CloudCredential, Provisioning
 
-_SECRET_NAMES = sorted({n for req, opt in CREDENTIAL_SECRET_FIELDS.values() for n in (*req, *opt)})
+# The secret inputs, in the providers' order (AWS: access_key_id, secret_access_key, session_token; Azure: ...).
+_SECRET_NAMES = list(dict.fromkeys(n for req, opt in CREDENTIAL_SECRET_FIELDS.values() for n in (*req, *opt)))
+
+
+def _secret_input() -> forms.CharField:
+    return forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
 
 
 class CloudCredentialForm(forms.ModelForm):
     """Secret fields are write-only: empty inputs keep the stored values; nothing is ever rendered back."""
+
+    access_key_id = _secret_input()
+    secret_access_key = _secret_input()
+    session_token = _secret_input()
+    clear_session_token = forms.BooleanField(
+        required=False, help_text="Remove the stored session token (e.g. when rotating to long-lived keys)."
+    )
+    client_id = _secret_input()
+    client_secret = _secret_input()
 
     class Meta:
         model = CloudCredential
@@ -29,33 +60,73 @@ class CloudCredentialForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        stored = self._stored()
         for name in _SECRET_NAMES:
-            self.fields[name] = forms.CharField(
-                required=False,
-                widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
-                help_text="Write-only; leave empty to keep the stored value.",
-            )
+            if name not in self.fields:
+                continue
+            if not self.instance.pk:
+                help_text = "Write-only: never shown again once saved."
+            elif name in stored:
+                help_text = "Stored (never shown): leave empty to keep it, or enter a new value."
+            else:
+                help_text = "Not stored."
+            self.fields[name].help_text = help_text
+
+    def _stored(self) -> dict:
+        return dict(self.instance.secret or {}) if self.instance.pk else {}
+
+    def _provider(self) -> str:
+        # On an existing credential the provider is read-only (its provisionings depend on it).
+        return self.cleaned_data.get("provider") or self.instance.provider
 
     def clean(self):
         data = super().clean()
-        provider = data.get("provider")
-        if provider in CREDENTIAL_SECRET_FIELDS:
-            required, _optional = CREDENTIAL_SECRET_FIELDS[provider]
-            stored = (self.instance.secret or {}) if self.instance.pk else {}
-            for name in required:
-                if not data.get(name) and not stored.get(name):
-                    self.add_error(name, f"required for {provider}")
+        provider = self._provider()
+        if not provider:
+            return data
+        # The API's checks of names and lengths (its create serializer; blank secret inputs mean "keep"), then its
+        # rule for the provider's fields on the secret as it will be stored.
+        given = {
+            k: v
+            for k, v in data.items()
+            if isinstance(v, str) and k != "provider" and (v or k not in _SECRET_NAMES)
+        }
+        body = CloudCredentialCreateSerializer(data={**given, "provider": provider})
+        if not body.is_valid():
+            for name, errors in body.errors.items():
+                if name in self.errors:
+                    continue  # the form said it already
+                for error in errors if isinstance(errors, list) else [errors]:
+                    self.add_error(name if name in self.fields else None, str(error))
+        self.secret = self._merged_secret(data)
+        try:
+            services.check_credential_fields(
+                provider,
+                self.secret,
+                tenant_id=data.get("tenant_id", ""),
+                subscription_id=data.get("subscription_id", ""),
+            )
+        except services.ProvisioningRefused as exc:
+            fields = [f for f in exc.data.get("fields", []) if f in self.fields and f not in self.errors]
+            for name in fields:
+                self.add_error(name, str(exc))
+            if not fields:
+                self.add_error(None, str(exc))
         return data
 
+    def _merged_secret(self, data: dict) -> dict[str, str]:
+        """The stored secret with the inputs applied: a value replaces, blank keeps, "clear" removes. A value typed
+        into another provider's input is kept, so that the field rule refuses it by name."""
+        secret = self._stored()
+        if data.get("clear_session_token"):
+            secret.pop("session_token", None)
+        secret.update({name: data[name] for name in _SECRET_NAMES if data.get(name)})
+        return secret
+
     def save(self, commit: bool = True):
+        # The admin saves through the services (CloudCredentialAdmin.save_model); this keeps the form usable alone.
         credential = super().save(commit=False)
-        required, optional = CREDENTIAL_SECRET_FIELDS[credential.provider]
-        secret = dict(credential.secret or {}) if credential.pk else {}
-        secret = {k: v for k, v in secret.items() if k in (*required, *optional)}
-        for name in (*required, *optional):
-            if self.cleaned_data.get(name):
-                secret[name] = self.cleaned_data[name]
-        credential.secret = secret
+        credential.secret = self.secret
         if commit:
             credential.save()
         return credential
@@ -67,16 +138,49 @@ class CloudCredentialAdmin(admin.ModelAdmin):
     list_display = ("name", "provider", "region", "secret_status", "created_by", "created_at")
     list_filter = ("provider",)
     search_fields = ("name",)
-    readonly_fields = ("secret_status", "created_by", "created_at", "updated_at")
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = [
+            (None, {"fields": ("name", "provider", "region", "description")}),
+            (
+                "AWS",
+                {"fields": ("access_key_id", "secret_access_key", "session_token", "clear_session_token")},
+            ),
+            ("Azure", {"fields": ("tenant_id", "subscription_id", "client_id", "client_secret")}),
+        ]
+        if obj is not None:
+            fieldsets.append(
+                ("Stored", {"fields": ("secret_status", "created_by", "created_at", "updated_at")})
+            )
+        return fieldsets
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        # The provider stays: provisionings use the credential for their provider (and its destroy).
+        return ("provider", "secret_status", "created_by", "created_at", "updated_at")
 
     @admin.display(description="secret")
     def secret_status(self, obj: CloudCredential) -> str:
         return describe_stored(obj, "secret")
 
     def save_model(self, request, obj, form, change) -> None:
-        if not change:
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+        if change:
+            # Rotation is PATCH /credentials/{id}'s service, given the whole secret as the form merged it.
+            changes = {
+                f: form.cleaned_data[f] for f in services.CREDENTIAL_CHANGEABLE if f in form.cleaned_data
+            }
+            services.update_credential(obj, secret=form.secret, **changes)
+            return
+        # A new credential is made by the API's service; the admin goes on (log entry, redirect) with that row.
+        created = services.create_credential(
+            name=obj.name, provider=obj.provider, secret=form.secret, region=obj.region, tenant_id=obj.tenant_id,
+            subscription_id=obj.subscription_id, description=obj.description, user=request.user,
+        )  # fmt: skip
+        obj.pk, obj.created_by, obj.created_at, obj.updated_at = (
+            created.pk, created.created_by, created.created_at, created.updated_at,
+        )  # fmt: skip
+        obj._state.adding = False
 
     def delete_model(self, request, obj) -> None:
         try:
@@ -87,6 +191,23 @@ class CloudCredentialAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset) -> None:
         for credential in queryset:
             self.delete_model(request, credential)
+
+
+@describe_deletion
+def _cloud_resources(cluster: Cluster) -> list[str]:
+    provisioning = Provisioning.objects.filter(cluster=cluster).first()
+    if provisioning is None or provisioning.status == ProvisioningStatus.DESTROYED:
+        return []
+    cloud = CloudProvider(provisioning.provider).label
+    lines = []
+    if provisioning.run_id and provisioning.run.is_active:
+        lines.append("its provisioning run, still going: stopped first")
+    if provisioning.needs_destroy:
+        lines.append(
+            f"the {cloud} cluster in {provisioning.region} and every cloud resource Terraform created for it "
+            "(terraform destroy), then its Terraform state"
+        )
+    return lines
 
 
 PROVISIONING_COLOURS = {
@@ -124,6 +245,11 @@ class ProvisioningAdmin(CheckedActions, admin.ModelAdmin):
         return False  # started through the API or `manage.py provision`, which validate the whole request
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The record holds the state location and module the cluster's deletion needs to destroy the cloud
+        # resources: dropping it would leave them running and billed. Delete the cluster instead.
         return False
 
     @admin.display(description="status", ordering="status")

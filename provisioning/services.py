@@ -4,9 +4,11 @@ The API, the admin, the ``provision`` command and the workflow steps all call th
 will not carry out raises :class:`ProvisioningRefused` with a stable ``code`` (the API answers it through core's
 exception handler; the admin and the commands print its message).
 
-* Credentials: :func:`create_credential` checks the provider's required fields and stores the secret part
-  encrypted; :func:`delete_credential` refuses while a provisioned cluster still needs it (a destroy
-  without credentials would leave cloud resources nobody can remove).
+* Credentials: :func:`create_credential` checks the provider's fields (:func:`check_credential_fields`, the one
+  rule wherever a credential is created or changed) and stores the secret part encrypted; :func:`update_credential`
+  changes one and rotates its secret under the same rule;
+  :func:`delete_credential` refuses while a provisioned cluster still needs it (a destroy without credentials
+  would leave cloud resources nobody can remove).
 * :func:`start_provisioning` freezes everything a later destroy needs on the cluster's
   :class:`~provisioning.models.Provisioning` row (module directory, variables, state location) and starts
   the ``cluster.provision`` run (by kind, through ``core.workflow.get_workflow``). :func:`create_and_provision`
@@ -102,6 +104,35 @@ Code = ProvisioningRefused.Code
 # --- credentials -------------------------------------------------------------------------------------------------
 
 
+def check_credential_fields(
+    provider: str, secret: Mapping[str, str], *, tenant_id: str = "", subscription_id: str = ""
+) -> None:
+    """The rule for a credential's fields, wherever one is created or changed (API, admin, commands): a known
+    provider, only its secret fields, every required one non-empty (Azure: also tenant and subscription ids).
+    A refusal names the fields in ``data["fields"]`` (so a form can mark them), never their values."""
+    if provider not in CREDENTIAL_SECRET_FIELDS:
+        raise ProvisioningRefused(
+            f"unknown provider {provider!r} (choose from aws, azure)", code=Code.UNKNOWN_PROVIDER
+        )
+    required, optional = CREDENTIAL_SECRET_FIELDS[provider]
+    unknown = sorted(set(secret) - set(required) - set(optional))
+    if unknown:
+        raise ProvisioningRefused(
+            f"{provider} credentials take no field(s) {', '.join(unknown)}",
+            code=Code.INVALID_CREDENTIALS,
+            data={"fields": unknown},
+        )
+    missing = [f for f in required if not secret.get(f)]
+    if provider == CloudProvider.AZURE:
+        missing += [f for f, v in (("tenant_id", tenant_id), ("subscription_id", subscription_id)) if not v]
+    if missing:
+        raise ProvisioningRefused(
+            f"{provider} credentials need {', '.join(missing)}",
+            code=Code.INVALID_CREDENTIALS,
+            data={"fields": missing},
+        )
+
+
 def create_credential(
     *,
     name: str,
@@ -113,23 +144,7 @@ def create_credential(
     description: str = "",
     user: Any = None,
 ) -> CloudCredential:
-    if provider not in CREDENTIAL_SECRET_FIELDS:
-        raise ProvisioningRefused(
-            f"unknown provider {provider!r} (choose from aws, azure)", code=Code.UNKNOWN_PROVIDER
-        )
-    required, optional = CREDENTIAL_SECRET_FIELDS[provider]
-    unknown = sorted(set(secret) - set(required) - set(optional))
-    if unknown:
-        raise ProvisioningRefused(
-            f"{provider} credentials take no field(s) {', '.join(unknown)}", code=Code.INVALID_CREDENTIALS
-        )
-    missing = [f for f in required if not secret.get(f)]
-    if provider == CloudProvider.AZURE:
-        missing += [f for f, v in (("tenant_id", tenant_id), ("subscription_id", subscription_id)) if not v]
-    if missing:
-        raise ProvisioningRefused(
-            f"{provider} credentials need {', '.join(missing)}", code=Code.INVALID_CREDENTIALS
-        )
+    check_credential_fields(provider, secret, tenant_id=tenant_id, subscription_id=subscription_id)
     try:
         with transaction.atomic():
             return CloudCredential.objects.create(
@@ -146,6 +161,44 @@ def create_credential(
         raise ProvisioningRefused(
             f"a credential named {name!r} already exists", code=Code.NAME_TAKEN, status=409
         ) from None
+
+
+# The fields of a credential that may change after it is created (the provider may not: make a new credential).
+CREDENTIAL_CHANGEABLE = ("name", "region", "tenant_id", "subscription_id", "description")
+
+
+def update_credential(
+    credential: CloudCredential, *, secret: Mapping[str, str] | None = None, **changes: str
+) -> CloudCredential:
+    """Change a credential's fields and/or rotate its secret (``PATCH /credentials/{id}``, the admin's form).
+
+    ``secret`` is the whole secret to store (each interface builds it: the API and the admin apply the fields
+    given to the stored ones), so it must hold every required field, as on creation; ``None`` keeps the stored
+    secret. Either way the result is checked with :func:`check_credential_fields` (an Azure credential keeps its
+    tenant and subscription). Runs already started keep the secret their Terraform process was given."""
+    unknown = sorted(set(changes) - set(CREDENTIAL_CHANGEABLE))
+    if unknown:
+        raise ValueError(f"update_credential takes no {', '.join(unknown)}")
+    merged = {field: changes.get(field, getattr(credential, field)) for field in CREDENTIAL_CHANGEABLE}
+    new_secret = dict(secret) if secret is not None else dict(credential.secret or {})
+    check_credential_fields(
+        credential.provider,
+        new_secret,
+        tenant_id=merged["tenant_id"],
+        subscription_id=merged["subscription_id"],
+    )
+    for field, value in merged.items():
+        setattr(credential, field, value)
+    if secret is not None:
+        credential.secret = {k: str(v) for k, v in new_secret.items() if v}
+    try:
+        with transaction.atomic():
+            credential.save()
+    except IntegrityError:
+        raise ProvisioningRefused(
+            f"a credential named {merged['name']!r} already exists", code=Code.NAME_TAKEN, status=409
+        ) from None
+    return credential
 
 
 def delete_credential(credential: CloudCredential) -> None:
@@ -605,7 +658,8 @@ def approve(run: Run, user: Any) -> Provisioning:
         raise ProvisioningRefused(
             f"run {run.pk} is not a provisioning run waiting for approval",
             code=Code.NOT_AWAITING_APPROVAL,
-            status=404,
+            # The run exists (a missing one is a 404 before this): it is in a state that cannot be approved.
+            status=409,
         )
     if run.status not in RunStatus.active():
         raise ProvisioningRefused(

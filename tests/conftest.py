@@ -88,10 +88,10 @@ def worker(celery_worker_process, transactional_db):
     On the way out it lets the test's runs settle (or cancels them), so the worker is not still writing when
     the database is flushed for the next test (a flush racing a step's writes deadlocks)."""
     yield celery_worker_process
-    _settle_runs()
+    settle_runs()
 
 
-def _settle_runs(timeout: float = 15.0) -> None:
+def settle_runs(timeout: float = 15.0) -> None:
     import time
 
     from core import workflow

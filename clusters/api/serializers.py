@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from core.api import serializers as strict
 from core.api.fields import OutboundURLField
 
 from .. import extensions
@@ -11,7 +12,7 @@ from ..choices import ClusterStatus, Platform
 from ..models import Cluster, ClusterEvent
 
 
-class EncryptedKubeconfigSerializer(serializers.Serializer):
+class EncryptedKubeconfigSerializer(strict.Serializer):
     """A kubeconfig encrypted to ``GET /crypto/public-key``: RSA-OAEP-SHA256 wrapping an AES-256-GCM key."""
 
     encrypted_key = serializers.CharField(help_text="base64 RSA-OAEP-SHA256 ciphertext of a 32-byte AES key")
@@ -66,7 +67,7 @@ def _name(**kwargs) -> serializers.RegexField:
     )
 
 
-class ClusterRegisterSerializer(serializers.Serializer):
+class ClusterRegisterSerializer(strict.Serializer):
     name = _name()
     kubeconfig = serializers.CharField(
         required=False, write_only=True, trim_whitespace=False, help_text="kubeconfig YAML text"
@@ -90,6 +91,21 @@ class ClusterRegisterSerializer(serializers.Serializer):
         return attrs
 
 
+class ClusterRegisterFormSerializer(ClusterRegisterSerializer):
+    """``POST /clusters/register`` as a form (multipart, to upload ``kubeconfig_file``): the same fields but the
+    encrypted envelope, an object that a form cannot carry (send it as JSON)."""
+
+    encrypted_kubeconfig = None
+
+    def validate(self, attrs: dict) -> dict:
+        given = [k for k in ("kubeconfig", "kubeconfig_file") if attrs.get(k)]
+        if len(given) != 1:
+            raise serializers.ValidationError(
+                "send exactly one of kubeconfig (text) or kubeconfig_file (upload)"
+            )
+        return attrs
+
+
 class ClusterSerializer(serializers.ModelSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="cluster-detail")
     credentials = serializers.SerializerMethodField(
@@ -99,6 +115,10 @@ class ClusterSerializer(serializers.ModelSerializer):
     status = serializers.ChoiceField(choices=ClusterStatus.choices, read_only=True)
     platform = serializers.ChoiceField(choices=Platform.choices, read_only=True)
     labels = serializers.JSONField(required=False, validators=[_labels])
+    # An answer, not an input (changes go through ClusterUpdateSerializer): a URL, or empty when none is set.
+    ingress_url = serializers.CharField(
+        read_only=True, help_text="Base URL of the cluster's ingress, or empty"
+    )
 
     class Meta:
         model = Cluster
@@ -128,7 +148,7 @@ class ClusterSerializer(serializers.ModelSerializer):
         return summaries.get(obj.pk)
 
 
-class ClusterUpdateSerializer(serializers.ModelSerializer):
+class ClusterUpdateSerializer(strict.ModelSerializer):
     name = _name(required=False)
     kubeconfig = serializers.CharField(
         required=False,
@@ -151,5 +171,19 @@ class ClusterEventSerializer(serializers.ModelSerializer):
         fields = ("kind", "old_status", "new_status", "message", "created_at")
 
 
-class HealthCheckQuerySerializer(serializers.Serializer):
-    checks = serializers.CharField(required=False, default="api,nodes,gpu,storage")
+class HealthQuery(strict.Serializer):
+    """Query of ``GET /clusters/{id}/health``."""
+
+    checks = serializers.CharField(
+        required=False, allow_blank=True, max_length=200,
+        help_text="Comma-separated subset of api,nodes,gpu,storage (default: all)",
+    )  # fmt: skip
+
+
+class ClusterDeleteQuery(strict.Serializer):
+    """Query of ``DELETE /clusters/{id}``."""
+
+    force = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Delete even with active deployments or an unreachable cluster (true/false)",
+    )  # fmt: skip

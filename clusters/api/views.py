@@ -1,9 +1,9 @@
-"""Cluster endpoints (the original service's paths): register, list, detail, update, delete, live health."""
+"""Cluster endpoints (the original service's paths): register, list, detail, update, delete, live health, events."""
 
 from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, parsers, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -12,19 +12,25 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core import crypto
-from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
+from core.api.errors import error_body
+from core.api.query import KnownQueryParameters, query_params
+from core.api.responses import RUN_ACCEPTED, error_answer, refusal, run_accepted
 from core.fields import raw_token
 from core.permissions import can_view
 
 from .. import extensions, services
 from ..models import Cluster
 from .serializers import (
+    ClusterDeleteQuery,
     ClusterEventSerializer,
+    ClusterRegisterFormSerializer,
     ClusterRegisterSerializer,
     ClusterSerializer,
     ClusterUpdateSerializer,
+    HealthQuery,
 )
 
+FORM_MEDIA_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 REFUSED_400 = refusal(
     services.RegistrationRefused, "Refused: the kubeconfig is missing, too large or invalid"
 )
@@ -47,6 +53,8 @@ class ClusterViewSet(
     ordering_fields = ("name", "created_at", "status", "last_checked")
     parser_classes = (parsers.JSONParser, parsers.MultiPartParser, parsers.FormParser)
     permission_map = {"register": ["clusters.add_cluster"], "health": ["clusters.check_cluster"]}
+    query_serializers = {"destroy": ClusterDeleteQuery, "health": HealthQuery}
+    paged_actions = ("events",)
 
     def get_serializer_context(self) -> dict:
         context = super().get_serializer_context()
@@ -67,13 +75,18 @@ class ClusterViewSet(
         return Response(serializer.data)
 
     @extend_schema(
-        request=ClusterRegisterSerializer,
+        request={
+            "application/json": ClusterRegisterSerializer,
+            "multipart/form-data": ClusterRegisterFormSerializer,
+            "application/x-www-form-urlencoded": ClusterRegisterFormSerializer,
+        },
         responses={202: RUN_ACCEPTED, 400: REFUSED_400, 409: REFUSED_409},
     )
     @action(detail=False, methods=["post"])
     def register(self, request):
         """Register an existing cluster by kubeconfig (text, file upload, or encrypted to the public key)."""
-        body = ClusterRegisterSerializer(data=request.data)
+        form = request.content_type.split(";")[0].strip() in FORM_MEDIA_TYPES
+        body = (ClusterRegisterFormSerializer if form else ClusterRegisterSerializer)(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         raw = services.read_kubeconfig_upload(
@@ -90,6 +103,16 @@ class ClusterViewSet(
             user=request.user,
         )
         return run_accepted(run, request, cluster_id=cluster.pk)
+
+    @extend_schema(
+        request=ClusterUpdateSerializer,
+        responses={200: ClusterSerializer, 202: RUN_ACCEPTED, 400: REFUSED_400, 409: REFUSED_409},
+    )
+    def partial_update(self, request, *args, **kwargs):
+        """Change some of name, ingress URL and labels; a new kubeconfig is validated and re-verified (202 + run).
+
+        The 200 answer is the cluster for users who may view clusters, ``{id, updated}`` otherwise."""
+        return self.update(request, *args, partial=True, **kwargs)
 
     @extend_schema(
         request=ClusterUpdateSerializer,
@@ -121,9 +144,6 @@ class ClusterViewSet(
         return Response(ClusterSerializer(fresh, context=self.get_serializer_context()).data)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("force", OpenApiTypes.BOOL, description="Delete even with active deployments")
-        ],
         responses={
             202: RUN_ACCEPTED,
             409: refusal(services.RegistrationRefused, "Refused: active deployments, or already deleting"),
@@ -132,42 +152,56 @@ class ClusterViewSet(
     def destroy(self, request, *args, **kwargs):
         """Start the deletion run: remove what BudCluster installed on the cluster, then the record."""
         cluster = self.get_object()
-        force = request.query_params.get("force", "").lower() in ("1", "true", "yes")
+        force = query_params(self, request)["force"]
         run = services.request_delete(cluster, force=force, user=request.user)
         return run_accepted(run, request, cluster_id=cluster.pk)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter(
-                "checks", OpenApiTypes.STR, description="Comma-separated subset of api,nodes,gpu,storage"
-            )
-        ],
-        responses={200: OpenApiTypes.OBJECT, 503: OpenApiTypes.OBJECT},
+        responses={
+            200: OpenApiTypes.OBJECT,
+            503: error_answer(
+                "Unhealthy: a check failed or the cluster did not answer (the report is in the body)",
+                codes=["cluster_unhealthy"],
+                schema={
+                    "type": "object",
+                    "properties": {"healthy": {"type": "boolean"}, "checks": {"type": "object"}},
+                },
+            ),
+        },
     )
     @action(detail=True, methods=["get"])
     def health(self, request, pk=None):
         """Live health check of the cluster (not the stored status): 200 when healthy, 503 otherwise."""
         cluster = Cluster.objects.get(pk=self.get_object().pk)
-        checks = [c.strip() for c in request.query_params.get("checks", "").split(",") if c.strip()] or None
+        raw = query_params(self, request).get("checks", "")
+        checks = [c.strip() for c in raw.split(",") if c.strip()] or None
         try:
             result = services.check_health(cluster, checks)
         except ValueError as exc:
-            raise ValidationError({"checks": str(exc)}) from None
-        return Response(result, status=200 if result["healthy"] else 503)
+            raise ValidationError({"checks": [str(exc)]}) from None
+        if result["healthy"]:
+            return Response(result)
+        report = result["checks"]
+        failing = [f"{name}: {c.get('error') or 'not ok'}" for name, c in report.items() if not c.get("ok")]
+        if result.get("error"):
+            failing.append(result["error"])
+        detail = f"cluster {cluster.name} is unhealthy: " + ("; ".join(failing) or "a check failed")
+        return Response({**error_body(detail, "cluster_unhealthy"), **result}, status=503)
 
+    # A page of events (they grow with every status change): limit/offset, newest first; no cluster filters.
     @extend_schema(responses={200: ClusterEventSerializer(many=True)})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], filter_backends=[])
     def events(self, request, pk=None):
-        """The cluster's status changes, newest first."""
+        """The cluster's status changes, newest first (paginated)."""
         cluster = self.get_object()
-        events = cluster.events.all()[:200]
-        return Response(ClusterEventSerializer(events, many=True).data)
+        page = self.paginate_queryset(cluster.events.order_by("-created_at", "-id"))
+        return self.get_paginated_response(ClusterEventSerializer(page, many=True).data)
 
 
 class PublicKeyView(APIView):
     """The RSA public key clients may encrypt a kubeconfig to (see ``encrypted_kubeconfig``)."""
 
-    permission_classes = (IsAuthenticated,)
+    permission_classes = (IsAuthenticated, KnownQueryParameters)
 
     @extend_schema(
         responses={

@@ -1,7 +1,11 @@
-"""Health endpoints (no authentication): process, database and broker, each 200 or 503 with a reason."""
+"""Health endpoints (no authentication): process, database and broker, each 200 or 503 with a reason.
+
+A 503 carries the API's error fields too (``detail``, ``code``: ``database_unavailable`` /
+``broker_unavailable``), and another method than GET or HEAD is a JSON 405, as everywhere else."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -9,8 +13,9 @@ import uuid
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
-from django.views.decorators.http import require_GET
 from kombu import Connection, Exchange, Queue
+
+from .errors import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +30,23 @@ def _answer(ok: bool, check: str, started: float, reason: str = "") -> JsonRespo
     }
     if reason:
         body["reason"] = reason
+    if not ok:
+        body.update(detail=reason or f"{check} unavailable", code=f"{check}_unavailable")
     return JsonResponse(body, status=200 if ok else 503)
+
+
+def require_GET(view):
+    """Django's ``require_GET`` with the API's error body (its own 405 has an empty one)."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if request.method not in ("GET", "HEAD"):
+            response = error_response(405, f'Method "{request.method}" not allowed.', "method_not_allowed")
+            response["Allow"] = "GET, HEAD"
+            return response
+        return view(request, *args, **kwargs)
+
+    return wrapper
 
 
 @require_GET

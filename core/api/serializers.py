@@ -1,10 +1,59 @@
-"""Serializers for runs, their steps and events."""
+"""Serializers for runs, their steps and events; and the strictness every request serializer shares.
+
+:class:`StrictFields` refuses keys a request serializer does not take (unknown or read-only), with 400
+``unknown_field`` naming them and the keys it accepts: a typo (``replica`` for ``replicas``) or a field sent to the
+wrong endpoint must not pass silently as "nothing to change". Every serializer that reads a request body or query
+string derives from :class:`Serializer` / :class:`ModelSerializer` below (nested ones included, since DRF calls
+each one's ``to_internal_value``); ``tests/contract`` sends an unknown key to every operation of the OpenAPI schema.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from rest_framework import serializers
 
 from ..models import Run, RunEvent, RunStep
+
+# Keys a browser form adds on its own (Django's CSRF field), not part of any request's meaning.
+IGNORED_FORM_KEYS = frozenset({"csrfmiddlewaretoken"})
+
+
+class StrictFields:
+    """Refuse keys that are not writable fields of this serializer (see the module docstring)."""
+
+    unknown_message = "unknown field; this request takes {accepted}"
+    read_only_message = "read-only field; this request takes {accepted}"
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            fields = self.fields  # type: ignore[attr-defined]
+            writable = [name for name, f in fields.items() if not f.read_only]
+            accepted = ", ".join(sorted(writable)) or "no fields"
+            errors = {}
+            for key in data:
+                if key in IGNORED_FORM_KEYS or key in writable:
+                    continue
+                template = self.read_only_message if key in fields else self.unknown_message
+                errors[str(key)] = [
+                    serializers.ErrorDetail(template.format(accepted=accepted), code="unknown_field")
+                ]
+            if errors:
+                raise serializers.ValidationError(errors)
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class Serializer(StrictFields, serializers.Serializer):
+    """A request serializer that refuses unknown keys."""
+
+
+class ModelSerializer(StrictFields, serializers.ModelSerializer):
+    """A model request serializer that refuses unknown and read-only keys."""
+
+
+class NoBody(Serializer):
+    """The body of an action that takes none: any key is refused."""
 
 
 class RunStepSerializer(serializers.ModelSerializer):
@@ -25,7 +74,7 @@ class RunEventSerializer(serializers.ModelSerializer):
 class RunSerializer(serializers.ModelSerializer):
     url = serializers.HyperlinkedIdentityField(view_name="run-detail")
     subject_type = serializers.SerializerMethodField()
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
 
     class Meta:
         model = Run
@@ -46,5 +95,5 @@ class RunDetailSerializer(RunSerializer):
         fields = (*RunSerializer.Meta.fields, "params", "steps", "events")
 
 
-class RunCancelSerializer(serializers.Serializer):
+class RunCancelSerializer(Serializer):
     reason = serializers.CharField(required=False, max_length=500, default="cancelled by request")

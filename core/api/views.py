@@ -11,13 +11,14 @@ from rest_framework.response import Response
 from .. import workflow
 from ..models import Run, RunEvent, RunStep
 from ..permissions import can_view
+from .filters import RunFilter
 from .responses import refusal, run_accepted
 from .serializers import RunCancelSerializer, RunDetailSerializer, RunSerializer
 
 
 class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = Run.objects.select_related("subject_type", "created_by")
-    filterset_fields = ("kind", "status", "subject_id")
+    filterset_class = RunFilter
     search_fields = ("kind", "title")
     ordering_fields = ("created_at", "finished_at", "status", "kind")
     permission_map = {"cancel": ["core.cancel_run"]}

@@ -9,17 +9,19 @@ pass/fail against the targets with the margin used, errors with counts, the swee
 
 from __future__ import annotations
 
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
-from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
+from core.api.errors import error_response
+from core.api.query import KnownQueryParameters
+from core.api.responses import RUN_ACCEPTED, error_answer, refusal, run_accepted
 from core.permissions import ModelPermissions
 
 from .. import benchmarking, plots
@@ -110,16 +112,16 @@ class SVGRenderer(_ImageRenderer):
 def plot_response(benchmark: Benchmark, kind: str, fmt: str) -> HttpResponse:
     """The plot as PNG/SVG, or 404 with the reason (unknown kind, nothing measured, no sweep)."""
     if kind not in plots.PLOT_KINDS:
-        return JsonResponse({"detail": f"unknown plot {kind!r}; one of {list(plots.PLOT_KINDS)}"}, status=404)
+        return error_response(404, f"unknown plot {kind!r}; one of {list(plots.PLOT_KINDS)}", "unknown_plot")
     if kind == "throughput" and not benchmark.sweep:
-        return JsonResponse(
-            {"detail": "throughput vs concurrency needs a sweep; this benchmark ran one concurrency"},
-            status=404,
+        return error_response(
+            404, "throughput vs concurrency needs a sweep; this benchmark ran one concurrency", "no_sweep"
         )
     if kind != "throughput" and not benchmark.samples:
-        return JsonResponse(
-            {"detail": f"benchmark {benchmark.pk} is {benchmark.status} and has no measured requests yet"},
-            status=404,
+        return error_response(
+            404,
+            f"benchmark {benchmark.pk} is {benchmark.status} and has no measured requests yet",
+            "no_samples",
         )
     body = plots.render(kind, samples=benchmark.samples, sweep=benchmark.sweep, fmt=fmt)
     response = HttpResponse(body, content_type=plots.CONTENT_TYPES[fmt])
@@ -148,7 +150,10 @@ class BenchmarkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
         responses={
             (200, "image/png"): OpenApiTypes.BINARY,
             (200, "image/svg+xml"): OpenApiTypes.STR,
-            404: OpenApiResponse(description="Unknown plot, nothing measured yet, or no sweep ran"),
+            404: error_answer(
+                "No such benchmark, unknown plot, nothing measured yet, or no sweep ran",
+                codes=["unknown_plot", "no_samples", "no_sweep"],
+            ),
         }
     )
     @action(
@@ -167,14 +172,14 @@ class DeploymentBenchmarkView(APIView):
     """``POST /deployments/{id}/benchmark``: 202 + run; 400 for bad options and 409 unless running (no row; the
     refusal is answered by the API's exception handler)."""
 
-    permission_classes = (ModelPermissions,)
+    permission_classes = (ModelPermissions, KnownQueryParameters)
     queryset = Benchmark.objects.none()  # ModelPermissions: POST needs deployments.add_benchmark
 
     @extend_schema(
         request=benchmarking.BenchmarkOptionsSerializer,
         responses={
             202: RUN_ACCEPTED,
-            400: OpenApiResponse(description="Invalid options; nothing created"),
+            400: error_answer("Invalid or unknown options; nothing created"),
             409: refusal(
                 benchmarking.BenchmarkRefused,
                 "Refused: the deployment is not running, has no endpoint yet, or has a run in progress",

@@ -5,12 +5,14 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from clusters.models import Cluster, Revision
+from clusters.models import Revision
+from core.api import serializers as strict
 from core.api.fields import OutboundURLField
 
 from ..catalog import resolve_model
 from ..choices import DeploymentStatus, DeviceType, ModelSource
 from ..models import Deployment, DeploymentEvent, Worker
+from .filters import cluster_by_reference
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Bounds of what a request may carry: each is far above real use (vLLM takes a handful of variables and flags) and
@@ -29,15 +31,10 @@ class ClusterField(serializers.Field):
     """A cluster by id or by name."""
 
     def to_internal_value(self, data):
-        qs = Cluster.objects.defer("kubeconfig")
+        # The same lookup as the lists' ``cluster`` filter (only strings that could be a name reach the database).
         cluster = None
-        if (isinstance(data, int) and not isinstance(data, bool)) or (
-            isinstance(data, str) and data.isdigit()
-        ):
-            cluster = qs.filter(pk=int(data)).first()
-        # Only strings that could be a cluster name reach the database (NUL cannot be sent to PostgreSQL at all).
-        if cluster is None and isinstance(data, str) and len(data) <= 100 and "\x00" not in data:
-            cluster = qs.filter(name=data).first()
+        if (isinstance(data, int) and not isinstance(data, bool)) or isinstance(data, str):
+            cluster = cluster_by_reference(str(data))
         if cluster is None:
             raise serializers.ValidationError(f"no cluster {data!r} (give its id or name)")
         return cluster
@@ -64,7 +61,7 @@ class ModelField(serializers.JSONField):
         return value
 
 
-class S3Serializer(serializers.Serializer):
+class S3Serializer(strict.Serializer):
     endpoint = OutboundURLField(
         required=False, allow_blank=True, default="",
         help_text="S3-compatible endpoint (http or https, no user info; metadata and link-local addresses refused)",
@@ -76,8 +73,10 @@ class S3Serializer(serializers.Serializer):
     secret_access_key = serializers.CharField(write_only=True, max_length=1024)
 
 
-class PlanSerializer(serializers.Serializer):
-    """What to deploy and where: the request of both ``plan`` and ``deploy``."""
+class PlanSerializer(strict.Serializer):
+    """What to deploy and where: the body of ``POST /deployments/plan``, which takes every field of a deploy request
+    (``name`` optional), so that a deploy body can be planned as it is. Credentials are never kept from a plan:
+    only whether an HF token is given matters (the manifests then read it from its Secret)."""
 
     cluster = ClusterField()
     name = serializers.RegexField(
@@ -113,6 +112,35 @@ class PlanSerializer(serializers.Serializer):
     source = serializers.ChoiceField(choices=ModelSource.choices, default=ModelSource.HF)
     revision = serializers.CharField(required=False, default="main", max_length=256)
     service_type = serializers.ChoiceField(choices=["LoadBalancer", "ClusterIP", "NodePort"], required=False)
+    hf_token = serializers.CharField(
+        required=False, write_only=True, allow_blank=True, max_length=1024,
+        help_text="Hugging Face token for gated models; stored as a Kubernetes Secret, never returned",
+    )  # fmt: skip
+    s3 = S3Serializer(required=False, help_text="With source s3: where the weights are and the access keys")
+    ready_timeout = serializers.FloatField(
+        required=False, min_value=1, help_text="Seconds to wait for pods ready"
+    )
+    transfer_timeout = serializers.FloatField(required=False, min_value=1)
+    benchmark = serializers.JSONField(required=False, allow_null=True, default=None)
+    keep_on_failure = serializers.BooleanField(default=False, help_text="Leave the namespace for inspection")
+
+    def validate_benchmark(self, value: dict | None) -> dict | None:
+        """The same options as ``POST /deployments/{id}/benchmark``, checked before anything is created."""
+        if not value:
+            return None
+        from ..benchmarking import clean_options
+
+        return clean_options(value)
+
+    def credentials(self) -> dict:
+        data = self.validated_data
+        creds = {}
+        if data.get("hf_token"):
+            creds["hf_token"] = data["hf_token"]
+        if data.get("s3"):
+            creds["s3_access_key_id"] = data["s3"]["access_key_id"]
+            creds["s3_secret_access_key"] = data["s3"]["secret_access_key"]
+        return creds
 
     def validate_env(self, value: dict) -> dict:
         import re
@@ -142,43 +170,16 @@ class PlanSerializer(serializers.Serializer):
 
 
 class DeploySerializer(PlanSerializer):
+    """The body of ``POST /deployments/deploy``: a plan's body with a name, and the S3 block when the source is S3."""
+
     name = serializers.RegexField(
-        r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", help_text="Deployment (endpoint) name"
+        r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", help_text="Deployment (endpoint) name, unique on its cluster"
     )
-    hf_token = serializers.CharField(
-        required=False, write_only=True, allow_blank=True, max_length=1024,
-        help_text="Hugging Face token for gated models; stored as a Kubernetes Secret, never returned",
-    )  # fmt: skip
-    s3 = S3Serializer(required=False, help_text="With source s3: where the weights are and the access keys")
-    ready_timeout = serializers.FloatField(
-        required=False, min_value=1, help_text="Seconds to wait for pods ready"
-    )
-    transfer_timeout = serializers.FloatField(required=False, min_value=1)
-    benchmark = serializers.JSONField(required=False, allow_null=True, default=None)
-    keep_on_failure = serializers.BooleanField(default=False, help_text="Leave the namespace for inspection")
-
-    def validate_benchmark(self, value: dict | None) -> dict | None:
-        """The same options as ``POST /deployments/{id}/benchmark``, checked before anything is created."""
-        if not value:
-            return None
-        from ..benchmarking import clean_options
-
-        return clean_options(value)
 
     def validate(self, attrs: dict) -> dict:
         if attrs.get("source") == ModelSource.S3 and not attrs.get("s3"):
             raise serializers.ValidationError({"s3": "required when source is s3"})
         return attrs
-
-    def credentials(self) -> dict:
-        data = self.validated_data
-        creds = {}
-        if data.get("hf_token"):
-            creds["hf_token"] = data["hf_token"]
-        if data.get("s3"):
-            creds["s3_access_key_id"] = data["s3"]["access_key_id"]
-            creds["s3_secret_access_key"] = data["s3"]["secret_access_key"]
-        return creds
 
 
 class WorkerSerializer(serializers.ModelSerializer):
@@ -271,7 +272,7 @@ class DeploymentDetailSerializer(DeploymentSerializer):
         return DeploymentEventSerializer(obj.events.all()[:50], many=True).data
 
 
-class DeploymentUpdateSerializer(serializers.Serializer):
+class DeploymentUpdateSerializer(strict.Serializer):
     replicas = serializers.IntegerField(required=False, min_value=1, max_value=256)
     engine_args = serializers.ListField(
         child=serializers.CharField(max_length=500), required=False, max_length=MAX_ENGINE_ARGS
@@ -284,5 +285,17 @@ class DeploymentUpdateSerializer(serializers.Serializer):
         return attrs
 
 
-class RollbackSerializer(serializers.Serializer):
+class RollbackSerializer(strict.Serializer):
     revision = serializers.IntegerField(min_value=1)
+
+
+class WorkerLogsQuery(strict.Serializer):
+    """Query of ``GET /deployments/{id}/workers/{worker_id}/logs``."""
+
+    tail = serializers.IntegerField(
+        required=False,
+        default=200,
+        min_value=1,
+        max_value=5000,
+        help_text="Last N lines (default 200, max 5000)",
+    )

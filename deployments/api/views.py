@@ -8,19 +8,21 @@ answered by the API's exception handler with its status and ``{"detail", "code",
 from __future__ import annotations
 
 from django.db.models import Prefetch
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import mixins, status, viewsets
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
-from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
+from core.api.errors import error_body
+from core.api.query import query_params
+from core.api.responses import RUN_ACCEPTED, error_answer, refusal, run_accepted
 from core.gateway import GatewayError
 
 from .. import health, services
 from ..models import Deployment, Worker
 from ..services import DeploymentRefused
+from .filters import DeploymentFilter
 from .serializers import (
     DeploymentDetailSerializer,
     DeploymentSerializer,
@@ -28,14 +30,47 @@ from .serializers import (
     DeploySerializer,
     PlanSerializer,
     RollbackSerializer,
+    WorkerLogsQuery,
     WorkerSerializer,
 )
 
+Code = DeploymentRefused.Code
 INVALID_400 = refusal(
-    DeploymentRefused, "Refused: invalid request (model, dtype, context, ...), or values the charts refuse"
+    DeploymentRefused,
+    "Refused: invalid request (model, dtype, context, ...), or values the charts refuse",
+    codes=[Code.INVALID_REQUEST, Code.CHART_REJECTED],
 )
+BUSY_CODES = [Code.NOT_RUNNING, Code.NO_RUNTIME, Code.RUN_IN_PROGRESS]
 BUSY_409 = refusal(
-    DeploymentRefused, "Refused: not running yet, no installed runtime, or another run in progress"
+    DeploymentRefused,
+    "Refused: not running yet, no installed runtime, or another run in progress",
+    codes=BUSY_CODES,
+)
+PLAN_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "feasible": {"type": "boolean"},
+        "warnings": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "What may make the plan differ from a deploy: e.g. the cluster is not available, so "
+            "the stored inventory may be stale and a deploy would be refused",
+        },
+    },
+    "required": ["feasible", "warnings"],
+}
+# The codes of a cluster call that failed (core.gateway's error reasons).
+GATEWAY_CODES = [
+    f"cluster_{reason}"
+    for reason in ("unreachable", "unauthorized", "forbidden", "not_found", "conflict", "invalid", "error")
+]
+LOGS_SCHEMA = inline_serializer(
+    "WorkerLogs",
+    {
+        "worker": serializers.CharField(help_text="Pod name"),
+        "node": serializers.CharField(help_text="Node the pod runs on"),
+        "logs": serializers.CharField(help_text="The last `tail` lines of the pod's log"),
+    },
 )
 
 
@@ -46,7 +81,7 @@ class DeploymentViewSet(
         "credentials", "cluster__kubeconfig"
     )
     serializer_class = DeploymentSerializer
-    filterset_fields = ("status", "cluster", "device_type", "model_name", "engine")
+    filterset_class = DeploymentFilter
     search_fields = ("name", "model_name", "namespace")
     ordering_fields = ("created_at", "name", "status", "updated_at")
     permission_map = {
@@ -56,6 +91,8 @@ class DeploymentViewSet(
         "workers": ["%(app_label)s.view_%(model_name)s"],
         "worker_logs": ["%(app_label)s.view_%(model_name)s"],
     }
+    query_serializers = {"worker_logs": WorkerLogsQuery}
+    paged_actions = ("workers",)
 
     def get_queryset(self):
         qs = super().get_queryset()
@@ -69,36 +106,56 @@ class DeploymentViewSet(
     @extend_schema(
         request=PlanSerializer,
         responses={
-            200: OpenApiTypes.OBJECT,
+            200: PLAN_SCHEMA,
             400: INVALID_400,
-            422: OpenApiResponse(OpenApiTypes.OBJECT, description="Fits nowhere: per-node reasons"),
+            422: error_answer(
+                "Fits nowhere (no_fit): per-node reasons in refusals, the memory breakdown in estimate",
+                codes=[Code.NO_FIT],
+                schema=PLAN_SCHEMA,
+            ),
         },
     )
     @action(detail=False, methods=["post"])
     def plan(self, request):
         """Dry run: placement (or per-node refusals), rendered manifests, memory breakdown, estimated time.
 
-        Nothing is created. Uses the stored inventory (refresh it with ``POST /clusters/{id}/collect-node-info``).
+        Nothing is created. Uses the stored inventory (refresh it with ``POST /clusters/{id}/collect-node-info``);
+        ``warnings`` says when that may mislead (the cluster is not available).
         """
         body = PlanSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        config = {**body.config(), "_has_credentials": {k: True for k in body.credentials()}}
         outcome = services.plan(
-            body.validated_data["cluster"], body.config(), name=body.validated_data.get("name") or "preview"
+            body.validated_data["cluster"], config, name=body.validated_data.get("name") or "preview"
         )
-        return Response(outcome.as_dict(), status=200 if outcome.ok else 422)
+        answer = outcome.as_dict()
+        if outcome.ok:
+            return Response(answer)
+        # Fits nowhere: an error answer (detail, code) that keeps the whole placement report.
+        return Response(
+            {**error_body(answer.pop("detail", "fits nowhere"), Code.NO_FIT), **answer},
+            status=422,
+        )
 
     @extend_schema(
         request=DeploySerializer,
         responses={
             202: RUN_ACCEPTED,
             400: refusal(
-                DeploymentRefused, "Refused: invalid request, values the charts refuse, or S3 keys missing"
+                DeploymentRefused,
+                "Refused: invalid request, values the charts refuse, or S3 keys missing",
+                codes=[Code.INVALID_REQUEST, Code.CHART_REJECTED, Code.INVALID_SOURCE],
             ),
-            409: refusal(DeploymentRefused, "Refused: the cluster is not available"),
+            409: refusal(
+                DeploymentRefused,
+                "Refused: the cluster is not available, or a live deployment on it has this name",
+                codes=[Code.CLUSTER_UNAVAILABLE, Code.NAME_TAKEN],
+            ),
             422: refusal(
                 DeploymentRefused,
                 "Refused (no_fit): fits nowhere; nothing created. The answer also carries the placement report: "
                 "refusals (per node), refusals_total and estimate (the memory breakdown)",
+                codes=[Code.NO_FIT],
             ),
         },
     )
@@ -122,7 +179,7 @@ class DeploymentViewSet(
         request=DeploymentUpdateSerializer,
         responses={
             202: RUN_ACCEPTED,
-            400: refusal(DeploymentRefused, "Refused: nothing to change"),
+            400: refusal(DeploymentRefused, "Refused: nothing to change", codes=[Code.NOTHING_TO_CHANGE]),
             409: BUSY_409,
         },
     )
@@ -138,8 +195,12 @@ class DeploymentViewSet(
         request=RollbackSerializer,
         responses={
             202: RUN_ACCEPTED,
-            404: refusal(DeploymentRefused, "Refused: the deployment has no such revision"),
-            409: BUSY_409,
+            409: refusal(
+                DeploymentRefused,
+                "Refused: the deployment has no such revision, is not running yet, has no installed runtime, or "
+                "has another run in progress",
+                codes=[Code.NO_SUCH_REVISION, *BUSY_CODES],
+            ),
         },
     )
     @action(detail=True, methods=["post"])
@@ -154,7 +215,11 @@ class DeploymentViewSet(
     @extend_schema(
         responses={
             202: RUN_ACCEPTED,
-            409: refusal(DeploymentRefused, "Refused: already being deleted, or deleted"),
+            409: refusal(
+                DeploymentRefused,
+                "Refused: already being deleted, or deleted",
+                codes=[Code.ALREADY_DELETING, Code.ALREADY_DELETED],
+            ),
         }
     )
     def destroy(self, request, *args, **kwargs):
@@ -163,32 +228,35 @@ class DeploymentViewSet(
         run = services.start_delete(deployment, user=request.user)
         return run_accepted(run, request, deployment_id=deployment.pk)
 
+    # A page of workers (one per pod: a deployment may run many replicas); no deployment filters apply.
     @extend_schema(responses={200: WorkerSerializer(many=True)})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], filter_backends=[])
     def workers(self, request, pk=None):
-        """One row per runtime pod, as last seen by the deploy run or the health beat."""
+        """One row per runtime pod, as last seen by the deploy run or the health beat (paginated)."""
         deployment = self.get_object()
-        return Response(WorkerSerializer(deployment.workers.order_by("name"), many=True).data)
+        page = self.paginate_queryset(deployment.workers.order_by("name", "id"))
+        return self.get_paginated_response(WorkerSerializer(page, many=True).data)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("tail", OpenApiTypes.INT, description="Last N lines (default 200, max 5000)")
-        ],
-        responses={200: OpenApiTypes.STR, 502: OpenApiResponse(description="The cluster did not answer")},
+        responses={
+            200: LOGS_SCHEMA,
+            502: error_answer(
+                "The cluster did not answer or refused the read: code cluster_<reason> (unreachable, "
+                "unauthorized, forbidden, not_found, invalid, ...)",
+                codes=GATEWAY_CODES,
+            ),
+        },
     )
     @action(detail=True, methods=["get"], url_path=r"workers/(?P<worker_id>\d+)/logs")
     def worker_logs(self, request, pk=None, worker_id=None):
         """The pod's log, read live through the cluster gateway."""
         deployment = self.get_object()
-        worker = deployment.workers.filter(pk=worker_id).first()
+        tail = query_params(self, request)["tail"]
+        worker = deployment.workers.filter(pk=worker_id).first() if len(worker_id) < 19 else None
         if worker is None:
             raise NotFound(f"deployment {deployment.pk} has no worker {worker_id}")
         try:
-            tail = max(1, min(5000, int(request.query_params.get("tail", 200))))
-        except ValueError:
-            raise ValidationError({"tail": "must be an integer"}) from None
-        try:
             text = health.worker_logs(worker, tail_lines=tail)
         except GatewayError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
+            return Response(error_body(str(exc), f"cluster_{exc.reason}"), status=status.HTTP_502_BAD_GATEWAY)
         return Response({"worker": worker.name, "node": worker.node, "logs": text})

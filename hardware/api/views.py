@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from django_filters import rest_framework as filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
@@ -12,23 +11,12 @@ from rest_framework.views import APIView
 
 from clusters.models import Cluster
 from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
+from core.api.serializers import NoBody
 
 from .. import services
-from ..choices import AcceleratorType
 from ..models import Node
+from .filters import NodeFilter
 from .serializers import NodeSerializer
-
-
-class NodeFilter(filters.FilterSet):
-    accelerator_type = filters.ChoiceFilter(choices=AcceleratorType.choices)
-    accelerator_vendor = filters.CharFilter(lookup_expr="iexact")
-    accelerator_model = filters.CharFilter(lookup_expr="icontains")
-    ready = filters.BooleanFilter()
-    schedulable = filters.BooleanFilter()
-
-    class Meta:
-        model = Node
-        fields = ("accelerator_type", "accelerator_vendor", "accelerator_model", "ready", "schedulable")
 
 
 class ClusterNodeList(generics.ListAPIView):
@@ -41,7 +29,7 @@ class ClusterNodeList(generics.ListAPIView):
     queryset = Node.objects.all()
 
     def get_queryset(self):
-        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=self.kwargs["cluster_pk"])
+        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=self.kwargs["pk"])
         return Node.objects.filter(cluster=cluster).order_by("name")
 
 
@@ -49,9 +37,9 @@ class ClusterDeviceInfo(APIView):
     queryset = Node.objects.all()  # for model permissions (view_node)
 
     @extend_schema(responses={200: OpenApiTypes.OBJECT})
-    def get(self, request, cluster_pk: int):
+    def get(self, request, pk: int):
         """Per node: devices with total and free counts, CPU and memory (the summary placement uses)."""
-        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=cluster_pk)
+        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=pk)
         return Response(
             {"cluster": cluster.name, "summary": services.cluster_summaries([cluster.pk])[cluster.pk],
              "nodes": services.device_info(cluster)}
@@ -71,8 +59,9 @@ class CollectNodeInfo(APIView):
             ),
         },
     )
-    def post(self, request, cluster_pk: int):
-        """Roll out the collectors, wait for them, and refresh the inventory (202 + run)."""
-        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=cluster_pk)
+    def post(self, request, pk: int):
+        """Roll out the collectors, wait for them, and refresh the inventory (202 + run). Takes no body."""
+        NoBody(data=request.data).is_valid(raise_exception=True)
+        cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=pk)
         run = services.start_collection(cluster, user=request.user)
         return run_accepted(run, request, cluster_id=cluster.pk)

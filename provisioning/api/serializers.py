@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from core.api import serializers as strict
 from core.fields import describe
 
 from ..choices import CREDENTIAL_SECRET_FIELDS, CloudProvider
@@ -13,7 +14,7 @@ from ..models import CloudCredential, Provisioning
 class CloudCredentialSerializer(serializers.ModelSerializer):
     """What a credential looks like from outside: everything but the secret, plus how it is stored."""
 
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     secret = serializers.SerializerMethodField(help_text="Never the value: 'encrypted (key id ...)'")
 
     class Meta:
@@ -28,8 +29,11 @@ class CloudCredentialSerializer(serializers.ModelSerializer):
         return describe(getattr(obj, "secret_token", None))
 
 
-class CloudCredentialCreateSerializer(serializers.Serializer):
-    name = serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+CREDENTIAL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class CloudCredentialCreateSerializer(strict.Serializer):
+    name = serializers.RegexField(CREDENTIAL_NAME)
     provider = serializers.ChoiceField(choices=CloudProvider.choices)
     region = serializers.CharField(required=False, allow_blank=True, default="", max_length=50)
     tenant_id = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
@@ -44,19 +48,59 @@ class CloudCredentialCreateSerializer(serializers.Serializer):
     client_secret = serializers.CharField(required=False, write_only=True, max_length=500)
 
     def validated_secret(self) -> dict[str, str]:
-        names = {
-            n for required, optional in CREDENTIAL_SECRET_FIELDS.values() for n in (*required, *optional)
-        }
-        return {k: v for k, v in self.validated_data.items() if k in names and v}
+        return {k: v for k, v in self.validated_data.items() if k in SECRET_FIELD_NAMES and v}
 
 
-class TaintSerializer(serializers.Serializer):
+SECRET_FIELD_NAMES = frozenset(
+    name for required, optional in CREDENTIAL_SECRET_FIELDS.values() for name in (*required, *optional)
+)
+
+
+class CloudCredentialUpdateSerializer(strict.Serializer):
+    """``PATCH /credentials/{id}``: any of the plain fields and/or secret fields (write-only, never returned).
+
+    Secret fields given replace the stored ones, the others are kept (as in the admin's form); ``null`` removes an
+    optional one (``session_token``, e.g. when rotating from temporary to long-lived AWS keys). The result is
+    checked as a new credential is (``provisioning.services.check_credential_fields``). The provider cannot
+    change: make a new credential."""
+
+    name = serializers.RegexField(CREDENTIAL_NAME, required=False)
+    region = serializers.CharField(required=False, allow_blank=True, max_length=50)
+    tenant_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    subscription_id = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=200)
+    access_key_id = serializers.CharField(required=False, allow_null=True, write_only=True, max_length=200)
+    secret_access_key = serializers.CharField(
+        required=False, allow_null=True, write_only=True, max_length=500
+    )
+    session_token = serializers.CharField(required=False, allow_null=True, write_only=True, max_length=4000)
+    client_id = serializers.CharField(required=False, allow_null=True, write_only=True, max_length=200)
+    client_secret = serializers.CharField(required=False, allow_null=True, write_only=True, max_length=500)
+
+    def validate(self, attrs: dict) -> dict:
+        if not attrs:
+            raise serializers.ValidationError("give the fields to change, or the new secret fields")
+        return attrs
+
+    def changes(self) -> dict[str, str]:
+        return {k: v for k, v in self.validated_data.items() if k not in SECRET_FIELD_NAMES}
+
+    def secret(self, stored: dict[str, str]) -> dict[str, str] | None:
+        """``stored`` with the secret fields given applied (None when none is given: the secret stays)."""
+        given = {k: v for k, v in self.validated_data.items() if k in SECRET_FIELD_NAMES}
+        if not given:
+            return None
+        merged = {**stored, **{k: v for k, v in given.items() if v is not None}}
+        return {k: v for k, v in merged.items() if given.get(k, v) is not None}
+
+
+class TaintSerializer(strict.Serializer):
     key = serializers.CharField(max_length=253)
     value = serializers.CharField(required=False, allow_blank=True, default="", max_length=63)
     effect = serializers.ChoiceField(choices=["NoSchedule", "PreferNoSchedule", "NoExecute"])
 
 
-class NodePoolSerializer(serializers.Serializer):
+class NodePoolSerializer(strict.Serializer):
     name = serializers.RegexField(
         r"^[a-z][a-z0-9]{0,11}$",
         error_messages={"invalid": "1-12 lowercase letters or digits, starting with a letter (AKS's rule)"},
@@ -70,7 +114,7 @@ class NodePoolSerializer(serializers.Serializer):
     taints = TaintSerializer(many=True, required=False, default=list)
 
 
-class ProvisionSerializer(serializers.Serializer):
+class ProvisionSerializer(strict.Serializer):
     provider = serializers.ChoiceField(choices=CloudProvider.choices)
     region = serializers.CharField(max_length=50, help_text="AWS region or Azure location")
     kubernetes_version = serializers.RegexField(r"^\d+\.\d+$", default="1.31")
@@ -90,9 +134,9 @@ class CreateAndProvisionSerializer(ProvisionSerializer):
 class ProvisioningSerializer(serializers.ModelSerializer):
     cluster = serializers.PrimaryKeyRelatedField(read_only=True)
     credential = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    run = serializers.PrimaryKeyRelatedField(read_only=True)
-    registration_run = serializers.PrimaryKeyRelatedField(read_only=True)
+    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    run = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
+    registration_run = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
 
     class Meta:
         model = Provisioning

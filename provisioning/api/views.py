@@ -2,7 +2,8 @@
 
 Paths (``provisioning.api.urls`` is included before the clusters' URLs, so these fixed paths win):
 
-* ``POST/GET /credentials``, ``GET/DELETE /credentials/{id}`` — secrets are accepted, never returned;
+* ``POST/GET /credentials``, ``GET/PATCH/DELETE /credentials/{id}`` — secrets are accepted (``PATCH`` rotates
+  them), never returned;
 * ``POST /clusters/provision`` — create the cluster record and provision it (202 + run);
 * ``POST /clusters/{id}/provision`` — provision a record created without a kubeconfig (202 + run);
   ``GET`` shows its provisioning (spec, status, plan summary, outputs; never secrets);
@@ -23,6 +24,7 @@ from rest_framework.response import Response
 
 from clusters.models import Cluster
 from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
+from core.api.serializers import NoBody
 from core.fields import raw_token
 from core.models import Run
 from core.permissions import can_view
@@ -33,6 +35,7 @@ from ..services import ProvisioningRefused
 from .serializers import (
     CloudCredentialCreateSerializer,
     CloudCredentialSerializer,
+    CloudCredentialUpdateSerializer,
     CreateAndProvisionSerializer,
     ProvisioningSerializer,
     ProvisionSerializer,
@@ -58,7 +61,11 @@ class CloudCredentialViewSet(
     ordering_fields = ("name", "created_at")
 
     def get_serializer_class(self):
-        return CloudCredentialCreateSerializer if self.action == "create" else CloudCredentialSerializer
+        if self.action == "create":
+            return CloudCredentialCreateSerializer
+        if self.action == "partial_update":
+            return CloudCredentialUpdateSerializer
+        return CloudCredentialSerializer
 
     @extend_schema(
         request=CloudCredentialCreateSerializer,
@@ -88,6 +95,26 @@ class CloudCredentialViewSet(
             return Response({"id": credential.pk, "name": credential.name}, status=status.HTTP_201_CREATED)
         fresh = self.get_queryset().get(pk=credential.pk)
         return Response(CloudCredentialSerializer(fresh).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=CloudCredentialUpdateSerializer,
+        responses={
+            200: CloudCredentialSerializer,
+            400: refusal(ProvisioningRefused, "Fields missing or not taken by the provider"),
+            409: refusal(ProvisioningRefused, "A credential with this name exists"),
+        },
+    )
+    def partial_update(self, request, *args, **kwargs):
+        """Change a credential or rotate its secret: secret fields given replace the stored ones (``null`` removes
+        an optional one), with the same checks as on creation; they are never returned. Without the view
+        permission the answer is ``{id, name}`` only."""
+        credential = CloudCredential.objects.get(pk=self.get_object().pk)
+        body = CloudCredentialUpdateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.update_credential(credential, secret=body.secret(credential.secret or {}), **body.changes())
+        if not can_view(request.user, CloudCredential):
+            return Response({"id": credential.pk, "name": credential.name})
+        return Response(CloudCredentialSerializer(self.get_queryset().get(pk=credential.pk)).data)
 
     @extend_schema(responses={204: None, 409: refusal(ProvisioningRefused, "Still needed by a cluster")})
     def destroy(self, request, *args, **kwargs):
@@ -152,12 +179,15 @@ class RunApprovalViewSet(viewsets.GenericViewSet):
                 "Refused (self_approval): the requester of the run may not approve it "
                 "(PROVISIONING_APPROVER_MUST_DIFFER); or the approve_run / view_provisioning permission is missing",
             ),
-            404: refusal(ProvisioningRefused, "Not a provisioning run"),
-            409: refusal(ProvisioningRefused, "Not waiting for approval: ended, auto-approved, no plan yet"),
+            409: refusal(
+                ProvisioningRefused,
+                "Not waiting for approval: not a provisioning run, ended, auto-approved, no plan yet",
+            ),
         },
     )
     def approve(self, request, pk=None):
-        """Approve the Terraform plan of a provisioning run; apply starts right away."""
+        """Approve the Terraform plan of a provisioning run; apply starts right away. Takes no body."""
+        NoBody(data=request.data).is_valid(raise_exception=True)
         run = get_object_or_404(Run, pk=pk)
         provisioning = services.approve(run, request.user)
         run.refresh_from_db()

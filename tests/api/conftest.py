@@ -19,15 +19,17 @@ def free_port() -> int:
 
 
 def _reset_broker_pools() -> None:
+    from kombu import pools
+
     from budcluster_site.celery import app
 
-    # Celery caches one connection pool and one producer pool per app, bound to the URL they were made for.
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
-    if app.amqp._producer_pool is not None:
-        app.amqp._producer_pool.force_close_all()
-        app.amqp._producer_pool = None
+    # Celery caches one connection pool and one producer pool per app, bound to the URL they were made for, and
+    # takes its producer pool from kombu's process-wide registry (keyed by broker URL). Closing a pool without
+    # emptying that registry would hand the closed pool back the next time the same URL is used ("Acquire on
+    # closed pool"), so close and forget them all.
+    pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
 
 
 @contextmanager

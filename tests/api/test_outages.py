@@ -84,6 +84,7 @@ def _assert_503(response, code: str, words: str) -> None:
     assert response["Retry-After"] == str(outages.RETRY_AFTER_SECONDS)
     body = response.json()
     assert body["code"] == code and words in body["detail"]
+    assert body["retry_after"] == outages.RETRY_AFTER_SECONDS  # the API's one error shape, with when to retry
 
 
 @pytest.mark.django_db(transaction=True)

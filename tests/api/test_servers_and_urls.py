@@ -88,7 +88,7 @@ def test_ingress_url_goes_through_the_address_guard_on_patch_and_register(api, u
     cluster = Cluster.objects.create(name="c1", server_url="https://10.0.0.1:6443", ingress_url="")
     response = api.patch(f"/clusters/{cluster.pk}", {"ingress_url": url}, format="json")
     assert response.status_code == 400, response.content
-    assert words in response.json()["ingress_url"][0]
+    assert words in response.json()["errors"]["ingress_url"][0]
     assert "hunter2" not in json.dumps(response.json())
     cluster.refresh_from_db()
     assert cluster.ingress_url == ""
@@ -98,7 +98,7 @@ def test_ingress_url_goes_through_the_address_guard_on_patch_and_register(api, u
         {"name": "c2", "kubeconfig": with_server("https://10.0.0.2:6443"), "ingress_url": url},
         format="json",
     )
-    assert register.status_code == 400 and words in register.json()["ingress_url"][0]
+    assert register.status_code == 400 and words in register.json()["errors"]["ingress_url"][0]
     assert not Cluster.objects.filter(name="c2").exists() and not Run.objects.exists()
 
 
@@ -123,6 +123,6 @@ def test_s3_endpoint_goes_through_the_address_guard(api, url, words):
         format="json",
     )  # fmt: skip
     assert response.status_code == 400
-    assert words in response.json()["s3"]["endpoint"][0]
+    assert words in response.json()["errors"]["s3.endpoint"][0]
     assert "s3cr3t" not in response.content.decode()
     assert not Run.objects.exists()

@@ -8,7 +8,14 @@ import time
 from core.choices import RunStatus
 from core.models import RunStep
 from deployments.models import Benchmark, Deployment
-from tests.deployments.conftest import _loopback, cluster, finished, gpu  # noqa: F401 - fixtures
+from tests.deployments.conftest import (  # noqa: F401 - fixtures
+    _loopback,
+    cluster,
+    finished,
+    gpu,
+    gpu_baseline,
+    gpu_reset,
+)
 
 MODEL = {"model": "llama-3.1-8b-instruct", "context_len": 4096, "concurrency": 8}
 # The simulator queues requests beyond --max-num-seqs (placement sizes it for the deployment's concurrency);

@@ -26,7 +26,9 @@ def test_a_tenth_of_requests_failing_shows_as_ten_percent_failures(api, cluster)
         "--endpoint", "completions", "--sweep", "4,8", "--no-progress", stdout=out,
     )  # fmt: skip
     row = Benchmark.objects.get(deployment=deployment)
-    assert row.status == "succeeded" and row.run_id is None
+    # Carried out by the command's own process, as a run of its own (no worker ran it).
+    assert row.status == "succeeded" and row.run.status == "succeeded"
+    assert row.run.params["owner"].startswith("manage.py benchmark (pid ")
     # 50 consecutive requests per sweep point: exactly every tenth failed, with the server's message.
     assert [(p["concurrency"], p["successful_requests"], p["failed_requests"]) for p in row.sweep] == [
         (4, 45, 5),

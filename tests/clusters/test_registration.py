@@ -1,4 +1,7 @@
-"""Cluster registration, health sweep and deletion against the devcluster over HTTPS with a real worker."""
+"""Cluster registration, health sweep and deletion against the devcluster over HTTPS with a real worker.
+
+Each test that registers a cluster (or faults one) has a virtual cluster of its own, so what one test leaves on
+its cluster (collectors, a fault, a deletion) is never what another test starts from."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from core.models import Run
 from devcluster.testing import devcluster_fixture
 from tests.worker import wait_for
 
-dc = devcluster_fixture(name="dc", nodes="cpu-small", clusters=4, scope="module")
+dc = devcluster_fixture(name="dc", nodes="cpu-small", clusters=6, scope="module")
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,7 +75,7 @@ def test_register_becomes_available_with_steps_and_events(api, worker, dc):
     assert detail["labels"] == {"team": "ml"}
     assert "kubeconfig" not in detail and "token" not in str(detail).lower()
     assert detail["credentials"].startswith("encrypted (key id ")
-    events = api.get(f"/clusters/{cluster.pk}/events").json()
+    events = api.get(f"/clusters/{cluster.pk}/events").json()["results"]
     assert events[0]["new_status"] == "available"
 
 
@@ -122,21 +125,17 @@ def test_wrong_token_fails_with_unauthorized_in_plain_words(api, worker, dc):
 
 
 def test_unreachable_then_restored_via_sweep(api, worker, dc):
-    response = _register(api, dc, "flaky", dc.names[0])
-    # dev-a may hold this server already in this module; use a fresh virtual cluster if so.
-    if response.status_code == 409:
-        Cluster.objects.filter(server_url=dc.cluster_url(dc.names[0])).delete()
-        response = _register(api, dc, "flaky", dc.names[0])
+    response = _register(api, dc, "flaky", dc.names[4])
     assert response.status_code == 202, response.json()
     run = _finished(response.json()["run_id"])
     assert run.status == RunStatus.SUCCEEDED, run.error
     cluster = Cluster.objects.get(name="flaky")
 
-    dc.set_fault(dc.names[0], "unreachable")
+    dc.set_fault(dc.names[4], "unreachable")
     try:
         report = services.sweep(timeout=1.0, cluster_ids=[cluster.pk])
     finally:
-        dc.set_fault(dc.names[0], "clear")
+        dc.set_fault(dc.names[4], "clear")
     cluster.refresh_from_db()
     assert cluster.status == ClusterStatus.NOT_AVAILABLE
     assert cluster.not_available_since is not None
@@ -153,12 +152,10 @@ def test_unreachable_then_restored_via_sweep(api, worker, dc):
 
 
 def test_live_health_endpoint(api, worker, dc):
-    response = _register(api, dc, "health-1", dc.names[1])
-    if response.status_code == 409:
-        cluster = Cluster.objects.get(server_url=dc.cluster_url(dc.names[1]))
-    else:
-        _finished(response.json()["run_id"])
-        cluster = Cluster.objects.get(name="health-1")
+    response = _register(api, dc, "health-1", dc.names[5])
+    assert response.status_code == 202, response.json()
+    assert _finished(response.json()["run_id"]).status == RunStatus.SUCCEEDED
+    cluster = Cluster.objects.get(name="health-1")
     health = api.get(f"/clusters/{cluster.pk}/health?checks=api,nodes,storage")
     assert health.status_code == 200, health.json()
     checks = health.json()["checks"]

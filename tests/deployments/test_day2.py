@@ -57,7 +57,7 @@ def test_scale_upgrade_and_rollback_create_revisions(api, cluster):
     assert response.status_code == 202, response.json()
     run = finished(response.json()["run_id"])
     assert run.status == RunStatus.SUCCEEDED, run.error
-    workers = api.get(f"/deployments/{deployment.pk}/workers").json()
+    workers = api.get(f"/deployments/{deployment.pk}/workers").json()["results"]
     assert len(workers) == 3 and all(w["ready"] for w in workers)
     detail = api.get(f"/deployments/{deployment.pk}").json()
     assert (detail["replicas"], detail["ready_replicas"], detail["revision"]) == (3, 3, 2)
@@ -86,7 +86,7 @@ def test_scale_upgrade_and_rollback_create_revisions(api, cluster):
     assert "--enable-prefix-caching" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
     assert dep["spec"]["replicas"] == 1
     missing = api.post(f"/deployments/{deployment.pk}/rollback", {"revision": 9}, format="json")
-    assert missing.status_code == 404 and missing.json()["code"] == "no_such_revision"
+    assert missing.status_code == 409 and missing.json()["code"] == "no_such_revision"
     unchanged = api.patch(f"/deployments/{deployment.pk}", {"replicas": 1}, format="json")
     assert unchanged.status_code == 400 and unchanged.json()["code"] == "nothing_to_change"
 

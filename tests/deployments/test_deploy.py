@@ -25,7 +25,9 @@ def _deploy(api, cluster, name: str, **extra) -> dict:
     return response.json()
 
 
-def test_8b_model_deploys_to_a_gpu_and_its_endpoint_answers(api, cluster, gpu):
+def test_8b_model_deploys_to_a_gpu_and_its_endpoint_answers(api, registered_cluster):
+    # A user's way in: the cluster registered through the API (its run rolled the collectors out), then deployed to.
+    cluster = registered_cluster
     body = _deploy(api, cluster, "llama-8b", hf_token="hf_sEcReT_tOkEn_123", device_type="cuda")
     run = finished(body["run_id"])
     assert run.status == RunStatus.SUCCEEDED, run.error
@@ -57,7 +59,7 @@ def test_8b_model_deploys_to_a_gpu_and_its_endpoint_answers(api, cluster, gpu):
     assert token not in str(detail)
     assert Deployment.objects.get(pk=deployment.pk).credentials is None
 
-    workers = api.get(f"/deployments/{deployment.pk}/workers").json()
+    workers = api.get(f"/deployments/{deployment.pk}/workers").json()["results"]
     logs = api.get(f"/deployments/{deployment.pk}/workers/{workers[0]['id']}/logs?tail=20")
     assert logs.status_code == 200 and logs.json()["worker"] == workers[0]["name"]
 

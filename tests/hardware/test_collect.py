@@ -1,4 +1,7 @@
-"""Hardware collection end to end on the devcluster `gpu-mixed` preset, with a real worker."""
+"""Hardware collection end to end on the devcluster `gpu-mixed` preset, with a real worker.
+
+The devcluster holds two virtual clusters of the preset: the test that removes a node does it on the second one,
+so every other test sees the preset's seven nodes whatever ran before it."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from hardware import services
 from hardware.models import Node
 from tests.worker import wait_for
 
-gpu = devcluster_fixture(name="gpu", nodes="gpu-mixed", scope="module")
+gpu = devcluster_fixture(name="gpu", nodes="gpu-mixed", clusters=2, scope="module")
 
 pytestmark = pytest.mark.django_db(transaction=True)
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "nodes"
@@ -41,15 +44,26 @@ def _finished(run_id) -> Run:
     return wait_for(done, timeout=90, what="run to finish")
 
 
-@pytest.fixture
-def registered(api, worker, gpu) -> Cluster:
+def _register(api, dc, vc: str, name: str) -> Cluster:
     response = api.post(
-        "/clusters/register", {"name": "gpu-mixed", "kubeconfig": gpu.kubeconfig_yaml()}, format="json"
+        "/clusters/register", {"name": name, "kubeconfig": dc.kubeconfig_yaml(vc)}, format="json"
     )
     assert response.status_code == 202, response.json()
     run = _finished(response.json()["run_id"])
     assert run.status == RunStatus.SUCCEEDED, run.error
-    return Cluster.objects.get(name="gpu-mixed")
+    return Cluster.objects.get(name=name)
+
+
+@pytest.fixture
+def registered(api, worker, gpu) -> Cluster:
+    """The first virtual cluster registered: the preset as it is (no test changes its nodes)."""
+    return _register(api, gpu, gpu.names[0], "gpu-mixed")
+
+
+@pytest.fixture
+def registered_own(api, worker, gpu) -> tuple[Cluster, str]:
+    """The second virtual cluster registered, and its name: for a test that removes a node."""
+    return _register(api, gpu, gpu.names[1], "gpu-mixed-own"), gpu.names[1]
 
 
 def test_registration_rolls_out_collectors_and_inventory_matches_preset(api, registered, gpu):
@@ -94,8 +108,9 @@ def test_registration_rolls_out_collectors_and_inventory_matches_preset(api, reg
     assert not [model for model in summary["gpus"] if model.startswith("unknown")]
 
 
-def test_pod_using_two_gpus_lowers_free_count_and_removed_node_disappears(api, registered, gpu):
-    core = client.CoreV1Api(kube_client(gpu))
+def test_pod_using_two_gpus_lowers_free_count_and_removed_node_disappears(api, registered_own, gpu):
+    registered, vc = registered_own
+    core = client.CoreV1Api(kube_client(gpu, vc))
     core.create_namespaced_pod(
         "default",
         {

@@ -109,7 +109,7 @@ def test_whole_lifecycle_with_the_service_account_token(api, worker, real_cluste
 
     # 4. Scale 1 → 3, upgrade, roll back.
     succeeded(api.patch(f"/deployments/{deployment.pk}", {"replicas": 3}, format="json"))
-    workers = api.get(f"/deployments/{deployment.pk}/workers").json()
+    workers = api.get(f"/deployments/{deployment.pk}/workers").json()["results"]
     assert len(workers) == 3 and all(w["ready"] for w in workers)
     succeeded(
         api.patch(

@@ -131,8 +131,8 @@ def _every_get(call, ids: dict[str, list]) -> None:
         for pk in ids.get(resource, []):
             url = template.replace(f"{{{params[0]}}}", str(pk))
             if "worker_id" in params:
-                workers = call("get", f"/deployments/{pk}/workers").json()
-                for worker in workers if isinstance(workers, list) else []:  # none once deleted
+                workers = call("get", f"/deployments/{pk}/workers").json().get("results", [])
+                for worker in workers:  # none once deleted
                     call("get", url.replace("{worker_id}", str(worker["id"])) + "?tail=50")
                 continue
             call("get", url)

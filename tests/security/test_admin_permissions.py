@@ -1,8 +1,8 @@
 """Admin actions and views need the permission of their API twin (issue 14, item 5).
 
 As a view-only staff user, none of "Re-run registration", "Collect node information", "Check health now"
-(clusters and deployments) or the plan preview starts anything or answers 200; with the API twin's permission,
-each does."""
+(clusters and deployments), the deletions (list actions and Delete buttons) or the plan preview starts anything or
+answers 200; with the API twin's permission, each does."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from clusters.choices import ClusterStatus
 from clusters.models import Cluster
 from core.models import Run
 from deployments import health as deployment_health
+from deployments import services as deployment_services
 from deployments.choices import DeploymentStatus
 from deployments.models import Deployment
 from hardware import services as hardware_services
@@ -55,6 +56,8 @@ def calls(monkeypatch):
     monkeypatch.setattr(cluster_services, "rerun_registration", record("cluster.register"))
     monkeypatch.setattr(hardware_services, "start_collection", record("hardware.collect"))
     monkeypatch.setattr(deployment_health, "sweep", record("deployment sweep"))
+    monkeypatch.setattr(cluster_services, "request_delete", record("cluster.delete"))
+    monkeypatch.setattr(deployment_services, "start_delete", record("deployment.delete"))
     return seen
 
 
@@ -120,3 +123,25 @@ def test_the_api_twins_permission_allows_the_action(
     response = _act(client, changelist, action, cluster.pk if changelist == CLUSTERS else deployment.pk)
     assert response.status_code == 302
     assert calls == [started]
+
+
+@pytest.mark.parametrize("changelist", [CLUSTERS, DEPLOYMENTS])
+def test_the_delete_button_needs_the_delete_permission(make_user, view_only_staff, rows, calls, changelist):
+    cluster, deployment = rows
+    url = f"{changelist}{(cluster if changelist == CLUSTERS else deployment).pk}/delete/"
+    client = Client()
+    client.force_login(view_only_staff)
+    assert client.get(url).status_code == 403
+    assert client.post(url, {"post": "yes", "force": "on"}).status_code == 403
+    assert calls == [] and not Run.objects.exists()
+    assert (
+        Cluster.objects.filter(pk=cluster.pk).exists()
+        and Deployment.objects.filter(pk=deployment.pk).exists()
+    )
+
+    model = "cluster" if changelist == CLUSTERS else "deployment"
+    app = "clusters" if changelist == CLUSTERS else "deployments"
+    client.force_login(make_user("deleter", f"{app}.view_{model}", f"{app}.delete_{model}", staff=True))
+    assert client.get(url).status_code == 200  # the confirmation page
+    assert client.post(url, {"post": "yes", "force": "on"}).status_code == 302
+    assert calls == [f"{model}.delete"]

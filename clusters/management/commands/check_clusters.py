@@ -1,8 +1,13 @@
-"""Run the cluster health sweep now and print the transitions."""
+"""Run the cluster health sweep now and print the transitions.
+
+A cluster whose API server BudCluster's own address guard refuses is not checked: that is this process's
+configuration (typically ``BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS`` off here while the service runs with it on), not the
+cluster's health, so its status is left alone and the command names it and exits with status 1.
+"""
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from clusters import services
 
@@ -20,3 +25,14 @@ class Command(BaseCommand):
             self.stdout.write(f"  {name}: {old} → {new}")
         if not report.transitions:
             self.stdout.write("  no status changed")
+        if report.refused:
+            self.stderr.write(
+                "not checked: BudCluster's outbound-address guard refused to connect to these API servers in this "
+                "process; their status is unchanged:"
+            )
+            for name, why in report.refused:
+                self.stderr.write(f"  {name}: {why}")
+            raise CommandError(
+                f"{len(report.refused)} cluster(s) not checked: a configuration error of this process, not of the "
+                "clusters (run the command with the settings the service has: see README, make run)"
+            )

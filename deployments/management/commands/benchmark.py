@@ -4,22 +4,35 @@
         [--input-tokens N --output-tokens N --rate R --endpoint chat|completions|embeddings --timeout S]
 
 DEPLOYMENT is an id or a name.  The same service as the API (``benchmarking.run_benchmark``) runs in this
-process (no Celery worker needed) and stores a ``Benchmark`` row like any other.  Ctrl-C stops the requests
-cleanly: what finished is stored, marked partial, and printed.
+process (no Celery worker needed) and stores a ``Benchmark`` row like any other, as the ``deployment.benchmark``
+run this process carries out (``core.workflow.start_in_process``): it is listed under /runs with its progress, can
+be cancelled through the API, and while it runs the deployment has a run in progress.
+
+Ctrl-C or SIGTERM stops the requests cleanly: what finished is stored, marked partial and printed, the benchmark
+and its run end cancelled, and the command exits with 128 + the signal number (a second signal stops at once; the
+row and run are closed all the same).  A process killed outright (SIGKILL) cannot close anything: its heartbeat
+stops, and the reaper ends the run and the benchmark as failed, naming the process (``WORKFLOW_STALE_AFTER``).
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 from rest_framework import serializers
 from tqdm import tqdm
 
+from core import workflow
+from core.workflow import Cancelled
 from deployments import benchmarking
-from deployments.models import Deployment
+from deployments.models import Benchmark, Deployment
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 ROWS = (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms"), ("ITL", "itl_ms"), ("E2E", "e2e_ms"))
 
@@ -135,11 +148,33 @@ class Command(BaseCommand):
             options["targets"] = {k: v for k, v in targets.items() if v is not None}
         return options
 
+    def _start(self, deployment: Deployment, opts: dict) -> tuple[Benchmark, Any]:
+        """The row and the run this process carries out, stored together (``benchmarking.start_benchmark``'s
+        shape, without a worker)."""
+        what = f"{opts['requests']} requests at concurrency " + (
+            ",".join(map(str, opts["sweep"])) if opts.get("sweep") else str(opts["concurrency"])
+        )
+        owner = f"manage.py benchmark (pid {os.getpid()} on {socket.gethostname()})"
+        with transaction.atomic():
+            row = Benchmark.objects.create(
+                deployment=deployment, options=opts, targets=opts["targets"], margin=opts["margin"]
+            )
+            run = workflow.start_in_process(
+                "deployment.benchmark",
+                owner=owner,
+                subject=deployment,
+                params={"deployment_id": deployment.pk, "benchmark_id": row.pk},
+                title=f"Benchmark {deployment.name}: {what} (manage.py benchmark)",
+            )
+            Benchmark.objects.filter(pk=row.pk).update(run=run)
+            row.run = run
+        return row, run
+
     def handle(self, *args, **o) -> None:
         deployment = self._deployment(o["deployment"])
         options = self._options(o)
         try:
-            benchmarking.clean_options(options)
+            opts = benchmarking.clean_options(options)
         except serializers.ValidationError as exc:
             raise CommandError("invalid options: " + "; ".join(benchmarking._flatten(exc.detail))) from None
         if not o["force"]:
@@ -148,9 +183,18 @@ class Command(BaseCommand):
             except benchmarking.BenchmarkRefused as exc:
                 raise CommandError(f"{exc} (--force benchmarks anyway)") from None
 
-        # Ctrl-C asks the load generator to stop; what finished is stored (partial) and printed.
+        # Ctrl-C or SIGTERM asks the load generator to stop; what finished is stored (partial) and printed. The
+        # handler only sets a flag: the main thread does the writing. A second signal interrupts at once.
         stop = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+        received: list[int] = []
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            if stop.is_set():
+                raise KeyboardInterrupt
+            received.append(signum)
+            stop.set()
+
+        previous = {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
         bar = tqdm(total=None, unit="req", disable=o["no_progress"], file=self.stderr._out)
 
         def progress(done: int, total: int) -> None:
@@ -159,20 +203,35 @@ class Command(BaseCommand):
             bar.n = done
             bar.refresh()
 
-        self.stdout.write(f"Benchmarking {deployment.name} at {deployment.endpoint_url} ...")
-        started = deployment.benchmarks.order_by("-pk").values_list("pk", flat=True).first() or 0
+        def measure(ctx: workflow.StepContext) -> dict:
+            return benchmarking.run_benchmark(
+                deployment, options, ctx=ctx, benchmark=row, progress=progress, cancel=stop
+            )
+
         try:
-            result = benchmarking.run_benchmark(deployment, options, progress=progress, cancel=stop)
-        except benchmarking.BenchmarkError as exc:
-            # Every request failed (or it could not start): show what was measured, then fail.
-            row = deployment.benchmarks.filter(pk__gt=started).order_by("-pk").first()
-            if row is not None and row.summary:
-                self.stdout.write("\n".join(summary_lines(row.summary)))
-            raise CommandError(str(exc)) from None
+            row, run = self._start(deployment, opts)
+            self.stdout.write(
+                f"Benchmarking {deployment.name} at {deployment.endpoint_url} (run {run.pk}) ..."
+            )
+            try:
+                result = workflow.carry_out_in_process(run, measure)
+            except Cancelled:
+                # Stored as cancelled with what finished (this process's stop, or the run's cancel).
+                row.refresh_from_db()
+                result = benchmarking.result_dict(row)
+            except benchmarking.BenchmarkError as exc:
+                # Every request failed (or it could not start): show what was measured, then fail.
+                row.refresh_from_db()
+                if row.summary:
+                    self.stdout.write("\n".join(summary_lines(row.summary)))
+                raise CommandError(str(exc)) from None
+            except KeyboardInterrupt:  # a second signal: the row and the run were closed on the way out
+                raise SystemExit(128 + (received[0] if received else signal.SIGINT)) from None
         finally:
             bar.close()
-            signal.signal(signal.SIGINT, previous)
-        row = deployment.benchmarks.get(pk=result["benchmark_id"])
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        row.refresh_from_db()
         self.stdout.write(
             f"\nBenchmark {row.pk}: {row.status}"
             + (" (partial: stopped early)" if row.partial else "")
@@ -182,3 +241,5 @@ class Command(BaseCommand):
             self.stdout.write("\n".join(sweep_lines(row.sweep)) + "\n")
             self.stdout.write(f"Last point (concurrency {result.get('concurrency')}):")
         self.stdout.write("\n".join(summary_lines(result)))
+        if received:
+            raise SystemExit(128 + received[0])
