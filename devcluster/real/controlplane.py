@@ -98,6 +98,10 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+# Seconds kube-apiserver may take to exit on SIGTERM before it is killed (see ControlPlane.stop).
+APISERVER_STOP_GRACE = 2.0
+
+
 @dataclass
 class Component:
     name: str
@@ -213,7 +217,10 @@ class ControlPlane:
         for name in ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             comp = self.components.get(name)
             if comp is not None:
-                comp.stop()
+                # kube-apiserver's graceful shutdown outlasts any grace we would give it (measured: still running
+                # after 10 s with no client left); nothing of the test cluster lives in it (etcd, stopped after it
+                # and gracefully, holds the state), so it gets a short grace before SIGKILL.
+                comp.stop(timeout=APISERVER_STOP_GRACE if name == "kube-apiserver" else 10.0)
         if self._own_workdir and self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 

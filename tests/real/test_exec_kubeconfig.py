@@ -30,6 +30,10 @@ from tests.worker import run_finished, wait_for
 # teardown playbook, whose garbage collection would race the script re-creating them).
 real_cluster = real_cluster_fixture(scope="module")
 
+# All of this module's tests in pytest-django's transactional group: it runs database tests, transactional ones
+# and the rest in three passes, and a module split across passes would start its control plane twice.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "budcluster-kubeconfig.sh"
 ROLE_FILE = ROOT / "playbooks" / "files" / "budcluster-clusterrole.yaml"
