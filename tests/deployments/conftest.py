@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -126,7 +127,7 @@ def restore_baseline(dc: DevCluster, baseline: Baseline) -> None:
 
 
 @pytest.fixture
-def gpu_reset(gpu, gpu_baseline, worker) -> DevCluster:
+def gpu_reset(gpu, gpu_baseline, worker) -> Iterator[DevCluster]:
     """The prepared devcluster for one test; afterwards (runs settled first, so none of them is still creating
     objects) it is put back to the baseline."""
     yield gpu

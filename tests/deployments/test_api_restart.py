@@ -30,7 +30,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 # The weights transfer Job runs long enough to be caught in the middle by the restart.
 SIM = SimConfig(job_duration=5.0)
-# This module's `gpu`: the conftest's cluster fixture registers it; a state directory makes restarts keep it.
+# This module's `gpu`: the conftest's cluster fixture stores it; a state directory makes restarts keep it.
 gpu = devcluster_fixture(name="gpu", nodes="gpu-mixed", scope="module", sim_config=SIM, state_dir=True)
 
 SMALL = {"model": "llama-3.1-8b-instruct", "context_len": 4096, "concurrency": 8}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -59,11 +60,40 @@ def batch(kube_api: Any) -> client.BatchV1Api:
     return client.BatchV1Api(kube_api)
 
 
-@pytest.fixture
-def ns(core: client.CoreV1Api) -> Iterator[str]:
-    """A fresh namespace per test; deleting it frees whatever the test scheduled."""
+@contextmanager
+def _namespace(core: client.CoreV1Api) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
     wait_for(lambda: name not in {n.metadata.name for n in core.list_namespace().items}, timeout=10)
+
+
+@pytest.fixture
+def ns(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace per test; deleting it frees whatever the test scheduled."""
+    with _namespace(core) as name:
+        yield name
+
+
+def _node_labels(core: client.CoreV1Api) -> dict[str, dict[str, str]]:
+    return {n.metadata.name: dict(n.metadata.labels or {}) for n in core.list_node().items}
+
+
+@pytest.fixture
+def collector_ns(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace for a test that runs collectors (NFD, GFD, the AMD labeller). The labels they publish
+    stay on the nodes when their pods go, as the real ones do; so once the namespace is gone the nodes get their
+    labels from before the test back, and the module's next test sees the preset's nodes unlabelled."""
+    before = _node_labels(core)
+    with _namespace(core) as name:
+        yield name
+    for node, labels in _node_labels(core).items():
+        was = before.get(node, {})
+        if labels != was:
+            # A merge patch: a key set to None is removed, the others get their old value back.
+            undo = {k: None for k in labels if k not in was} | {
+                k: v for k, v in was.items() if labels.get(k) != v
+            }
+            core.patch_node(node, {"metadata": {"labels": undo}})
+    assert _node_labels(core) == before

@@ -177,7 +177,9 @@ def test_daemonset_runs_one_pod_per_eligible_node(apps, core, ns):
     assert len(nodes) == len(set(nodes)) == total - 1 and "control-plane-0" not in nodes
 
 
-def test_feature_labels_appear_only_after_collectors_run(gpu_cluster, apps, core, ns):
+def test_feature_labels_appear_only_after_collectors_run(gpu_cluster, apps, core, collector_ns):
+    ns = collector_ns
+
     def labels(node: str) -> dict:
         return core.read_node(node).metadata.labels
 
@@ -298,7 +300,11 @@ def test_collector_kind_recognises_the_collectors_the_chart_deploys():
     assert hardware.collector_kind(plugin) is None
 
 
-def test_amd_labeller_from_the_chart_labels_the_mi300x_node_once_nfd_found_it(gpu_cluster, apps, core, ns):
+def test_amd_labeller_from_the_chart_labels_the_mi300x_node_once_nfd_found_it(
+    gpu_cluster, apps, core, collector_ns
+):
+    ns = collector_ns
+
     chart_spec = _chart_daemonset("amd-gpu-labeller")["spec"]["template"]["spec"]
     apps.create_namespaced_daemon_set(
         ns,

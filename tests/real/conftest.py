@@ -43,3 +43,15 @@ def registered(api, worker, real_cluster, settings):  # noqa: F811
     with services.gateway_for(cluster) as gw:
         refresh_inventory(cluster, gw)
     return cluster
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The devcluster fidelity table (tests/real/test_fidelity.py), when its comparisons ran this session."""
+    import sys
+
+    fidelity = sys.modules.get("tests.real.test_fidelity")
+    lines = fidelity.summary_lines() if fidelity is not None else []
+    if lines:
+        terminalreporter.section("devcluster fidelity")
+        for line in lines:
+            terminalreporter.write_line(line)
