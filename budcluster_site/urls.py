@@ -6,17 +6,24 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from core.api import health
 
+from . import dashboard
+
 admin.site.site_header = "BudCluster"
 admin.site.site_title = "BudCluster admin"
 admin.site.index_title = "Clusters, deployments and runs"
 # "View site": the service has no front page (its root is the REST API, which answers JSON), so the admin's
 # link leads to the API documentation, which a signed-in operator may read.
 admin.site.site_url = "/docs"
+# The admin index is the fleet dashboard (budcluster_site/dashboard.py), with the apps' list below it.
+admin.site.index_template = "admin/fleet/index.html"
 
 urlpatterns = [
     path("health", health.health, name="health"),
     path("health/db", health.health_db, name="health-db"),
     path("health/broker", health.health_broker, name="health-broker"),
+    # Before admin.site.urls, so these win over the admin's own index and catch-all.
+    path("admin/", admin.site.admin_view(dashboard.index), name="fleet-index"),
+    path("admin/fleet/runs/", admin.site.admin_view(dashboard.runs_fragment), name="fleet-runs"),
     path("admin/", admin.site.urls),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     # The split view serves Swagger UI's start-up script from /docs?script: no inline script, so the

@@ -9,7 +9,8 @@ deployment's status and workers, as the health beat does; there is no API call f
 Deleting (the page's Delete button or the list action) never drops the row: after a confirmation page listing
 what leaves the cluster (the namespace, the releases and their objects, the pods and the GPUs they hold) it starts
 ``services.start_delete``'s run, as ``DELETE /deployments/{id}`` does, and opens the run's page. A cluster's
-deletion page lists the deployments on it through ``clusters.admin.describe_deletion``.
+deletion page lists the deployments on it through ``clusters.admin.describe_deletion``, and the clusters list
+shows each cluster's deployment counts (this app's subclass of hardware's cluster admin).
 
 Benchmarks: a list with the key numbers and the verdict against the targets as the badge, and a read-only page
 with the summary table and the plots inline (the images come from an admin view that checks the view permission
@@ -21,6 +22,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -31,6 +34,7 @@ from clusters.admin import describe_deletion
 from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.models import Cluster, Release
 from core.admin import CheckedActions, DeleteThroughRun, ReadOnlyInline, status_badge
+from hardware.admin import ClusterInventoryAdmin
 
 from . import health, services
 from .catalog import list_models
@@ -133,6 +137,45 @@ def _deployments_on_cluster(cluster: Cluster) -> list[str]:
         "releases, pods and GPUs are removed with the cluster's"
         for d in deployments.order_by("name")
     ]
+
+
+class ClusterDeploymentsAdmin(ClusterInventoryAdmin):
+    """The clusters admin (with hardware's inventory) plus each cluster's deployment counts in the list, for users
+    who may view deployments. Subqueries, not a join: a join with deployments would multiply the node figures."""
+
+    def get_list_display(self, request):
+        shown = super().get_list_display(request)
+        if not request.user.has_perm("deployments.view_deployment"):
+            return shown
+        after = shown.index("accelerators") + 1 if "accelerators" in shown else len(shown)
+        return (*shown[:after], "deployment_count", *shown[after:])
+
+    def get_queryset(self, request):
+        live = Deployment.objects.filter(cluster=OuterRef("pk")).exclude(status=DeploymentStatus.DELETED)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _deployments=Coalesce(Subquery(_count(live)), 0),
+                _running=Coalesce(Subquery(_count(live.filter(status=DeploymentStatus.RUNNING))), 0),
+            )
+        )
+
+    @admin.display(description="deployments (running)", ordering="_deployments")
+    def deployment_count(self, obj: Cluster) -> str:
+        if not hasattr(obj, "_deployments"):
+            return "-"
+        return f"{obj._deployments} ({obj._running})"
+
+
+def _count(queryset):
+    """``queryset``'s row count as a one-value subquery."""
+    return queryset.order_by().values("cluster").annotate(n=Count("pk")).values("n")
+
+
+# hardware.admin registered its ClusterInventoryAdmin on import (above); this one adds to it.
+admin.site.unregister(Cluster)
+admin.site.register(Cluster, ClusterDeploymentsAdmin)
 
 
 @admin.register(Deployment)

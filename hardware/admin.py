@@ -10,14 +10,18 @@ holds whatever order the admin autodiscovery imports the apps in.
 from __future__ import annotations
 
 from django.contrib import admin
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 
 from clusters.admin import ClusterAdmin
 from clusters.models import Cluster
 from core.admin import ReadOnlyInline, start_each
 
 from . import services
+from .choices import AcceleratorType
 from .models import Node
+
+# Accelerators are GPUs and HPUs: a CPU-only node's devices are not counted.
+_ACCELERATOR_NODES = ~Q(nodes__accelerator_type=AcceleratorType.CPU)
 
 
 @admin.register(Node)
@@ -51,10 +55,15 @@ class NodeInline(ReadOnlyInline):
 
 
 class ClusterInventoryAdmin(ClusterAdmin):
-    """The clusters admin with node counts in the list, each cluster's nodes inline and the node collection
-    action."""
+    """The clusters admin with node and accelerator counts in the list, each cluster's nodes inline and the node
+    collection action."""
 
-    list_display = (*ClusterAdmin.list_display[:3], "node_count", *ClusterAdmin.list_display[3:])
+    list_display = (
+        *ClusterAdmin.list_display[:3],
+        "node_count",
+        "accelerators",
+        *ClusterAdmin.list_display[3:],
+    )
     inlines = (NodeInline, *ClusterAdmin.inlines)
     actions = (*ClusterAdmin.actions, "collect_node_info")
 
@@ -63,7 +72,11 @@ class ClusterInventoryAdmin(ClusterAdmin):
             super()
             .get_queryset(request)
             .annotate(
-                _nodes=Count("nodes", distinct=True), _ready=Count("nodes", filter=Q(nodes__ready=True))
+                _nodes=Count("nodes", distinct=True),
+                _ready=Count("nodes", filter=Q(nodes__ready=True)),
+                # One join over nodes for all four figures: sums over it count each node once.
+                _accelerators=Sum("nodes__accelerator_count", filter=_ACCELERATOR_NODES),
+                _free=Sum("nodes__free_accelerators", filter=_ACCELERATOR_NODES),
             )
         )
 
@@ -72,6 +85,12 @@ class ClusterInventoryAdmin(ClusterAdmin):
         if not hasattr(obj, "_nodes"):
             return "-"
         return f"{obj._nodes} ({obj._ready})"
+
+    @admin.display(description="GPUs total / free", ordering="_accelerators")
+    def accelerators(self, obj: Cluster) -> str:
+        if not hasattr(obj, "_accelerators"):
+            return "-"
+        return f"{obj._accelerators or 0} / {obj._free or 0}"
 
     @admin.action(
         description="Collect node information (roll out collectors, refresh inventory)",
