@@ -27,11 +27,13 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, OuterRef, Q, Subquery, Sum
 from django.template.response import TemplateResponse
 
+from clusters.admin import CLUSTER_COLOURS
 from clusters.choices import ClusterStatus
 from clusters.models import Cluster
 from core.admin import status_badge
 from core.choices import RunStatus, StepStatus
 from core.models import Run, RunStep
+from deployments.admin import STATUS_COLOURS as DEPLOYMENT_COLOURS
 from deployments.choices import DeploymentStatus
 from deployments.models import Deployment
 from hardware.choices import AcceleratorType
@@ -44,23 +46,6 @@ ATTENTION_LIMIT = 25  # deployments that are not running, listed with their reas
 RUNS_LIMIT = 20  # runs in progress shown
 FAILURES_LIMIT = 10  # recent failed runs shown
 REFRESH_SECONDS = 5  # how often the runs fragment is fetched again
-
-CLUSTER_COLOURS = {
-    ClusterStatus.AVAILABLE: "succeeded",
-    ClusterStatus.NOT_AVAILABLE: "cleaning_up",
-    ClusterStatus.ERROR: "failed",
-    ClusterStatus.REGISTERING: "running",
-    ClusterStatus.PROVISIONING: "running",
-    ClusterStatus.DELETING: "cancelled",
-}
-DEPLOYMENT_COLOURS = {
-    DeploymentStatus.PENDING: "pending",
-    DeploymentStatus.DEPLOYING: "running",
-    DeploymentStatus.RUNNING: "succeeded",
-    DeploymentStatus.DEGRADED: "cleaning_up",
-    DeploymentStatus.FAILED: "failed",
-    DeploymentStatus.DELETING: "cancelled",
-}
 
 
 def _by_status(queryset, choices, colours) -> list[dict]:

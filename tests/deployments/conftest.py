@@ -165,3 +165,17 @@ def registered_cluster(api, gpu_reset) -> Cluster:
     run = finished(response.json()["run_id"], timeout=90)
     assert run.status == RunStatus.SUCCEEDED, run.error
     return Cluster.objects.get(name="gpu-mixed")
+
+
+def namespace_objects(cluster, namespace: str) -> dict[str, list[str]]:
+    """Names of the workload objects in ``namespace`` of the cluster, by kind (duplicate checks)."""
+    from clusters.services import gateway_for
+
+    with gateway_for(cluster) as gw:
+        return {
+            kind: sorted(o["metadata"]["name"] for o in gw.list(api_version, kind, namespace))
+            for kind, api_version in (
+                ("Deployment", "apps/v1"), ("Service", "v1"), ("Job", "batch/v1"),
+                ("PersistentVolumeClaim", "v1"), ("Pod", "v1"), ("ReplicaSet", "apps/v1"),
+            )
+        }  # fmt: skip

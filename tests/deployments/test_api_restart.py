@@ -24,7 +24,7 @@ from devcluster.testing import devcluster_fixture
 from tests.conftest import WORKER_ENV
 from tests.worker import armed_worker, wait_for
 
-from .conftest import finished
+from .conftest import finished, namespace_objects
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -49,22 +49,11 @@ def _step(run_id: str, name: str) -> RunStep:
     return RunStep.objects.get(run_id=run_id, name=name)
 
 
-def _objects(cluster, namespace: str) -> dict[str, list[str]]:
-    with gateway_for(cluster) as gw:
-        return {
-            kind: sorted(o["metadata"]["name"] for o in gw.list(api_version, kind, namespace))
-            for kind, api_version in (
-                ("Deployment", "apps/v1"), ("Service", "v1"), ("Job", "batch/v1"),
-                ("PersistentVolumeClaim", "v1"), ("Pod", "v1"), ("ReplicaSet", "apps/v1"),
-            )
-        }  # fmt: skip
-
-
 def _assert_deployed_once(run: Run, deployment: Deployment, cluster) -> None:
     assert run.status == RunStatus.SUCCEEDED, run.error
     deployment.refresh_from_db()
     assert deployment.status == "running"
-    objects = _objects(cluster, deployment.namespace)
+    objects = namespace_objects(cluster, deployment.namespace)
     assert objects["Deployment"] == [deployment.name] and objects["Service"] == [deployment.name]
     assert objects["Job"] == ["model-transfer"] and objects["PersistentVolumeClaim"] == ["model-weights"]
     assert len(objects["ReplicaSet"]) == 1 and len(objects["Pod"]) == 2  # one transfer pod, one worker

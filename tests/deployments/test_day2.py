@@ -14,7 +14,7 @@ from deployments.models import Deployment, DeploymentEvent
 from tests.conftest import WORKER_ENV
 from tests.worker import armed_worker, crash_inside_each_step, kill_worker_during_step, wait_for
 
-from .conftest import SIM, finished
+from .conftest import SIM, finished, namespace_objects
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,17 +36,6 @@ def _running(api, cluster, name: str, **extra) -> Deployment:
     assert run.status == RunStatus.SUCCEEDED, run.error
     deployment.refresh_from_db()
     return deployment
-
-
-def _objects(cluster, namespace: str) -> dict[str, list[str]]:
-    with gateway_for(cluster) as gw:
-        return {
-            kind: sorted(o["metadata"]["name"] for o in gw.list(api_version, kind, namespace))
-            for kind, api_version in (
-                ("Deployment", "apps/v1"), ("Service", "v1"), ("Job", "batch/v1"),
-                ("PersistentVolumeClaim", "v1"), ("Pod", "v1"), ("ReplicaSet", "apps/v1"),
-            )
-        }  # fmt: skip
 
 
 def test_scale_upgrade_and_rollback_create_revisions(api, cluster):
@@ -137,7 +126,7 @@ def test_pods_that_cannot_pull_fail_with_the_reason_verbatim(api, cluster):
     deployment.refresh_from_db()
     assert deployment.status == "failed" and "ImagePull" in deployment.reason
     # keep_on_failure: the namespace stays for inspection, the workers show why.
-    assert _objects(cluster, deployment.namespace)["Deployment"] == ["badimage"]
+    assert namespace_objects(cluster, deployment.namespace)["Deployment"] == ["badimage"]
     assert "ImagePull" in deployment.workers.get().reason
 
 
@@ -155,7 +144,7 @@ def test_worker_killed_during_install_run_completes_once_without_duplicates(
     assert run.events.filter(status="succeeded", step="").count() == 1
     deployment.refresh_from_db()
     assert deployment.status == "running"
-    objects = _objects(cluster, deployment.namespace)
+    objects = namespace_objects(cluster, deployment.namespace)
     assert objects["Deployment"] == ["killed"] and objects["Service"] == ["killed"]
     assert objects["Job"] == ["model-transfer"] and objects["PersistentVolumeClaim"] == ["model-weights"]
     assert len(objects["ReplicaSet"]) == 1 and len(objects["Pod"]) == 2  # one runtime pod, one transfer pod
@@ -179,7 +168,8 @@ def test_cancelled_pending_delete_leaves_deleting_and_can_be_repeated(api, clust
     assert run.steps.get(name="delete_failed").status == StepStatus.SUCCEEDED
     deployment.refresh_from_db()
     assert deployment.status == "failed" and "cancel" in deployment.reason
-    assert _objects(cluster, deployment.namespace)["Deployment"] == ["undeleted"]  # nothing was removed
+    # Nothing was removed.
+    assert namespace_objects(cluster, deployment.namespace)["Deployment"] == ["undeleted"]
 
     again = api.delete(f"/deployments/{deployment.pk}")
     assert again.status_code == 202, again.json()
@@ -246,7 +236,7 @@ def test_fault_matrix_deploy_and_delete_survive_a_kill_inside_every_step(api, cl
         assert run.events.filter(step=step, status="failpoint").count() == 1, step
         assert run.events.filter(step=step, message__contains="resumed on a new worker").count() == 1, step
     _one_succeeded_event_per_step(run)
-    objects = _objects(cluster, deployment.namespace)
+    objects = namespace_objects(cluster, deployment.namespace)
     assert objects["Deployment"] == ["matrix"] and objects["Service"] == ["matrix"]
     assert objects["Job"] == ["model-transfer"] and objects["PersistentVolumeClaim"] == ["model-weights"]
     assert len(objects["ReplicaSet"]) == 1 and len(objects["Pod"]) == 2
