@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
+# pytest-xdist workers for `make test` (tests/parallel.py); 2 keeps a 2-core machine busy without thrashing
+TEST_WORKERS ?= 2
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
@@ -47,7 +49,7 @@ k8s:
 test: $(VENV)/.installed-dev services k8s
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

@@ -31,6 +31,18 @@ Outage scenarios (``--outages``, or by name in ``--only``): a deploy is started 
   ``start()``; the line after the tables says whether port, CA and token were indeed the same); meanwhile the
   cluster's live health and the deployment are read through the API.
 
+Two targets aim at one point each:
+
+* ``delete-cluster-midway``: a deploy (with an HF token Secret), then the cluster deleted (force) on a worker that
+  SIGKILLs itself inside teardown after every release was marked uninstalled and before the namespaces are deleted
+  (``WORKFLOW_FAILPOINTS=teardown.uninstalled:crash``, a point inside the step's body); its "objects" column
+  counts the namespace and Secret still on the cluster after the rerun (target 0);
+* ``broker-lost-at-start`` (an outage scenario): ``POST /deployments/deploy`` with an ``Idempotency-Key`` while the
+  broker dies between the launch's check and the commit hook's send; the answer must be 202 (the run is stored),
+  the client's retry with the same key the same run, a start without a key meanwhile 503; the broker comes back
+  after ``--outage-seconds`` and the reaper sends the run. Its "objects" column counts deployments beyond one,
+  "revisions" deploy runs beyond one.
+
 Redis and PostgreSQL are never the machine's own (others use them): with ``--private-services`` (the default when
 an outage scenario is selected) the matrix starts its own instances on free ports for the whole run
 (``benchmarks/private_services.py``) and removes them at the end.
@@ -55,7 +67,7 @@ API answer meanwhile (status, error code, count); then whether the reaper had to
 of one step, and whether beat and the worker lived through it. Target: succeeded, resume within the bound, 0
 duplicates, 0 lost, only 503s while a dependency is down (never 500).
 
-Usage: python benchmarks/fault_matrix.py [--only register,deploy,...] [--outages] [--fast]
+Usage: python benchmarks/fault_matrix.py [--only register,deploy,delete-cluster-midway,...] [--outages] [--fast]
        [--private-services | --no-private-services] [--outage-seconds 10] [--outage-at wait_transfer]
 (PostgreSQL database ``budcluster_bench_faults`` and Redis db 12 by default; DATABASE_URL / CELERY_BROKER_URL
 override; with private services both point at the private instances. Logs: ``var/fault-matrix-beat.log``, the
@@ -93,11 +105,15 @@ os.environ.setdefault("PROVISIONING_POLL_INTERVAL", "0.5")
 os.environ["PROVISIONING_MODULE_OVERRIDE"] = "terraform/testing/local-cluster"
 
 WORKFLOWS = (
-    "register", "collect", "deploy", "update", "rollback", "benchmark", "delete-deployment", "delete-cluster",
-    "provision", "delete-provisioned",
+    "register", "collect", "deploy", "update", "rollback", "benchmark", "delete-deployment",
+    "delete-cluster-midway", "delete-cluster", "provision", "delete-provisioned",
 )  # fmt: skip
-OUTAGES = ("redis-restart", "postgres-restart", "kube-restart")
+OUTAGES = ("redis-restart", "postgres-restart", "kube-restart", "broker-lost-at-start")
+# The one kill point inside a step's body (``ctx.failpoint``): cluster deletion's teardown after every release
+# was marked uninstalled, before the namespaces are deleted (a namespace and its HF token Secret were left).
+MIDWAY_POINT = "teardown.uninstalled"
 KINDS = {
+    "delete-cluster-midway": "cluster.delete",
     "register": "cluster.register",
     "collect": "hardware.collect",
     "deploy": "deployment.deploy",
@@ -287,7 +303,11 @@ class Matrix:
         try:
             for name in wanted:
                 try:
-                    if name in OUTAGES:
+                    if name == "delete-cluster-midway":
+                        self.kill_mid_teardown()
+                    elif name == "broker-lost-at-start":
+                        self.broker_lost_at_start()
+                    elif name in OUTAGES:
                         self.outage(name)
                     else:
                         self.crash_each_step(name)
@@ -334,11 +354,11 @@ class Matrix:
         cluster = self.state["cluster"]
         return cluster, self._accepted(self.api.post(f"/clusters/{cluster.pk}/collect-node-info"))
 
-    def _deploy(self, name: str):
+    def _deploy(self, name: str, **extra):
         from deployments.models import Deployment
 
         body = {"cluster": self.state["cluster"].pk, "name": name, "model": "llama-3.1-8b-instruct",
-                "context_len": 4096, "concurrency": 8}  # fmt: skip
+                "context_len": 4096, "concurrency": 8, **extra}  # fmt: skip
         response = self.api.post("/deployments/deploy", body, format="json")
         run_id = self._accepted(response)
         return Deployment.objects.get(pk=response.json()["deployment_id"]), run_id
@@ -552,6 +572,138 @@ class Matrix:
             cluster = Cluster.objects.get(pk=subject.pk)
             return f"cluster {cluster.status}, {cluster.nodes.count()} nodes in the inventory"
         return ""
+
+    # --- the kill point inside cluster deletion's teardown ------------------------------------------------------
+
+    def kill_mid_teardown(self) -> None:
+        """Deploy (with an HF token: a Secret in its namespace), then delete the cluster (force) on a worker that
+        SIGKILLs itself after every release was marked uninstalled, before the namespaces went. The rerun must
+        still delete the namespace: "objects" counts the namespace and Secret still there after it."""
+        from core.gateway import ClusterGateway, NotFound
+        from deployments.charts import HF_SECRET
+        from tests.worker import kill_worker_during_step
+
+        name = "delete-cluster-midway"
+        self.need(name)
+        deployment, run_id = self._deploy("midway", hf_token="hf_matrix_not_a_real_token")
+        deployed = _finished(run_id, 300)
+        if deployed.status != "succeeded":
+            raise RuntimeError(f"deploy before the deletion {deployed.status}: {deployed.error[:300]}")
+        _, run = kill_worker_during_step(
+            self.session, self._start_delete_cluster, MIDWAY_POINT, name="midway", extra_env=self.env,
+            timeout=180, action="crash",
+        )  # fmt: skip
+
+        def left() -> int:
+            with ClusterGateway(self.dc.kubeconfig(REGISTERED), timeout=10, allow_loopback=True) as gw:
+                count = 0
+                for args in (
+                    ("v1", "Secret", HF_SECRET, deployment.namespace),
+                    ("v1", "Namespace", deployment.namespace),
+                ):
+                    try:
+                        gw.get(*args)
+                        count += 1
+                    except NotFound:
+                        pass
+                return count
+
+        deadline = time.monotonic() + 60  # a namespace being deleted terminates first
+        while (objects := left()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        step = MIDWAY_POINT.partition(".")[0]
+        killed = run.events.filter(step=step, status="failpoint").order_by("id").first()
+        resumed = (
+            run.events.filter(step=step, message__contains="resumed on a new worker").order_by("id").first()
+        )
+        seconds = (resumed.created_at - killed.created_at).total_seconds() if killed and resumed else None
+        events = max(0, run.events.filter(step=step, status="succeeded").count() - 1)
+        self.rows.append((name, MIDWAY_POINT, run.status, seconds, objects, 0, events, bool(killed)))
+        line = (
+            f"{name}: {run.status}; namespace {deployment.namespace} and Secret {HF_SECRET} left on the "
+            f"cluster: {objects}; resumed_count {run.resumed_count}"
+        )
+        self.notes.append(line)
+        print(line, flush=True)
+
+    # --- a start whose broker goes away after the commit ---------------------------------------------------------
+
+    def broker_lost_at_start(self) -> None:
+        """``POST /deployments/deploy`` (with an ``Idempotency-Key``) while the broker dies between the launch's
+        check and the commit hook's send: 202 and a PENDING run; the client's retry with the same key while the
+        broker is down gets the same run; a start without a key meanwhile is refused (503, nothing stored); the
+        broker comes back after ``--outage-seconds`` and the reaper sends the run, which must succeed once, with
+        one deployment of that name."""
+        from django.db import transaction
+        from django.db.models.signals import post_save
+        from django.utils import timezone
+
+        from core.models import Run
+        from deployments.models import Deployment
+
+        name = "broker-lost-at-start"
+        self.need(name)
+        broker = self.services[1]
+        body = {"cluster": self.state["cluster"].pk, "name": "brokerless", "model": "llama-3.1-8b-instruct",
+                "context_len": 4096, "concurrency": 8, "hf_token": "hf_matrix_not_a_real_token"}  # fmt: skip
+        key = {"HTTP_IDEMPOTENCY_KEY": "matrix-brokerless-1"}
+
+        def broker_dies(sender, instance, created, **kwargs):
+            if created:
+                transaction.on_commit(broker.stop)
+
+        post_save.connect(broker_dies, sender=Run)
+        try:
+            first = self.probe.post("/deployments/deploy", body, format="json", **key)
+        finally:
+            post_save.disconnect(broker_dies, sender=Run)
+        began = time.monotonic()
+        answers: collections.Counter = collections.Counter(
+            {("POST deploy (the start)", _answer(lambda: first)): 1}
+        )
+        run_id = first.json().get("run_id") if first.status_code == 202 else None
+        retry = self.probe.post("/deployments/deploy", body, format="json", **key)
+        same = run_id is not None and retry.status_code == 202 and retry.json().get("run_id") == run_id
+        answers[("POST deploy (retry, same key)", _answer(lambda: retry))] += 1
+        other = {**body, "name": "brokerless-2"}
+        answers[
+            (
+                "POST deploy (no key)",
+                _answer(lambda: self.probe.post("/deployments/deploy", other, format="json")),
+            )
+        ] += 1
+        time.sleep(max(0.0, self.args.outage_seconds - (time.monotonic() - began)))
+        broker.start()
+        back = timezone.now()
+        outage = time.monotonic() - began
+        if run_id is None:
+            raise RuntimeError(f"the start was not accepted: {first.status_code} {first.content[:300]!r}")
+        run = _db_wait(lambda: _terminal(run_id), timeout=600, what=f"run {run_id} to finish")
+        started = run.events.filter(step="", status="running").order_by("id").first()
+        deployment = Deployment.objects.get(pk=first.json()["deployment_id"])
+        # "objects": deployments beyond the one started (a retry that made a second); "revisions": runs beyond one.
+        extra_deployments = Deployment.objects.filter(name__startswith="brokerless").count() - 1
+        extra_runs = Run.objects.filter(kind="deployment.deploy", subject_id=str(deployment.pk)).count() - 1
+        self.outage_rows.append(
+            {
+                "scenario": name, "at": "POST deploy", "outage": outage, "noticed": None, "status": run.status,
+                "resume": (started.created_at - back).total_seconds() if started else None,
+                "finish": (run.finished_at - back).total_seconds() if run.finished_at else None,
+                "bound": float(self.settings.WORKFLOW_STALE_AFTER) + REAPER_PERIOD,
+                "objects": _namespace_duplicates(deployment) + extra_deployments, "revisions": extra_runs,
+                "events": 0, "lost": 0, "answers": answers,
+                "after": {"retry with the same Idempotency-Key got the first run": "yes" if same else "NO"},
+                "deployment": Deployment.objects.get(pk=deployment.pk).status, "error": run.error[:300],
+                "last_step": "", "reaped": run.events.filter(status="resumed").count(),
+                "attempts": max(run.steps.values_list("attempt", flat=True)),
+                "beat": "alive" if self.beat.poll() is None else f"exited {self.beat.returncode}",
+                "worker": "alive" if self.session.proc.poll() is None else f"exited {self.session.proc.returncode}",
+            }
+        )  # fmt: skip
+        print(f"{name}: {run.status}; retry got the same run: {same}", flush=True)
+        response = self.api.delete(f"/deployments/{deployment.pk}")
+        if response.status_code == 202:
+            _finished(response.json()["run_id"], 300)
 
     # --- outages ----------------------------------------------------------------------------------------------
 

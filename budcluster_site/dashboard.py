@@ -19,12 +19,11 @@ three clusters or three thousand; the lists are capped (the full lists are one c
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, OuterRef, Subquery
 from django.template.response import TemplateResponse
 
 from clusters.admin import CLUSTER_COLOURS
@@ -36,7 +35,8 @@ from core.models import Run, RunStep
 from deployments.admin import STATUS_COLOURS as DEPLOYMENT_COLOURS
 from deployments.choices import DeploymentStatus
 from deployments.models import Deployment
-from hardware.choices import AcceleratorType
+from hardware.admin import accelerators_by_model
+from hardware.admin import capacity_bars as _bars
 from hardware.models import Node
 
 # Apps whose models are the fleet itself; the others (users and groups, tokens, login attempts, Celery's beat
@@ -61,33 +61,14 @@ def _by_status(queryset, choices, colours) -> list[dict]:
 def clusters_section(*, with_nodes: bool) -> dict:
     """Clusters by status; each cluster with its nodes and accelerators by model (three queries)."""
     clusters = list(Cluster.objects.order_by("name").values("pk", "name", "status", "reason"))
-    nodes: dict[int, dict] = defaultdict(lambda: {"nodes": 0, "ready": 0, "models": []})
+    # hardware counts capacity for every page that shows it (a cluster's page reads its own nodes the same way).
+    nodes = accelerators_by_model(Node.objects.all()) if with_nodes else {}
     fleet_models: dict[str, dict] = {}
-    if with_nodes:
-        rows = (
-            Node.objects.values("cluster_id", "accelerator_type", "accelerator_model")
-            .annotate(
-                n=Count("pk"),
-                ready=Count("pk", filter=Q(ready=True)),
-                total=Sum("accelerator_count"),
-                free=Sum("free_accelerators"),
-            )
-            .order_by("cluster_id", "accelerator_model")
-        )
-        for row in rows:
-            entry = nodes[row["cluster_id"]]
-            entry["nodes"] += row["n"]
-            entry["ready"] += row["ready"]
-            if row["accelerator_type"] == AcceleratorType.CPU:
-                continue
-            model = (
-                row["accelerator_model"] or f"{AcceleratorType(row['accelerator_type']).label}, model unknown"
-            )
-            total, free = row["total"] or 0, min(row["free"] or 0, row["total"] or 0)
-            entry["models"].append({"model": model, "total": total, "free": free})
-            fleet = fleet_models.setdefault(model, {"model": model, "total": 0, "free": 0})
-            fleet["total"] += total
-            fleet["free"] += free
+    for entry in nodes.values():
+        for m in entry["models"]:
+            fleet = fleet_models.setdefault(m["model"], {"model": m["model"], "total": 0, "free": 0})
+            fleet["total"] += m["total"]
+            fleet["free"] += m["free"]
     widest = max((m["total"] for m in fleet_models.values()), default=0)
     for cluster in clusters:
         cluster.update(nodes[cluster["pk"]] if with_nodes else {})
@@ -108,14 +89,6 @@ def clusters_section(*, with_nodes: bool) -> dict:
 
 def _badge(value: str, choices, colours: dict) -> str:
     return status_badge(colours.get(value, "pending"), choices(value).label)
-
-
-def _bars(total: int, free: int, widest: int, width: int = 200) -> dict:
-    """Widths in the SVG's user units: the whole bar is ``total`` against the fleet's widest, the free part
-    (drawn green) sits at its right end."""
-    whole = round(width * total / widest) if widest else 0
-    free_width = round(whole * free / total) if total else 0
-    return {"width": width, "used": whole - free_width, "free": free_width}
 
 
 def deployments_section() -> dict:

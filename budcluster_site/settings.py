@@ -90,6 +90,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every log line written while a request is served names it (X-Request-ID, core.logformat).
+    "core.logformat.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Early: a body over API_MAX_BODY_BYTES is answered 413 before anything reads it.
     "core.api.middleware.RequestBodyLimitMiddleware",
@@ -392,8 +394,16 @@ WORKFLOW_STALE_AFTER = env_float("WORKFLOW_STALE_AFTER", 20.0)
 WORKFLOW_TRANSIENT_WINDOW = env_float("WORKFLOW_TRANSIENT_WINDOW", 300.0)
 WORKFLOW_RETRY_DELAY = env_float("WORKFLOW_RETRY_DELAY", 2.0)
 WORKFLOW_RETRY_MAX_DELAY = env_float("WORKFLOW_RETRY_MAX_DELAY", 60.0)
-# Tests only: "[kind/]step:pause|crash|crash-after" entries that stop or kill a worker at a step (core.workflow).
+# Tests only: "[kind/]step:pause|crash|crash-after" entries that stop or kill a worker at a step, and
+# "[kind/]step.point:pause|crash" at a named point inside one (core.workflow).
 WORKFLOW_FAILPOINTS = env_list("WORKFLOW_FAILPOINTS", [])
+# The checks of waiting steps ("pods ready yet?") are messages of their own task, core.check_step, routed to this
+# queue; run a worker for it beside the main one (scripts/run.sh, compose.yaml) so that checks of a cluster that
+# does not answer never hold the workers other runs' steps need. Each check gets WORKFLOW_POLL_CHECK_DEADLINE
+# seconds for all its cluster calls; a check that runs out counts as "not yet" and is tried again.
+WORKFLOW_POLL_QUEUE = env_str("WORKFLOW_POLL_QUEUE", "polls")
+WORKFLOW_POLL_CHECK_DEADLINE = env_float("WORKFLOW_POLL_CHECK_DEADLINE", 10.0)
+CELERY_TASK_ROUTES = {"core.check_step": {"queue": WORKFLOW_POLL_QUEUE}}
 # After a step succeeds, the worker runs the run's next steps itself (no broker round trip) for up to this many
 # seconds of the message's time; 0 sends every step through the broker.
 WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 5.0)
@@ -453,12 +463,19 @@ DEPLOY_VERIFY_TRIES = env_int("DEPLOY_VERIFY_TRIES", 15)
 DEPLOY_VERIFY_INTERVAL = env_float("DEPLOY_VERIFY_INTERVAL", 5.0)
 # Service type of the runtime (LoadBalancer gives the endpoint address; ClusterIP + ingress URL otherwise).
 DEPLOY_SERVICE_TYPE = env_str("DEPLOY_SERVICE_TYPE", "LoadBalancer")
+# A failed deploy whose cleanup could not reach the cluster is cleaned by the pending-cleanup beat once the cluster
+# is available again; a cleanup run that fails is tried again this many seconds after it ended.
+DEPLOY_CLEANUP_RETRY_AFTER = env_float("DEPLOY_CLEANUP_RETRY_AFTER", 600.0)
 # Pod Security Admission level a deployment's namespace enforces (warn/audit always "restricted"). vLLM images
 # run as root, so "restricted" refuses them on a real kubelet; "baseline" is as strict as they can run.
 DEPLOY_POD_SECURITY_LEVEL = env_str("DEPLOY_POD_SECURITY_LEVEL", "baseline")
 # Deployment health beat: per-deployment timeout and parallelism.
 DEPLOYMENT_HEALTH_TIMEOUT = env_float("DEPLOYMENT_HEALTH_TIMEOUT", 5.0)
 DEPLOYMENT_HEALTH_CONCURRENCY = env_int("DEPLOYMENT_HEALTH_CONCURRENCY", 16)
+# Autoscaling beat (deployments/autoscaling.py): per-call timeout of reading a replica's /metrics through the API
+# server, and how many deployments are evaluated at once.
+AUTOSCALING_SCRAPE_TIMEOUT = env_float("AUTOSCALING_SCRAPE_TIMEOUT", 5.0)
+AUTOSCALING_CONCURRENCY = env_int("AUTOSCALING_CONCURRENCY", 16)
 
 # --- benchmarks -------------------------------------------------------------------------------------------------
 BENCHMARK_MAX_REQUESTS = env_int("BENCHMARK_MAX_REQUESTS", 100_000)  # all sweep points together
@@ -478,6 +495,9 @@ PROVISIONING_STATE_BACKEND = env_str("PROVISIONING_STATE_BACKEND", "auto")  # au
 PROVISIONING_STATE_DATABASE_URL = env_str("PROVISIONING_STATE_DATABASE_URL", "")
 # Test aid: one Terraform module for every provider (e.g. terraform/testing/local-cluster).
 PROVISIONING_MODULE_OVERRIDE = env_str("PROVISIONING_MODULE_OVERRIDE", "")
+# Test aid, used only with the override: a JSON object file (0600) of variables for that module, read at each
+# provisioning request (`make run` writes one with its devcluster's spare virtual cluster once that is up).
+PROVISIONING_MODULE_VARIABLES_FILE = env_str("PROVISIONING_MODULE_VARIABLES_FILE", "")
 PROVISIONING_APPROVAL_TIMEOUT = env_float("PROVISIONING_APPROVAL_TIMEOUT", 7 * 24 * 3600.0)
 PROVISIONING_APPROVAL_POLL_INTERVAL = env_float("PROVISIONING_APPROVAL_POLL_INTERVAL", 10.0)
 # Four eyes: the user who requested a provisioning run may not approve its plan.
@@ -500,11 +520,26 @@ PLAYBOOK_TIMEOUT = env_float("PLAYBOOK_TIMEOUT", 600.0)
 
 # --- logging ----------------------------------------------------------------------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+# plain: human-readable lines; json: one JSON object per line with request_id and run_id on each (core.logformat),
+# Celery's own lines included.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ConfigError(f"LOG_FORMAT={LOG_FORMAT!r} is not one of plain, json")
+if LOG_FORMAT == "json":
+    from core import logformat as _logformat
+
+    _logformat.install()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "core.logformat.JsonFormatter"},
+    },
+    "filters": {"context": {"()": "core.logformat.ContextFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

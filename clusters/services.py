@@ -163,6 +163,19 @@ def record_event(cluster: Cluster, kind: str, message: str, old: str = "", new: 
     ClusterEvent.objects.create(cluster=cluster, kind=kind, message=message, old_status=old, new_status=new)
 
 
+def register_validated(data: dict, kubeconfig: bytes, user: Any) -> tuple[Cluster, Run]:
+    """``register_cluster`` with the validated data of a registration body (the API's and the console's form,
+    one serializer family) and the kubeconfig read from it (``read_kubeconfig_upload``)."""
+    return register_cluster(
+        name=data["name"],
+        kubeconfig=kubeconfig,
+        context=data.get("context") or None,
+        ingress_url=data.get("ingress_url", ""),
+        labels=data.get("labels") or {},
+        user=user,
+    )
+
+
 def register_cluster(
     *,
     name: str,
@@ -279,6 +292,15 @@ CLUSTER_ROLE_FILE = (
     Path(__file__).resolve().parent.parent / "playbooks" / "files" / "budcluster-clusterrole.yaml"
 )
 _OPENSHIFT_GROUP_SUFFIX = ".openshift.io"
+# What the setup playbook puts on a cluster (its namespaces, account and RBAC names).
+SETUP_VARS_FILE = Path(__file__).resolve().parent.parent / "playbooks" / "vars" / "budcluster.yml"
+
+
+def setup_namespaces() -> list[str]:
+    """The namespaces the setup playbook creates and teardown removes (``budcluster_namespaces``), read from
+    the playbooks' own variables so that pages describing a deletion name what the playbook really deletes."""
+    variables = yaml.safe_load(SETUP_VARS_FILE.read_text())
+    return list(variables.get("budcluster_namespaces") or [])
 
 
 @functools.cache

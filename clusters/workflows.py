@@ -13,7 +13,7 @@ from core import crypto
 from core.gateway import GatewayError, Unreachable
 from core.workflow import Step, StepContext, StepFailed, TransientError
 
-from .choices import ClusterStatus, Platform
+from .choices import ClusterStatus, Platform, ReleaseStatus
 from .models import Cluster, Release
 from .services import gateway_for, record_event, set_status, step_cluster, verify_connection
 
@@ -106,14 +106,20 @@ def _namespaces_left_to_playbook() -> set[str]:
 
 
 def teardown(ctx: StepContext) -> dict:
-    """Remove what BudCluster installed on the cluster (every recorded release), newest first."""
+    """Remove what BudCluster installed on the cluster (every recorded release, newest first), then the
+    namespaces of every release the cluster ever had.
+
+    Idempotent in both halves: a release is marked uninstalled as soon as its objects are gone, so a rerun after
+    a worker died here skips it; the namespaces (with what no release recorded: a deployment's Secrets, its
+    PVC) are taken from all the cluster's releases, uninstalled ones included, so the rerun still deletes the
+    namespaces the dead worker never reached (deleting one already gone is a no-op)."""
     from .releases import uninstall
 
     cluster = step_cluster(ctx)
-    releases = list(
-        Release.objects.filter(cluster=cluster).exclude(status="uninstalled").order_by("-created_at")
-    )
-    if not releases:
+    every = list(Release.objects.filter(cluster=cluster).order_by("-created_at"))
+    releases = [r for r in every if r.status != ReleaseStatus.UNINSTALLED]
+    namespaces = {r.namespace for r in every} - _namespaces_left_to_playbook()
+    if not releases and not namespaces:
         return {"releases": 0}
     try:
         with gateway_for(cluster) as gw:
@@ -122,9 +128,8 @@ def teardown(ctx: StepContext) -> dict:
                 ctx.check_cancel()
                 deleted += uninstall(gw, release)
                 ctx.event(f"uninstalled {release.namespace}/{release.name}")
-            namespaces = {r.namespace for r in releases} - _namespaces_left_to_playbook()
-            for namespace in sorted(namespaces):
-                gw.delete("v1", "Namespace", namespace)
+            ctx.failpoint("uninstalled")
+            gone = [ns for ns in sorted(namespaces) if gw.delete("v1", "Namespace", ns)]
     except GatewayError as exc:
         if not ctx.params.get("force"):
             if isinstance(exc, Unreachable):
@@ -132,7 +137,12 @@ def teardown(ctx: StepContext) -> dict:
             raise StepFailed(f"{exc}; retry, or delete with force=true to drop the record anyway") from None
         record_event(cluster, "deletion", f"cluster unreachable, nothing removed from it: {exc}")
         return {"skipped": str(exc)}
-    return {"releases": len(releases), "objects_deleted": deleted, "namespaces": sorted(namespaces)}
+    return {
+        "releases": len(releases),
+        "objects_deleted": deleted,
+        "namespaces": sorted(namespaces),
+        "namespaces_deleted": gone,
+    }
 
 
 def delete_record(ctx: StepContext) -> dict:

@@ -1,5 +1,9 @@
-"""Admin for runs (read-only, steps and events inline, a cancel action; never deleted: they are the audit trail), API
-tokens (no key is ever shown but once, on creation) and what every app's admin shares.
+"""Admin for runs (read-only; never deleted: they are the audit trail), API tokens (no key is ever shown but once, on
+creation) and what every app's admin shares.
+
+A run's page follows the run live: its status, progress bar, ETA, steps with their durations and newest events are a
+server-rendered fragment that ``core/js/refresh.js`` fetches again every two seconds while the run is active, with
+a Cancel button for who may cancel (see ``RunAdmin``).
 
 Shared: ``start_each`` (an action over the selection that calls a service), ``CheckedActions`` (an action the user
 may not run answers 403), ``ReadOnlyInline`` and ``DeleteThroughRun``: objects that own things in a cluster (a
@@ -11,6 +15,7 @@ DELETE calls, with its permission and refusals) and open that run's page.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import knox.admin  # noqa: F401  (registers knox's token admin first, so the one below replaces it)
@@ -20,17 +25,18 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponseRedirect
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 from knox.models import AuthToken
 
 from . import tokens, workflow
-from .choices import RunStatus
+from .choices import RunStatus, StepPhase, StepStatus
 from .errors import Refused
-from .models import Run, RunEvent, RunStep
+from .models import Run, RunStep
 
 STATUS_COLOURS = {
     "pending": "#6c757d",
@@ -201,49 +207,145 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-class RunStepInline(ReadOnlyInline):
-    model = RunStep
-    fields = (
-        "order",
-        "title",
-        "phase",
-        "status",
-        "attempt",
-        "progress",
-        "message",
-        "started_at",
-        "finished_at",
+# --- runs ------------------------------------------------------------------------------------------------------
+
+LIVE_REFRESH_SECONDS = 2  # how often an active run's page fetches its live section again
+LIVE_EVENTS = 50  # the newest events shown on a run's page (the API's /runs/{id} has them all)
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration as people read it: ``4.2 s``, ``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
+def live_eta(run: Run, steps: Sequence[RunStep], now: datetime) -> tuple[datetime | None, str]:
+    """When an active run should end, as it stands ``now``; and why it differs from the stored estimate, if it does.
+
+    The stored ``Run.eta`` is written when a step reports progress or starts waiting, so it goes stale as soon as a
+    step outlasts its estimate: a waiting step writes nothing between its checks, and a run no worker has picked
+    up writes nothing at all. Shown as it is, the ETA would slide into the past while the run visibly goes on. So
+    the estimate shown is never earlier than what is certainly still ahead: the current step's next check (a
+    waiting step cannot finish before it) or now, plus the estimates of the steps not started yet. While cleanup
+    runs, the main steps' estimate no longer applies: only the cleanup steps' count.
+    """
+    if run.status not in RunStatus.active():
+        return None, ""
+    phase = StepPhase.CLEANUP if run.status == RunStatus.CLEANING_UP else StepPhase.MAIN
+    ahead = [s for s in steps if s.phase == phase and s.status in StepStatus.active()]
+    current = next((s for s in ahead if s.status != StepStatus.PENDING), None)
+    later = timedelta(seconds=sum(s.eta_seconds for s in ahead if s is not current))
+    floor = now
+    if current is not None and current.status == StepStatus.WAITING and run.wake_at and run.wake_at > now:
+        floor = run.wake_at
+    floor += later
+    stored = run.eta if phase == StepPhase.MAIN else None
+    if stored is not None and stored >= floor:
+        return stored, ""
+    if current is not None:
+        why = f"{current.title} is taking longer than its estimate of {seconds_text(current.eta_seconds)}"
+    elif run.status == RunStatus.PENDING:
+        why = "no worker has started the run yet"
+    else:
+        why = "re-estimated from the steps still ahead"
+    return floor, why
+
+
+def live_run(request, run: Run, *, can_cancel: bool) -> dict[str, Any]:
+    """What a run's live section shows (three queries: the run was read by the caller, then its steps and its
+    newest events)."""
+    now = timezone.now()
+    steps = list(run.steps.order_by("order"))
+    events = list(run.events.order_by("-id")[: LIVE_EVENTS + 1])
+    active = run.status in RunStatus.active()
+    rows = []
+    for step in steps:
+        end = step.finished_at or (now if step.status in StepStatus.active() else None)
+        rows.append(
+            {
+                "step": step,
+                "colour": STATUS_COLOURS.get(step.status, "#6c757d"),
+                "percent": max(0, min(100, round(step.progress * 100))),
+                "duration": seconds_text((end - step.started_at).total_seconds())
+                if step.started_at and end
+                else "",
+                "so_far": step.finished_at is None and step.started_at is not None and active,
+                "estimate": seconds_text(step.eta_seconds),
+            }
+        )
+    current = next((s for s in steps if s.status in (StepStatus.RUNNING, StepStatus.WAITING)), None)
+    eta, eta_why = live_eta(run, steps, now)
+    end = run.finished_at or (now if active else None)
+    return {
+        "run": run,
+        "active": active,
+        "colour": STATUS_COLOURS.get(run.status, "#6c757d"),
+        "percent": max(0, min(100, round(run.progress or 0))),
+        "current": current,
+        "eta": eta,
+        "eta_in": seconds_text((eta - now).total_seconds()) if eta else "",
+        "eta_why": eta_why,
+        "elapsed": seconds_text((end - run.started_at).total_seconds()) if run.started_at and end else "",
+        "steps": rows,
+        "events": events[:LIVE_EVENTS],
+        "events_cut": len(events) > LIVE_EVENTS,
+        "can_cancel": can_cancel and active and not run.cancel_requested,
+        "refresh_seconds": LIVE_REFRESH_SECONDS,
+    }
+
+
+def run_link(run: Run | None, *, with_progress: bool = True) -> str:
+    """A run as a link to its page with its status (and progress while active), for other objects' pages."""
+    if run is None:
+        return "-"
+    progress = f" {run.progress:.0f}%" if with_progress and run.status in RunStatus.active() else ""
+    return format_html(
+        '<a href="{}">{}</a> {}{}',
+        reverse("admin:core_run_change", args=[run.pk]),
+        run.title or run.kind,
+        status_badge(run.status),
+        progress,
     )
-    readonly_fields = fields
-
-
-class RunEventInline(ReadOnlyInline):
-    model = RunEvent
-    fields = ("created_at", "step", "status", "message")
-    readonly_fields = fields
 
 
 @admin.register(Run)
 class RunAdmin(CheckedActions, admin.ModelAdmin):
+    """Runs, read-only. A run's page opens with its live section (``#run-live``: status, progress bar, ETA, the
+    steps with their durations, the newest events, a Cancel button), served on its own at ``<id>/live/`` and
+    fetched again every two seconds by ``core/js/refresh.js`` (a same-origin script: the Content-Security-Policy
+    allows no inline script) while the run is active; a terminal run's section carries ``data-refresh-final``, so
+    the script stops. Cancel is a POST to ``<id>/cancel/`` with the API's permission (``core.cancel_run``) and
+    ``workflow.request_cancel``, as ``POST /runs/{id}/cancel``. Below: what the run is about (kind, subject with a
+    link to its page, parameters, who started it)."""
+
+    change_form_template = "admin/core/run/change_form.html"
     list_display = (
         "title",
         "kind",
         "coloured_status",
         "progress_percent",
         "subject_id",
-        "created_at",
-        "finished_at",
+        "created",
+        "finished",
     )
     list_filter = ("status", "kind")
     search_fields = ("id", "title", "kind", "subject_id")
     date_hierarchy = "created_at"
-    inlines = (RunStepInline, RunEventInline)
     actions = ("cancel_runs",)
-    readonly_fields = (
-        "id", "kind", "title", "subject_type", "subject_id", "params", "status", "cancel_requested", "error",
-        "progress", "eta", "created_by", "created_at", "started_at", "finished_at", "heartbeat_at", "wake_at",
-        "resumed_count",
-    )  # fmt: skip
+    # The status, progress, timestamps, steps and events are in the live section above the form: shown twice,
+    # the static copy would contradict the live one a few seconds after the page opened.
+    fields = ("id", "kind", "title", "subject_link", "params", "created_by", "created", "resumed_count")
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("created_by", "subject_type")
 
     def has_add_permission(self, request) -> bool:
         return False
@@ -257,6 +359,9 @@ class RunAdmin(CheckedActions, admin.ModelAdmin):
         # superuser removes one here (their subjects' rows may go; the runs stay).
         return False
 
+    def has_cancel_permission(self, request) -> bool:
+        return request.user.has_perm("core.cancel_run")
+
     @admin.display(description="status", ordering="status")
     def coloured_status(self, obj: Run) -> str:
         return status_badge(obj.status, obj.get_status_display())
@@ -265,6 +370,27 @@ class RunAdmin(CheckedActions, admin.ModelAdmin):
     def progress_percent(self, obj: Run) -> str:
         return f"{obj.progress:.0f}%"
 
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: Run) -> str:
+        return _stamp(obj.created_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, obj: Run) -> str:
+        return _stamp(obj.finished_at)
+
+    @admin.display(description="subject")
+    def subject_link(self, obj: Run) -> str:
+        if obj.subject_type is None or not obj.subject_id:
+            return "-"
+        model = obj.subject_type.model_class()
+        label = f"{obj.subject_type.name} {obj.subject_id}"
+        if model is None or model not in self.admin_site._registry:
+            return label
+        url = reverse(
+            f"admin:{obj.subject_type.app_label}_{obj.subject_type.model}_change", args=[obj.subject_id]
+        )
+        return format_html('<a href="{}">{}</a>', url, label)
+
     @admin.action(description="Cancel selected runs", permissions=["cancel"])
     def cancel_runs(self, request, queryset) -> None:
         cancelled = sum(
@@ -272,8 +398,60 @@ class RunAdmin(CheckedActions, admin.ModelAdmin):
         )
         self.message_user(request, f"Cancel requested for {cancelled} run(s).", messages.SUCCESS)
 
-    def has_cancel_permission(self, request) -> bool:
-        return request.user.has_perm("core.cancel_run")
+    # --- the live section and Cancel ---------------------------------------------------------------------------
+
+    def get_urls(self):
+        live = self.admin_site.admin_view(self.live_view)
+        cancel = self.admin_site.admin_view(self.cancel_view)
+        return [
+            path("<path:object_id>/live/", live, name="core_run_live"),
+            path("<path:object_id>/cancel/", cancel, name="core_run_cancel"),
+            *super().get_urls(),
+        ]
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context["live"] = live_run(request, obj, can_cancel=self.has_cancel_permission(request))
+            # The run's name without the status its __str__ carries: that status would be stale in a few seconds.
+            context["subtitle"] = f"{obj.title or obj.kind} ({obj.kind}, {obj.pk})"
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _viewable(self, request, object_id: str) -> Run:
+        run = self.get_object(request, unquote(object_id))
+        if run is None:
+            raise Http404("no such run")
+        if not self.has_view_permission(request, run):
+            raise PermissionDenied
+        return run
+
+    def live_view(self, request, object_id: str):
+        """The live section alone (what the page's script fetches)."""
+        run = self._viewable(request, object_id)
+        context = {"live": live_run(request, run, can_cancel=self.has_cancel_permission(request))}
+        # admin_view marks it never-cached: every fetch sees the run as it is now.
+        return TemplateResponse(request, "admin/core/run/live.html", context)
+
+    def cancel_view(self, request, object_id: str):
+        """The page's Cancel button: ``workflow.request_cancel``, as ``POST /runs/{id}/cancel`` (same permission);
+        back to the run's page, which shows the run stopping."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        run = self._viewable(request, object_id)
+        if not self.has_cancel_permission(request):
+            raise PermissionDenied
+        reason = f"cancelled by {request.user.get_username()} from the console"
+        if workflow.request_cancel(run, reason=reason):
+            self.log_change(request, run, "Cancel requested")
+            self.message_user(request, "Cancel requested: the run stops and cleans up.", messages.SUCCESS)
+        else:
+            run.refresh_from_db(fields=["status"])
+            self.message_user(request, f"Run already {run.status}; nothing to cancel.", messages.WARNING)
+        return HttpResponseRedirect(reverse("admin:core_run_change", args=[run.pk]))
+
+
+def _stamp(moment: datetime | None) -> str:
+    """A timestamp to the second, in the site's time zone (the admin's default format drops the seconds)."""
+    return localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
 # --- API tokens ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import uuid
 from django.conf import settings
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
@@ -50,10 +51,26 @@ class Run(models.Model):
         null=True, blank=True, help_text="When a waiting step's next check is due (the reaper allows for it)"
     )
     resumed_count = models.PositiveIntegerField(default=0)
+    # The client's Idempotency-Key of the request that started the run (``core.api.idempotency``): a retried
+    # request with the same key, by the same user, for the same kind of run answers with this run again.
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    accepted = models.JSONField(
+        null=True,
+        blank=True,
+        encoder=DjangoJSONEncoder,
+        help_text="The extra fields of the 202 answer that started the run, repeated to a retried request",
+    )
 
     class Meta:
         ordering = ("-created_at",)
         indexes = [models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["created_by", "kind", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="run_unique_idempotency_key",
+            )
+        ]
         permissions = [
             ("cancel_run", "Can cancel a run"),
             ("approve_run", "Can approve a run waiting for it"),

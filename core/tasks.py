@@ -19,6 +19,13 @@ def execute_step(self, run_id: str, step_name: str) -> Any:
     return workflow.execute_step(self, run_id, step_name)
 
 
+@shared_task(name="core.check_step", **_STEP_OPTIONS, **_NO_RESULT)
+def check_step(self, run_id: str, step_name: str) -> Any:
+    """``execute_step`` for a poll step's checks: the same body under its own name, so that ``CELERY_TASK_ROUTES``
+    sends them to ``WORKFLOW_POLL_QUEUE`` (``core.workflow.step_task``)."""
+    return workflow.execute_step(self, run_id, step_name)
+
+
 @shared_task(name="core.execute_fanout_item", **_STEP_OPTIONS)
 def execute_fanout_item(self, run_id: str, step_name: str, index: int) -> dict:
     return workflow.execute_fanout_item(run_id, step_name, index)

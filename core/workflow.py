@@ -46,7 +46,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -98,6 +100,9 @@ class NotYet:
 
     message: str = ""
     progress: float | None = None
+    # Seconds until the next check instead of the poll's interval: a check that found the cluster not answering
+    # backs off, so a hung cluster's checks take a small share of the poll workers.
+    after: float | None = None
 
 
 Number = float | int
@@ -164,6 +169,11 @@ class Workflow:
         from django.contrib.contenttypes.models import ContentType
 
         params = dict(params or {})
+        key, creator = _IDEMPOTENCY_KEY.get(), recorded_user(user)
+        if key and creator is not None:
+            _IDEMPOTENCY_KEY.set("")  # one request starts one run: the key goes to the first launched
+        else:
+            key = ""
         # A run whose first message cannot be sent would sit in PENDING until the reaper; refuse instead while
         # the broker is down (503 broker_unavailable): the caller's transaction rolls back, nothing is stored.
         outages.require_broker()
@@ -174,7 +184,8 @@ class Workflow:
                 subject_type=ContentType.objects.get_for_model(subject) if subject is not None else None,
                 subject_id=str(subject.pk) if subject is not None else "",
                 params=params,
-                created_by=recorded_user(user),
+                created_by=creator,
+                idempotency_key=key,
             )
             rows = []
             for order, (phase, step) in enumerate(
@@ -194,17 +205,37 @@ class Workflow:
 
             def send_first() -> None:
                 # The broker failed after the check above: the run is committed, so keep it PENDING and let the
-                # reaper send it when the broker is back (rather than answer 500 for a run that will happen).
+                # reaper send it when the broker is back, and let the caller answer 202 for a run that will
+                # happen (an error here would tell the client to retry a start that was stored). Any error: a
+                # commit hook that raises turns the committed start into a 500. Logged by class only: a broker
+                # client's message may quote its URL, password included.
                 try:
-                    send_chain(run.pk, names)
-                except outages.BROKER_ERRORS as exc:
+                    send_chain(run.pk, names, self.kind)
+                except Exception as exc:
                     logger.warning(
-                        "run %s stays pending until the broker is back: %s", run.pk, type(exc).__name__
-                    )
+                        "run %s (%s) stays pending until the broker answers again; the reaper sends it (%s)",
+                        run.pk, self.kind, type(exc).__name__,
+                    )  # fmt: skip
 
             transaction.on_commit(send_first)
         run.refresh_from_db()
         return run
+
+
+# The Idempotency-Key of the API request being served (``core.api.idempotency.start_once``): the run it launches
+# stores the key, so a retry of the request finds that run instead of starting another.
+_IDEMPOTENCY_KEY: ContextVar[str] = ContextVar("workflow_idempotency_key", default="")
+
+
+@contextmanager
+def idempotency_key(key: str) -> Iterator[None]:
+    """Inside the block, the first run launched for an authenticated user records ``key`` (unique per user and
+    kind: a second launch with the same key raises ``IntegrityError``)."""
+    token = _IDEMPOTENCY_KEY.set(key)
+    try:
+        yield
+    finally:
+        _IDEMPOTENCY_KEY.reset(token)
 
 
 def get_workflow(kind: str) -> Workflow:
@@ -230,14 +261,31 @@ def autodiscover() -> None:
         importlib.import_module(module)
 
 
-def send_chain(run_id: Any, step_names: Iterable[str]) -> None:
+def step_task(kind: str, step_name: str) -> Task:
+    """The task that carries a step's message: ``core.check_step`` for a poll step (routed to
+    ``WORKFLOW_POLL_QUEUE`` by ``CELERY_TASK_ROUTES``), ``core.execute_step`` for any other.
+
+    Poll checks are many, short and mostly talk to clusters; on a pool of their own a cluster that stops answering
+    holds poll workers for ``WORKFLOW_POLL_CHECK_DEADLINE`` at most and never the workers that carry other runs'
+    steps (installs, registrations), which a hung cluster's checks used to fill."""
+    from .tasks import check_step, execute_step
+
+    try:
+        poll = get_workflow(kind).step(step_name).poll is not None
+    except KeyError:
+        poll = False
+    return check_step if poll else execute_step
+
+
+def send_chain(run_id: Any, step_names: Iterable[str], kind: str | None = None) -> None:
     from celery import chain
 
-    from .tasks import execute_step
-
     names = list(step_names)
-    if names:
-        chain(*[execute_step.si(str(run_id), name) for name in names]).apply_async()
+    if not names:
+        return
+    if kind is None:
+        kind = Run.objects.values_list("kind", flat=True).get(pk=run_id)
+    chain(*[step_task(kind, name).si(str(run_id), name) for name in names]).apply_async()
 
 
 # --- context passed to step bodies ----------------------------------------------------------------------------------
@@ -287,6 +335,11 @@ class StepContext:
 
     def event(self, message: str, **data: Any) -> None:
         _event(self.run.pk, self.step.name, self.step.status, message, data)
+
+    def failpoint(self, point: str) -> None:
+        """A named spot inside the body where ``WORKFLOW_FAILPOINTS`` may pause or kill the worker
+        (``[kind/]step.point:pause|crash``), for a test to stop a step between two of its own effects."""
+        _failpoint(self.run, self.step, "inside", point)
 
     def check_cancel(self) -> None:
         """Raise ``Cancelled`` if the run was asked to stop (reads the flag at most once a second)."""
@@ -364,19 +417,41 @@ class _Heartbeat:
 
     def _loop(self) -> None:
         interval = float(settings.WORKFLOW_HEARTBEAT_INTERVAL)
+        failing = False
         try:
             while not self.stop_event.wait(interval):
                 try:
-                    now = timezone.now()
-                    RunStep.objects.filter(pk=self.step_pk).update(heartbeat_at=now)
-                    Run.objects.filter(pk=self.run_id).update(heartbeat_at=now)
-                except Exception:
+                    self._beat()
+                except Exception as exc:
                     # A database blip must not end the heartbeat: a silent live step would be taken over by the
                     # reaper once the database is back. Drop the broken connection; the next beat reconnects.
-                    logger.warning("heartbeat for step %s failed; retrying", self.step_pk, exc_info=True)
-                    connection.close()
+                    # Logged once per outage, by class only (a driver's message may quote the connection string).
+                    if not failing:
+                        logger.warning(
+                            "heartbeat for step %s failed (%s); retrying every %gs",
+                            self.step_pk, type(exc).__name__, interval,
+                        )  # fmt: skip
+                    failing = True
+                    self._drop_connection()
+                else:
+                    if failing:
+                        logger.info("heartbeat for step %s is beating again", self.step_pk)
+                    failing = False
         finally:
+            self._drop_connection()
+
+    def _beat(self) -> None:
+        now = timezone.now()
+        RunStep.objects.filter(pk=self.step_pk).update(heartbeat_at=now)
+        Run.objects.filter(pk=self.run_id).update(heartbeat_at=now)
+
+    @staticmethod
+    def _drop_connection() -> None:
+        """Close this thread's connection; closing a connection the server already dropped may raise too."""
+        try:
             connection.close()
+        except Exception:
+            connection.connection = None  # forget it: the next query opens a new one
 
     def __enter__(self) -> _Heartbeat:
         self.thread.start()
@@ -386,12 +461,17 @@ class _Heartbeat:
         self.stop_event.set()
 
 
-def _resend(task: Task, run_id: str, step_name: str, countdown: float) -> None:
+def _resend(task: Task, kind: str, run_id: str, step_name: str, countdown: float) -> None:
     """Send this step's message again after ``countdown`` seconds, carrying the rest of the chain.
 
     What ``Task.retry`` does, minus its exception: Celery builds a formatted traceback for every Retry raised,
-    which cost more CPU than a poll's own check. This message then ends normally (and is acked)."""
-    task.signature_from_request(task.request, (run_id, step_name), {}, countdown=countdown).apply_async()
+    which cost more CPU than a poll's own check. This message then ends normally (and is acked). The message goes
+    where the step's task is routed (``step_task``), not back to the queue this one came from: a poll step's
+    first check may have run inline after the step before it."""
+    options = task.request.as_execution_options()  # the rest of the chain, ids, headers
+    step_task(kind, step_name).signature(
+        (run_id, step_name), {}, options=options, countdown=countdown
+    ).apply_async()
     _drop_chain(task)
 
 
@@ -463,8 +543,9 @@ def _take_inline(task: Task, run_id: str, kind: str, started: float) -> str | No
     args = list(nxt.get("args") or [])
     if nxt.get("task") != "core.execute_step" or len(args) != 2 or str(args[0]) != str(run_id):
         return None
-    if get_workflow(kind).step(args[1]).each is not None:
-        return None
+    spec = get_workflow(kind).step(args[1])
+    if spec.each is not None or spec.poll is not None:
+        return None  # a fan-out needs its own message; a poll check belongs on the poll queue (``step_task``)
     chain.pop()
     return str(args[1])
 
@@ -545,7 +626,7 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
             return _step_failed(task, run, step, message)
         _wait(step, message, delay)
         _event(run.pk, step.name, StepStatus.WAITING, f"{step.title}: {message}")
-        return _resend(task, run_id, step_name, delay)
+        return _resend(task, run.kind, run_id, step_name, delay)
     except StepFailed as exc:
         return _step_failed(task, run, step, str(exc))
     except Exception as exc:
@@ -559,9 +640,9 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
             return _step_failed(
                 task, run, step, f"timed out after {waited:.0f}s waiting for {spec.poll.what}{last}"
             )
-        interval = _duration(spec.poll.interval, ctx)
+        interval = result.after if result.after is not None else _duration(spec.poll.interval, ctx)
         _wait(step, result.message, interval, result.progress)
-        return _resend(task, run_id, step_name, interval)
+        return _resend(task, run.kind, run_id, step_name, interval)
     return _step_succeeded(task, run, step, result)
 
 
@@ -598,6 +679,8 @@ def _transient_retry(step: RunStep, spec: Step, exc: TransientError) -> tuple[fl
 #   crash        before the body: SIGKILL this worker (its whole process group), as a machine dying would;
 #   crash-after  after the body returned, before its outcome is recorded: the step's effects are on the cluster
 #                and in the database but the step is still "running" (the hardest point for idempotence).
+# ``[kind/]step.point:pause|crash`` acts inside the body, where it calls ``ctx.failpoint("point")``: between two
+# of the step's own effects (cluster deletion's teardown: releases marked uninstalled, namespaces not yet deleted).
 # Never set in production.
 
 FAILPOINT_ACTIONS = ("pause", "crash", "crash-after")
@@ -606,34 +689,40 @@ _FAILPOINT_RELEASED = "failpoint released"
 _FAILPOINT_PAUSE_LIMIT = 300.0
 
 
-def _armed_failpoint(kind: str, step_name: str) -> str | None:
+def _armed_failpoint(kind: str, where: str) -> str | None:
     for entry in getattr(settings, "WORKFLOW_FAILPOINTS", None) or ():
         target, _, action = entry.strip().rpartition(":")
-        wanted_kind, _, wanted_step = target.rpartition("/")
-        if wanted_step == step_name and wanted_kind in ("", kind) and action in FAILPOINT_ACTIONS:
+        wanted_kind, _, wanted = target.rpartition("/")
+        if wanted == where and wanted_kind in ("", kind) and action in FAILPOINT_ACTIONS:
             return action
     return None
 
 
-def _failpoint(run: Run, step: RunStep, when: str) -> None:
+def _released(where: str) -> str:
+    """The release event's message: the step's own failpoint keeps the historical text."""
+    return _FAILPOINT_RELEASED if "." not in where else f"{_FAILPOINT_RELEASED} at {where}"
+
+
+def _failpoint(run: Run, step: RunStep, when: str, point: str = "") -> None:
     if not getattr(settings, "WORKFLOW_FAILPOINTS", None) or step.attempt != 1:
         return
-    action = _armed_failpoint(run.kind, step.name)
-    if action == "pause" and when == "before":
-        _event(run.pk, step.name, FAILPOINT, f"failpoint pause at {step.name}")
+    where = f"{step.name}.{point}" if point else step.name
+    action = _armed_failpoint(run.kind, where)
+    if action == "pause" and when in ("before", "inside"):
+        _event(run.pk, step.name, FAILPOINT, f"failpoint pause at {where}")
         deadline = time.monotonic() + _FAILPOINT_PAUSE_LIMIT
         while time.monotonic() < deadline:
             if RunEvent.objects.filter(
-                run_id=run.pk, step=step.name, status=FAILPOINT, message=_FAILPOINT_RELEASED
+                run_id=run.pk, step=step.name, status=FAILPOINT, message=_released(where)
             ).exists():
                 return
             time.sleep(0.05)
-    elif (action, when) in (("crash", "before"), ("crash-after", "after")):
+    elif (action, when) in (("crash", "before"), ("crash", "inside"), ("crash-after", "after")):
         import os
         import signal
 
-        _event(run.pk, step.name, FAILPOINT, f"failpoint {action} at {step.name}: killing the worker")
-        logger.warning("failpoint %s at %s of run %s: SIGKILL", action, step.name, run.pk)
+        _event(run.pk, step.name, FAILPOINT, f"failpoint {action} at {where}: killing the worker")
+        logger.warning("failpoint %s at %s of run %s: SIGKILL", action, where, run.pk)
         group = os.getpgid(0)
         if group in (os.getpid(), os.getppid()):  # the worker leads its own process group (tests, containers)
             os.killpg(group, signal.SIGKILL)
@@ -642,18 +731,24 @@ def _failpoint(run: Run, step: RunStep, when: str) -> None:
         )  # else only this process: never a shell that happens to be our parent
 
 
-def failpoint_reached(run_id: Any, step_name: str) -> bool:
-    """True once a worker hit the failpoint armed at ``step_name`` of the run (paused or about to crash)."""
-    return (
-        RunEvent.objects.filter(run_id=run_id, step=step_name, status=FAILPOINT)
-        .exclude(message=_FAILPOINT_RELEASED)
-        .exists()
-    )
+def failpoint_reached(run_id: Any, where: str) -> bool:
+    """True once a worker hit the failpoint armed at ``where`` (``step`` or ``step.point``) of the run (paused
+    or about to crash)."""
+    step_name = where.partition(".")[0]
+    return RunEvent.objects.filter(
+        run_id=run_id,
+        step=step_name,
+        status=FAILPOINT,
+        message__in=[
+            f"failpoint pause at {where}",
+            *(f"failpoint {a} at {where}: killing the worker" for a in FAILPOINT_ACTIONS),
+        ],
+    ).exists()
 
 
-def release_failpoint(run_id: Any, step_name: str) -> None:
-    """Let a step paused at its failpoint go on."""
-    _event(run_id, step_name, FAILPOINT, _FAILPOINT_RELEASED)
+def release_failpoint(run_id: Any, where: str) -> None:
+    """Let a step paused at its failpoint (``step`` or ``step.point``) go on."""
+    _event(run_id, where.partition(".")[0], FAILPOINT, _released(where))
 
 
 @transaction.atomic
@@ -743,7 +838,7 @@ def _begin_cleanup(task: Task | None, run: Run, *, cancelled: bool, reason: str)
         status=RunStatus.CLEANING_UP, error=reason, heartbeat_at=now, wake_at=None
     ):
         _event(run.pk, "", RunStatus.CLEANING_UP, f"{reason}; running cleanup")
-        transaction.on_commit(lambda: send_chain(run.pk, [s.name for s in cleanup]))
+        transaction.on_commit(lambda: send_chain(run.pk, [s.name for s in cleanup], run.kind))
 
 
 def _maybe_finish_cleanup(run: Run) -> None:
@@ -891,7 +986,7 @@ def _cancel_pending(run: Run, reason: str) -> bool:
             run.pk, "", RunStatus.CLEANING_UP, f"{run.title}: cancelled before it started; running cleanup"
         )
         names = [s.name for s in cleanup]
-        transaction.on_commit(lambda: send_chain(run.pk, names))
+        transaction.on_commit(lambda: send_chain(run.pk, names, run.kind))
     return True
 
 
@@ -922,16 +1017,17 @@ def reap_stale_runs() -> list[str]:
     resumed = []
     for run in candidates.only("id", "status", "heartbeat_at", "created_at", "kind", "params")[:500]:
         claimed = Run.objects.filter(pk=run.pk, status=run.status, heartbeat_at=run.heartbeat_at).update(
-            heartbeat_at=now, resumed_count=F("resumed_count") + 1
+            heartbeat_at=now
         )
         if not claimed:
             continue
         phase = StepPhase.CLEANUP if run.status == RunStatus.CLEANING_UP else StepPhase.MAIN
-        remaining = list(
+        active = list(
             RunStep.objects.filter(run_id=run.pk, phase=phase, status__in=StepStatus.active())
             .order_by("order")
-            .values_list("name", flat=True)
+            .values_list("name", "status")
         )
+        remaining = [name for name, _ in active]
         silent = (now - (run.heartbeat_at or run.created_at)).total_seconds()
         if not remaining:
             full = Run.objects.get(pk=run.pk)
@@ -949,7 +1045,12 @@ def reap_stale_runs() -> list[str]:
         _event(
             run.pk, remaining[0], "resumed", f"no sign of life for {silent:.0f}s; resuming at {remaining[0]}"
         )
-        send_chain(run.pk, remaining)
+        if active[0][1] != StepStatus.RUNNING:
+            # A step that is RUNNING is counted when a worker takes it over (``_execute_one``), whoever sent the
+            # message that does it (this resend or the broker's redelivery); one resume, counted once. A
+            # pending or waiting step whose message was lost is not taken over: the resume is counted here.
+            Run.objects.filter(pk=run.pk).update(resumed_count=F("resumed_count") + 1)
+        send_chain(run.pk, remaining, run.kind)
         resumed.append(str(run.pk))
     return resumed
 

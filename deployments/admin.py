@@ -4,7 +4,12 @@
 Each action and view needs the permission of its API twin: Scale ``change_deployment`` (``PATCH``), Roll back
 ``rollback_deployment``, Delete ``delete_deployment``, Check health now ``change_deployment`` (the check writes the
 deployment's status and workers, as the health beat does; there is no API call for it), the plan preview
-``view_deployment`` (``POST /deployments/plan``).
+``view_deployment`` (``POST /deployments/plan``), its Deploy button ``add_deployment`` (``POST /deployments/deploy``:
+the same validation and ``services.start_deploy``, then the run's page opens).
+
+The list shows each deployment's reason, node(s) (where its pods run, else where placement put them) and GPUs (from
+the placed candidate, read by the database; the workers in one query for the page); a deployment's page links to
+its current run (the one in progress, else the latest) and gives its last failed run's cause.
 
 Deleting (the page's Delete button or the list action) never drops the row: after a confirmation page listing
 what leaves the cluster (the namespace, the releases and their objects, the pods and the GPUs they hold) it starts
@@ -21,28 +26,47 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, OuterRef, Subquery
-from django.db.models.functions import Coalesce
-from django.http import Http404
+from django.db.models import (
+    BooleanField,
+    CharField,
+    Count,
+    ExpressionWrapper,
+    OuterRef,
+    Prefetch,
+    Q,
+    Subquery,
+)
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Cast, Coalesce
+from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils.html import escape, format_html, format_html_join
+from django.utils.text import Truncator
 from django.utils.timezone import localtime
 
-from clusters.admin import describe_deletion
+from clusters.admin import OverviewSection, data_table, describe_deletion
 from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.models import Cluster, Release
-from core.admin import CheckedActions, DeleteThroughRun, ReadOnlyInline, status_badge
+from core.admin import CheckedActions, DeleteThroughRun, ReadOnlyInline, run_link, status_badge
+from core.api.errors import flatten_errors
+from core.choices import RunStatus, StepStatus
+from core.models import Run, RunStep
 from hardware.admin import ClusterInventoryAdmin
 
 from . import health, services
+from .api.serializers import DeploySerializer
 from .catalog import list_models
 from .choices import BenchmarkStatus, DeploymentStatus, DeviceType
 from .models import Benchmark, Deployment, DeploymentEvent, Worker
 
 # POST /deployments/plan's permission (DeploymentViewSet.permission_map["plan"]).
 PLAN_PERMISSION = "deployments.view_deployment"
+# POST /deployments/deploy's permission (DeploymentViewSet.permission_map["deploy"]): the plan preview's Deploy.
+DEPLOY_PERMISSION = "deployments.add_deployment"
+REASON_CHARS = 80  # the deployments list cuts a reason here (the whole text is its tooltip and on the page)
 
 STATUS_COLOURS = {
     DeploymentStatus.PENDING: "pending",
@@ -139,9 +163,65 @@ def _deployments_on_cluster(cluster: Cluster) -> list[str]:
     ]
 
 
+CLUSTER_DEPLOYMENTS_SHOWN = 25  # deployments listed on a cluster's page (the filtered list has them all)
+
+
+def _cluster_deployments(cluster: Cluster) -> OverviewSection:
+    """The deployments on a cluster's page (deleted ones left out) with their status, reason and GPUs; one query."""
+    rows = list(
+        Deployment.objects.filter(cluster=cluster)
+        .exclude(status=DeploymentStatus.DELETED)
+        .order_by("name")
+        .values(
+            "pk", "name", "status", "reason", "model_name", "replicas", "ready_replicas", "endpoint_url",
+            "placement__candidate__summary",
+        )[: CLUSTER_DEPLOYMENTS_SHOWN + 1]
+    )  # fmt: skip
+    listing = reverse("admin:deployments_deployment_changelist")
+    cells = [
+        {
+            "key": row["name"],
+            "cells": (
+                format_html(
+                    '<a href="{}">{}</a>',
+                    reverse("admin:deployments_deployment_change", args=[row["pk"]]),
+                    row["name"],
+                ),
+                status_badge(
+                    STATUS_COLOURS.get(row["status"], "pending"), DeploymentStatus(row["status"]).label
+                ),
+                format_html('<span class="reason">{}</span>', Truncator(row["reason"]).chars(300))
+                if row["reason"]
+                else "-",
+                row["model_name"],
+                f"{row['ready_replicas']}/{row['replicas']}",
+                row["placement__candidate__summary"] or "-",
+                row["endpoint_url"] or "-",
+            ),
+        }
+        for row in rows[:CLUSTER_DEPLOYMENTS_SHOWN]
+    ]
+    return OverviewSection(
+        30, "cluster-deployments", "Deployments", "admin/clusters/cluster/overview_table.html",
+        {
+            "columns": ("Deployment", "Status", "Reason", "Model", "Ready", "Placement", "Endpoint"),
+            "rows": cells,
+            "row_class": "cluster-deployment",
+            "empty": "No deployments on this cluster.",
+            "more": {
+                "url": f"{listing}?cluster__id__exact={cluster.pk}",
+                "text": f"All deployments on {cluster.name}",
+            }
+            if len(rows) > CLUSTER_DEPLOYMENTS_SHOWN
+            else None,
+        },
+    )  # fmt: skip
+
+
 class ClusterDeploymentsAdmin(ClusterInventoryAdmin):
     """The clusters admin (with hardware's inventory) plus each cluster's deployment counts in the list, for users
-    who may view deployments. Subqueries, not a join: a join with deployments would multiply the node figures."""
+    who may view deployments. Subqueries, not a join: a join with deployments would multiply the node figures.
+    A cluster's page lists its deployments, and its latest runs include theirs."""
 
     def get_list_display(self, request):
         shown = super().get_list_display(request)
@@ -167,6 +247,20 @@ class ClusterDeploymentsAdmin(ClusterInventoryAdmin):
             return "-"
         return f"{obj._deployments} ({obj._running})"
 
+    def overview_sections(self, request, obj: Cluster) -> list[OverviewSection]:
+        sections = super().overview_sections(request, obj)
+        if request.user.has_perm("deployments.view_deployment"):
+            sections.append(_cluster_deployments(obj))
+        return sections
+
+    def run_subjects(self, obj: Cluster) -> Q:
+        # Deploying, scaling and deleting on the cluster are its history too (deleted deployments' runs included).
+        keys = Deployment.objects.filter(cluster=obj).annotate(key=Cast("pk", CharField())).values("key")
+        theirs = Q(
+            subject_type__app_label="deployments", subject_type__model="deployment", subject_id__in=keys
+        )
+        return super().run_subjects(obj) | theirs
+
 
 def _count(queryset):
     """``queryset``'s row count as a one-value subquery."""
@@ -178,6 +272,19 @@ admin.site.unregister(Cluster)
 admin.site.register(Cluster, ClusterDeploymentsAdmin)
 
 
+def _candidate(obj: Deployment) -> dict | None:
+    """The placed candidate: annotated on the list's rows (whose placement is deferred), else from the row."""
+    if hasattr(obj, "_candidate"):
+        return obj._candidate or None
+    return (obj.placement or {}).get("candidate")
+
+
+def _runs_of(deployment: Deployment):
+    return Run.objects.filter(
+        subject_type=ContentType.objects.get_for_model(Deployment), subject_id=str(deployment.pk)
+    )
+
+
 @admin.register(Deployment)
 class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
     form = DeploymentForm
@@ -186,10 +293,13 @@ class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
     list_display = (
         "name",
         "coloured_status",
+        "short_reason",
         "endpoint",
         "cluster",
         "model_name",
         "replicas_ready",
+        "nodes",
+        "gpus",
         "created_at",
     )
     list_filter = ("status", "cluster", "device_type", "engine")
@@ -201,18 +311,30 @@ class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
     change_list_template = "admin/deployments/deployment/change_list.html"
     readonly_fields = (
         "name", "cluster", "namespace", "model_name", "device_type", "engine", "replicas", "ready_replicas",
-        "engine_args", "image", "endpoint", "coloured_status", "reason", "revision_table", "placement_summary",
-        "config", "keep_on_failure", "credentials_state", "last_checked", "created_by", "created_at", "updated_at",
+        "engine_args", "image", "endpoint", "coloured_status", "reason", "current_run", "last_failure",
+        "revision_table", "placement_summary", "config_table", "autoscaling_summary",
+        "keep_on_failure", "credentials_state", "last_checked", "created_by", "created_at", "updated_at",
     )  # fmt: skip
     exclude = ("status", "endpoint_url", "placement", "model_spec", "release")
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("cluster", "release").defer("cluster__kubeconfig")
+        qs = super().get_queryset(request).select_related("cluster", "release").defer("cluster__kubeconfig")
+        if (getattr(request.resolver_match, "url_name", "") or "").endswith("changelist"):
+            # The list's node and GPU columns: the workers' nodes (one query for the page) and the placed
+            # candidate, read out of the placement document by the database (the whole document holds up to 50
+            # per-node refusals and the runtime values, which the list does not show).
+            workers = Worker.objects.only("deployment_id", "name", "node").order_by("name")
+            qs = (
+                qs.defer("placement", "model_spec")
+                .annotate(_candidate=KeyTransform("candidate", "placement"))
+                .prefetch_related(Prefetch("workers", queryset=workers))
+            )
+        return qs
 
     def has_add_permission(self, request) -> bool:
-        return (
-            False  # deploying is a run: use the API, `manage.py demo`, or the plan preview to try a placement
-        )
+        # Deploying is a run, started from the plan preview's Deploy button (after the dry run), the API or
+        # `manage.py demo`; a bare add form would skip the placement the run needs.
+        return False
 
     # --- columns -----------------------------------------------------------------------------------------------
 
@@ -229,6 +351,69 @@ class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
     @admin.display(description="ready")
     def replicas_ready(self, obj: Deployment) -> str:
         return f"{obj.ready_replicas}/{obj.replicas}"
+
+    @admin.display(description="reason")
+    def short_reason(self, obj: Deployment) -> str:
+        if not obj.reason:
+            return ""
+        return format_html(
+            '<span title="{}">{}</span>', obj.reason, Truncator(obj.reason).chars(REASON_CHARS)
+        )
+
+    @admin.display(description="node")
+    def nodes(self, obj: Deployment) -> str:
+        """Where its pods run; before there are any, where placement put them (marked planned)."""
+        if obj.status == DeploymentStatus.DELETED:
+            return "-"
+        running = sorted({w.node for w in obj.workers.all() if w.node})
+        if running:
+            return ", ".join(running)
+        planned = (_candidate(obj) or {}).get("nodes") or []
+        return f"{', '.join(planned)} (planned)" if planned else "-"
+
+    @admin.display(description="GPUs")
+    def gpus(self, obj: Deployment) -> str:
+        """The accelerators its replicas hold: count and model (``CPU`` for a CPU deployment)."""
+        candidate = _candidate(obj)
+        if obj.status == DeploymentStatus.DELETED or not candidate:
+            return "-"
+        if candidate.get("device_type") == DeviceType.CPU:
+            return "CPU"
+        model = candidate.get("accelerator_model") or candidate.get("device_type") or "accelerator"
+        return f"{candidate.get('total_devices', 0)}x {model}"
+
+    @admin.display(description="run")
+    def current_run(self, obj: Deployment) -> str:
+        """The run in progress on it, else its latest (one query)."""
+        active = ExpressionWrapper(Q(status__in=RunStatus.active()), output_field=BooleanField())
+        run = _runs_of(obj).annotate(_active=active).order_by("-_active", "-created_at").first()
+        if run is None:
+            return "- (none recorded)"
+        return format_html("{}{}", "" if run.status in RunStatus.active() else "last: ", run_link(run))
+
+    @admin.display(description="last failure")
+    def last_failure(self, obj: Deployment) -> str:
+        """The cause of its latest failed run: the run's error, else its failed step's message (one query)."""
+        failed_step = RunStep.objects.filter(run=OuterRef("pk"), status=StepStatus.FAILED).order_by("order")
+        run = (
+            _runs_of(obj)
+            .filter(status=RunStatus.FAILED)
+            .annotate(_step=Subquery(failed_step.values("title")[:1]))
+            .annotate(_message=Subquery(failed_step.values("message")[:1]))
+            .order_by("-finished_at", "-created_at")
+            .first()
+        )
+        if run is None:
+            return "none"
+        cause = run.error or run._message or "no cause recorded"
+        when = localtime(run.finished_at or run.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        return format_html(
+            '<span class="failure-cause">{}</span><br>{}{} · {}',
+            cause,
+            f"at step {run._step} · " if run._step else "",
+            when,
+            run_link(run),
+        )
 
     @admin.display(description="revisions")
     def revision_table(self, obj: Deployment) -> str:
@@ -250,6 +435,10 @@ class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
                 ),
             ),
         )  # fmt: skip
+
+    @admin.display(description="config")
+    def config_table(self, obj: Deployment) -> str:
+        return data_table(obj.config)
 
     @admin.display(description="placement")
     def placement_summary(self, obj: Deployment) -> str:
@@ -327,9 +516,16 @@ class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
 
     def plan_view(self, request):
         """The plan preview: the same dry run as ``POST /deployments/plan`` (and its permission); nothing is
-        created."""
+        created. After a plan that found a placement, a user who may deploy (``POST /deployments/deploy``'s
+        permission) gets a Deploy button: its form carries the planned fields again plus ``_deploy=1``, and
+        :meth:`deploy_from_plan` starts the deploy run and opens its page."""
         if not request.user.has_perm(PLAN_PERMISSION):
             raise PermissionDenied
+        may_deploy = request.user.has_perm(DEPLOY_PERMISSION)
+        if request.method == "POST" and request.POST.get("_deploy"):
+            if not may_deploy:
+                raise PermissionDenied
+            return self.deploy_from_plan(request)
         form = PlanForm(request.POST or None)
         outcome = error = None
         if request.method == "POST" and form.is_valid():
@@ -341,6 +537,52 @@ class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
                 outcome = services.plan(cluster, config, name=name).as_dict()
             except services.DeploymentRefused as exc:
                 error = str(exc)
+        return self._plan_page(request, form, outcome=outcome, error=error, may_deploy=may_deploy)
+
+    def deploy_from_plan(self, request):
+        """Deploy what was planned: the form is checked again, then the API's own validation (``DeploySerializer``)
+        and service (``services.start_deploy``) decide, exactly as for ``POST /deployments/deploy``. Started: a
+        redirect to the run's page. Refused (invalid, name taken, cluster not available, fits nowhere): the page
+        again with the reason and the refusal's status; nothing is created."""
+        form = PlanForm(request.POST)
+        if not form.is_valid():
+            return self._plan_page(
+                request, form, error="Correct the fields below, then plan again.", status=400
+            )
+        data = form.cleaned_data
+        body = {
+            "cluster": data["cluster"].pk,
+            "name": data["name"],
+            **{k: v for k, v in data.items() if k not in ("cluster", "name") and v not in ("", None)},
+        }
+        deploy = DeploySerializer(data=body)
+        if not deploy.is_valid():
+            errors = "; ".join(f"{k}: {' '.join(v)}" for k, v in flatten_errors(deploy.errors).items())
+            return self._plan_page(request, form, error=f"Not deployed: {errors}", status=400)
+        try:
+            deployment, run = services.start_deploy(
+                deploy.validated_data["cluster"],
+                name=deploy.validated_data["name"],
+                config=deploy.config(),
+                credentials=deploy.credentials(),
+                keep_on_failure=deploy.validated_data["keep_on_failure"],
+                user=request.user,
+            )
+        except services.DeploymentRefused as exc:
+            return self._plan_page(request, form, error=f"Not deployed: {exc}", status=exc.status)
+        self.log_addition(request, deployment, f"Deploy requested from the plan preview: run {run.pk}")
+        url = reverse("admin:core_run_change", args=[run.pk])
+        self.message_user(
+            request,
+            format_html('Deploying {}: run <a href="{}">{}</a> started', deployment.name, url, run.pk),
+            messages.SUCCESS,
+        )
+        if not request.user.has_perm("core.view_run"):
+            # The run's page would answer 403: the deployment's page links to its run and shows its status.
+            url = reverse("admin:deployments_deployment_change", args=[deployment.pk])
+        return HttpResponseRedirect(url)
+
+    def _plan_page(self, request, form, *, outcome=None, error=None, may_deploy=False, status: int = 200):
         context = {
             **self.admin_site.each_context(request),
             "title": "Plan a deployment (dry run)",
@@ -348,8 +590,9 @@ class DeploymentAdmin(DeleteThroughRun, CheckedActions, admin.ModelAdmin):
             "form": form,
             "outcome": outcome,
             "error": error,
+            "may_deploy": may_deploy,
         }
-        return render(request, "admin/deployments/deployment/plan.html", context)
+        return render(request, "admin/deployments/deployment/plan.html", context, status=status)
 
 
 # --- benchmarks ------------------------------------------------------------------------------------------------
@@ -386,7 +629,7 @@ class BenchmarkAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     fields = (
         "deployment", "coloured_status", "partial", "run_link", "error", "summary_table", "plot_images",
-        "verdict", "error_table", "sweep_table", "settings", "options", "created_by", "created_at",
+        "verdict", "error_table", "sweep_table", "settings_table", "options_table", "created_by", "created_at",
         "started_at", "finished_at",
     )  # fmt: skip
     readonly_fields = fields
@@ -535,6 +778,14 @@ class BenchmarkAdmin(admin.ModelAdmin):
                 "", "<tr><td>{}</td><td>{}</td></tr>", ((e["count"], e["message"]) for e in errors)
             ),
         )
+
+    @admin.display(description="settings")
+    def settings_table(self, obj: Benchmark) -> str:
+        return data_table(obj.settings)
+
+    @admin.display(description="options")
+    def options_table(self, obj: Benchmark) -> str:
+        return data_table(obj.options)
 
     @admin.display(description="sweep")
     def sweep_table(self, obj: Benchmark) -> str:

@@ -60,6 +60,18 @@ class Deployment(models.Model):
     # The context string is bound into the ciphertext and must never change.
     credentials = EncryptedJSONField(null=True, blank=True, context="deployments.Deployment.credentials")
     keep_on_failure = models.BooleanField(default=False)
+    # Autoscaling (deployments/autoscaling.py): the policy as validated by the API, and what the beat last
+    # decided. JSON, not columns: the state is one document read and compare-and-set whole by the evaluation.
+    autoscaling = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Autoscaling policy (min/max replicas, metric, target, windows); empty: off",
+    )
+    autoscaling_state = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="ScalingReady condition, last evaluation and last scale (written by the autoscaling beat)",
+    )
     last_checked = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -89,6 +101,34 @@ class Deployment(models.Model):
     def served_model_name(self) -> str:
         return self.config.get("served_model_name") or self.model_name
 
+    def autoscaling_summary(self) -> str:
+        """The policy and the ScalingReady condition in words (the admin's read-only field)."""
+        if not self.autoscaling:
+            return "off (replicas are set by hand)"
+        policy, state = self.autoscaling, self.autoscaling_state or {}
+        lines = [
+            f"policy: {policy.get('min_replicas')}-{policy.get('max_replicas')} replicas, {policy.get('metric')} "
+            f"target {policy.get('target')}"
+        ]
+        condition = state.get("condition") or {}
+        if condition:
+            lines.append(
+                f"{condition.get('type')}: {condition.get('status')} ({condition.get('reason')}) "
+                f"{condition.get('message', '')}".rstrip()
+            )
+        evaluation = state.get("last_evaluation") or {}
+        if evaluation.get("value") is not None:
+            lines.append(
+                f"last evaluation {evaluation.get('time', '')}: {evaluation.get('metric')} {evaluation.get('value')} "
+                f"→ recommends {evaluation.get('recommendation')}, {evaluation.get('decision')}"
+            )
+        last = state.get("last_scale") or {}
+        if last:
+            lines.append(f"last scale {last.get('time', '')}: {last.get('from')} → {last.get('to')}")
+        return "\n".join(lines)
+
+    autoscaling_summary.short_description = "autoscaling"  # type: ignore[attr-defined]
+
 
 class Worker(models.Model):
     """One runtime pod of a deployment, as last seen (upserted in bulk by the deploy run and the health beat)."""
@@ -116,6 +156,11 @@ class DeploymentEvent(StatusEvent):
     """Append-only log of a deployment's status changes (deploy runs, health transitions, day-2 runs)."""
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    data = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Figures behind the event, e.g. the metric values of an autoscaling decision",
+    )
 
     def __str__(self) -> str:
         return f"{self.deployment_id} {self.kind}: {self.message}"

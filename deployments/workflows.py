@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -45,13 +46,31 @@ def _deployment(ctx: StepContext) -> Deployment:
         raise StepFailed(f"deployment {ctx.params['deployment_id']} no longer exists") from None
 
 
-def _gateway(deployment: Deployment, timeout: float = 30.0) -> ClusterGateway:
+def _gateway(deployment: Deployment, timeout: float = 30.0, budget: float | None = None) -> ClusterGateway:
     """The cluster's gateway, reusing this process's connection from step to step; a kubeconfig that cannot be
     used fails the step."""
     try:
-        return gateway_for(deployment.cluster, timeout=timeout)
+        return gateway_for(deployment.cluster, timeout=timeout, budget=budget)
     except GatewayError as exc:
         raise StepFailed(str(exc)) from None
+
+
+def _not_answering(exc: GatewayError) -> NotYet:
+    """A check the cluster did not answer: not yet. When the check ran into its deadline (the cluster holds
+    requests without answering), the next one comes only after three check deadlines (30 s by default) instead of
+    the poll interval, so a hung cluster's checks hold a poll worker a quarter of the time at most; a quick
+    refusal (connection refused, a 503) keeps the poll interval. The step's own deadline still ends the wait."""
+    hung = isinstance(exc, Unreachable) and "did not answer" in str(exc)
+    after = 3 * float(settings.WORKFLOW_POLL_CHECK_DEADLINE) if hung else None
+    return NotYet(f"cluster not answering: {exc}", after=after)
+
+
+def _check_gateway(deployment: Deployment) -> ClusterGateway:
+    """The gateway for one check of a waiting step: all its calls together get ``WORKFLOW_POLL_CHECK_DEADLINE``
+    seconds (a cluster that stops answering costs a poll worker that long, not 30 s per call); running out is
+    "not yet", and the step's own deadline decides when waiting ends."""
+    deadline = float(settings.WORKFLOW_POLL_CHECK_DEADLINE)
+    return _gateway(deployment, timeout=deadline, budget=deadline)
 
 
 def _gateway_failed(exc: GatewayError) -> Exception:
@@ -143,12 +162,12 @@ def wait_transfer(ctx: StepContext) -> Any:
         return {"skipped": started["skipped"]}
     job = started.get("job", charts.TRANSFER_JOB)
     try:
-        with _gateway(deployment) as gw:
+        with _check_gateway(deployment) as gw:
             state = health.transfer_state(
                 gw, deployment.namespace, job, bytes_total=int(started.get("bytes_total") or 0)
             )
     except GatewayError as exc:
-        return NotYet(f"cluster not answering: {exc}")
+        return _not_answering(exc)
     if state.failed:
         raise StepFailed(state.message())
     if state.complete:
@@ -173,10 +192,10 @@ def install(ctx: StepContext) -> dict:
 def wait_ready(ctx: StepContext) -> Any:
     deployment = _deployment(ctx)
     try:
-        with _gateway(deployment) as gw:
+        with _check_gateway(deployment) as gw:
             state = health.observe_rollout(gw, deployment)
     except GatewayError as exc:
-        return NotYet(f"cluster not answering: {exc}")
+        return _not_answering(exc)
     if state.done:
         return {"ready": state.ready, "workers": [w["name"] for w in state.workers]}
     return NotYet(state.message(), progress=state.progress)
@@ -185,10 +204,10 @@ def wait_ready(ctx: StepContext) -> Any:
 def verify_endpoint(ctx: StepContext) -> Any:
     deployment = _deployment(ctx)
     try:
-        with _gateway(deployment) as gw:
+        with _check_gateway(deployment) as gw:
             url = health.endpoint_url(gw, deployment)
     except GatewayError as exc:
-        return NotYet(f"cluster not answering: {exc}")
+        return _not_answering(exc)
     try:
         return health.confirm_endpoint(deployment, url)
     except health.NotServing as exc:
@@ -214,6 +233,9 @@ def mark_running(ctx: StepContext) -> dict:
 
 
 def cleanup_resources(ctx: StepContext) -> dict:
+    """Remove what the failed or cancelled deploy created. An unreachable cluster is retried for the transient
+    window like any step; if it stays away longer, the deployment ends FAILED with its objects left, and the
+    pending-cleanup beat (``finish_pending_cleanups``) removes them once the cluster is available again."""
     deployment = _deployment(ctx)
     if ctx.params.get("keep_on_failure"):
         return services.keep_for_inspection(deployment)
@@ -221,6 +243,8 @@ def cleanup_resources(ctx: StepContext) -> dict:
         with _gateway(deployment) as gw:
             return services.teardown(gw, deployment)
     except GatewayError as exc:
+        if isinstance(exc, Unreachable):
+            raise TransientError(f"could not remove the deployment's objects: {exc}") from None
         raise StepFailed(f"could not remove the deployment's objects: {exc}") from None
 
 
@@ -383,10 +407,10 @@ def remove_objects(ctx: StepContext) -> dict:
 def wait_namespace_gone(ctx: StepContext) -> Any:
     deployment = _deployment(ctx)
     try:
-        with _gateway(deployment) as gw:
+        with _check_gateway(deployment) as gw:
             left = health.namespace_left(gw, deployment.namespace)
     except GatewayError as exc:
-        return NotYet(f"cluster not answering: {exc}")
+        return _not_answering(exc)
     if left:
         return NotYet(f"namespace {deployment.namespace} is {left}")
     return {"namespace": deployment.namespace, "gone": True}
@@ -434,3 +458,78 @@ BENCHMARK = Workflow(
     steps=[Step("benchmark", "Run the benchmark", benchmarking.benchmark_step, eta=30)],
     cleanup=[Step("record_outcome", "Record why the benchmark stopped", benchmarking.benchmark_stopped)],
 )
+
+
+# --- pending cleanups ---------------------------------------------------------------------------------------------
+# A deploy whose cleanup could not reach its cluster for the whole transient window ends FAILED with its namespace,
+# Secrets and PVC left on the cluster. The beat task ``deployments.finish_pending_cleanups`` (every minute by
+# default, under Periodic tasks) starts a ``deployment.cleanup`` run for each such deployment once its cluster is
+# available again (the health sweep says so): the same teardown, the deployment stays FAILED, an event says what was
+# removed. A cleanup run that fails in turn is tried again ``DEPLOY_CLEANUP_RETRY_AFTER`` seconds after it ended.
+
+CLEANUP_KIND = "deployment.cleanup"
+
+
+def remove_leftovers(ctx: StepContext) -> dict:
+    deployment = _deployment(ctx)
+    if deployment.status != DeploymentStatus.FAILED:
+        return {"skipped": f"the deployment is {deployment.status}"}
+    with _cluster(deployment) as gw:
+        removed = services.teardown(gw, deployment)
+    services.record_event(
+        deployment,
+        "cleanup",
+        f"removed what the failed deploy left on the cluster: namespace {deployment.namespace}, "
+        f"{removed['objects_deleted']} object(s) of {len(removed['releases'])} release(s)",
+    )
+    return removed
+
+
+CLEANUP = Workflow(
+    kind=CLEANUP_KIND,
+    title="Remove a failed deployment's leftovers",
+    steps=[Step("remove_leftovers", "Remove what the failed deploy left", remove_leftovers, eta=3)],
+)
+
+
+def pending_cleanups() -> list[Deployment]:
+    """FAILED deployments (not kept for inspection) whose deploy run's cleanup step failed, on an available
+    cluster, with no cleanup run under way, none succeeded, and none failed within the retry interval."""
+    from django.db.models import Exists, OuterRef, Q
+    from django.db.models.functions import Cast
+    from django.utils import timezone
+
+    from clusters.choices import ClusterStatus
+    from core.choices import RunStatus, StepStatus
+    from core.models import Run, RunStep
+
+    subject = Cast(OuterRef("pk"), output_field=Run._meta.get_field("subject_id"))
+    cleanup_failed = RunStep.objects.filter(
+        run__kind=DEPLOY.kind, run__subject_id=subject, name="cleanup_resources", status=StepStatus.FAILED
+    )
+    retry_after = float(getattr(settings, "DEPLOY_CLEANUP_RETRY_AFTER", 600))
+    settled = Run.objects.filter(kind=CLEANUP_KIND, subject_id=subject).filter(
+        Q(status__in=[*RunStatus.active(), RunStatus.SUCCEEDED])
+        | Q(finished_at__gt=timezone.now() - timedelta(seconds=retry_after))
+    )
+    return list(
+        Deployment.objects.filter(
+            status=DeploymentStatus.FAILED, keep_on_failure=False, cluster__status=ClusterStatus.AVAILABLE
+        )
+        .filter(Exists(cleanup_failed))
+        .exclude(Exists(settled))
+        .order_by("pk")[:100]
+    )
+
+
+def finish_pending_cleanups() -> list[int]:
+    """Start a cleanup run for each pending cleanup (``pending_cleanups``); returns the deployments' ids."""
+    started = []
+    for deployment in pending_cleanups():
+        CLEANUP.launch(
+            subject=deployment,
+            params={"deployment_id": deployment.pk},
+            title=f"Remove leftovers of {deployment.name}",
+        )
+        started.append(deployment.pk)
+    return started

@@ -1,10 +1,13 @@
-"""Command line: `python -m devcluster serve --port 6443 --nodes gpu-mixed --kubeconfig OUT.yaml [--clusters N]`,
-and `python -m devcluster real serve --nodes gpu-mixed --kubeconfig OUT.yaml` for the real control plane
-(etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK; `make k8s` builds them).
+"""Command line: `python -m devcluster serve --port 6443 --nodes gpu-mixed --kubeconfig OUT.yaml [--clusters N]`
+(or `--names A,B` instead of `--clusters`), and `python -m devcluster real serve --nodes gpu-mixed --kubeconfig
+OUT.yaml` for the real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and KWOK;
+`make k8s` builds them).
 
 Kubeconfig files (0600): OUT.yaml is the first cluster's; with N > 1 every cluster also gets
-OUT.d/<name>.yaml (names c0001, c0002, ...).  The admin token for `/_devcluster/...` is written to
-OUT.admin-token.  The process serves until interrupted (SIGINT/SIGTERM).
+OUT.d/<name>.yaml (names c0001, c0002, ..., or those given with `--names`: `make run` serves "default" and,
+for local provisioning, a spare "provisioned" that the local Terraform module hands back as the cluster it
+"created").  The admin token for `/_devcluster/...` is written to OUT.admin-token.  The process serves until
+interrupted (SIGINT/SIGTERM).
 
 `--state-dir DIR` keeps the CA, tokens and every object in DIR (devcluster.persist): started again with the
 same DIR and port, the server is the same one to its clients (old kubeconfigs verify and authenticate,
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import re
 import signal
 import sys
 
@@ -24,6 +28,19 @@ import yaml
 
 from devcluster.harness import DevCluster
 from devcluster.persist import StateDirError
+
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def _cluster_names(raw: str) -> list[str]:
+    # A name is a URL path segment (/clusters/<name>) and a file name (OUT.d/<name>.yaml): DNS-label syntax.
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    bad = [n for n in names if not _NAME.fullmatch(n)]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"{raw!r}: give distinct lowercase names (letters, digits, '-'), comma-separated"
+        )
+    return names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", default="cpu-small", help="node preset name or YAML file of Node objects")
     s.add_argument("--kubeconfig", required=True, help="kubeconfig file to write for the first cluster")
     s.add_argument("--clusters", type=int, default=1, help="number of virtual clusters")
+    s.add_argument(
+        "--names",
+        type=_cluster_names,
+        help="comma-separated virtual cluster names, the first one's kubeconfig in --kubeconfig "
+        "(instead of --clusters)",
+    )
     s.add_argument("--openshift", action="store_true", help="add OpenShift API groups and a ClusterVersion")
     s.add_argument(
         "--state-dir",
@@ -143,6 +166,7 @@ async def _serve(args: argparse.Namespace) -> int:
         dc = DevCluster(
             nodes=args.nodes,
             clusters=args.clusters,
+            names=args.names,
             port=args.port,
             host=args.host,
             openshift=args.openshift,

@@ -80,7 +80,7 @@ RESOURCES: tuple[ResourceInfo, ...] = (
         "pods",
         "Pod",
         short_names=("po",),
-        subresources=("status", "log", "binding"),
+        subresources=("status", "log", "binding", "proxy"),
         categories=("all",),
     ),
     _r(

@@ -1,6 +1,7 @@
-"""Subresources: `status`, `scale`, pod `log`, `binding` and `eviction`, namespace `finalize`, service `proxy`.
+"""Subresources: `status`, `scale`, pod `log`, `binding` and `eviction`, namespace `finalize`, service and pod
+`proxy`.
 
-Each is reached as `.../<resource>/<name>/<subresource>`.  Pod logs and the service proxy come from the
+Each is reached as `.../<resource>/<name>/<subresource>`.  Pod logs and the service and pod proxies come from the
 simulation when it is attached (devcluster.sim); without it logs are one start line and the proxy answers
 "no endpoints", as a real cluster without ready pods would.
 """
@@ -36,6 +37,8 @@ async def subresource(
     method = request.method
     if sub == "proxy" and info.key == "services":
         return await _service_proxy(request, vc, namespace or "", name, "/".join(tail), sim_module)
+    if sub == "proxy" and info.key == "pods":
+        return await _pod_proxy(request, vc, namespace or "", name, "/".join(tail), sim_module)
     svc_name = name.split(":", 1)[0]
     obj = vc.peek(info.key, namespace, svc_name if info.key == "services" else name)
     if sub == "finalize" and info.key == "namespaces":
@@ -165,6 +168,19 @@ def _pod_log(request: web.Request, vc: VirtualCluster, pod: dict) -> web.Respons
             n = int(q["tailLines"])
             text = "".join(text.splitlines(keepends=True)[-n:]) if n > 0 else ""
     return web.Response(text=text, content_type="text/plain")
+
+
+async def _pod_proxy(
+    request: web.Request, vc: VirtualCluster, namespace: str, name: str, path: str, sim_module: Any
+) -> web.StreamResponse:
+    """``pods/<name>[:<port>]/proxy/<path>``: the pod's own server answers (e.g. its Prometheus ``/metrics``)."""
+    pod, _, port = name.partition(":")
+    fn = getattr(sim_module, "proxy_pod", None)
+    if fn is None:
+        if vc.peek("pods", namespace, pod) is None:
+            raise ApiError(404, "NotFound", f'pods "{pod}" not found')
+        raise ApiError(503, "ServiceUnavailable", f'pod "{pod}" is not serving')
+    return await fn(vc, namespace, pod, port, path, request)
 
 
 async def _service_proxy(

@@ -18,8 +18,10 @@ exception handler; the admin and the commands print its message).
   ``PROVISIONING_MODULE_OVERRIDE`` is a **test aid**: it points every provisioning at another module
   (``terraform/testing/local-cluster``, whose "cluster" is an existing API server such as a devcluster
   virtual cluster); ``PROVISIONING_MODULE_VARIABLES`` adds variables to every provisioning (for that
-  module: api_server, ca_data, token). Only variables the module declares are passed, and those it
-  declares ``sensitive`` are stored encrypted and reach Terraform as ``TF_VAR_*``.
+  module: api_server, ca_data, token), and so does the JSON file ``PROVISIONING_MODULE_VARIABLES_FILE`` while
+  the override is set (``make run`` writes one for its devcluster's spare virtual cluster). Only variables
+  the module declares are passed, and those it declares ``sensitive`` are stored encrypted and reach
+  Terraform as ``TF_VAR_*``.
 * State: the ``pg`` backend in the service's own PostgreSQL, one schema per cluster (``tf_cluster_<id>``),
   when the database is PostgreSQL; a local state file under ``var/terraform/`` otherwise (the embedded
   SQLite profile). ``PROVISIONING_STATE_BACKEND`` forces one.
@@ -31,6 +33,7 @@ exception handler; the admin and the commands print its message).
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -364,6 +367,43 @@ def module_dir(provider: str) -> Path:
     return MODULES[provider]
 
 
+def override_variables_file() -> dict[str, Any]:
+    """The variables in ``PROVISIONING_MODULE_VARIABLES_FILE`` (a test aid, like the override it goes with).
+
+    Read at each request rather than at start-up: ``make run`` starts web and workers before its devcluster is
+    up and writes the file afterwards. Without the override the file is ignored, so a leftover setting never
+    feeds a cloud module. Messages name the file, never its contents (it holds a token)."""
+    path = getattr(settings, "PROVISIONING_MODULE_VARIABLES_FILE", "") or ""
+    if not path or not (getattr(settings, "PROVISIONING_MODULE_OVERRIDE", "") or ""):
+        return {}
+    file = Path(path) if Path(path).is_absolute() else Path(settings.BASE_DIR) / path
+    try:
+        mode = file.stat().st_mode
+        if mode & 0o077:
+            raise ProvisioningRefused(
+                f"PROVISIONING_MODULE_VARIABLES_FILE {file} is readable by other users: chmod 600 it",
+                code=Code.MISSING_VARIABLES,
+                status=500,
+            )
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProvisioningRefused(
+            f"PROVISIONING_MODULE_VARIABLES_FILE {file} does not exist (`make run` writes it once its devcluster "
+            "is up)",
+            code=Code.MISSING_VARIABLES,
+            status=500,
+        ) from None
+    except (OSError, ValueError):
+        values = None
+    if not isinstance(values, dict):
+        raise ProvisioningRefused(
+            f"PROVISIONING_MODULE_VARIABLES_FILE {file} is not a readable JSON object",
+            code=Code.MISSING_VARIABLES,
+            status=500,
+        )
+    return values
+
+
 def module_variables(
     module: Path, candidates: Mapping[str, Any], node_pools: list[dict]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -374,6 +414,7 @@ def module_variables(
     spec = load_module(module)
     values = {**candidates, "node_count": sum(int(p["desired_size"]) for p in node_pools)}
     values.update(getattr(settings, "PROVISIONING_MODULE_VARIABLES", {}) or {})
+    values.update(override_variables_file())
     plain: dict[str, Any] = {}
     secret: dict[str, Any] = {}
     for name, value in values.items():

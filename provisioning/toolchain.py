@@ -92,6 +92,15 @@ def _null_provider_sources() -> list[Path]:
     ]
 
 
+def _replace_atomically(path: Path, write, *, mode: int) -> None:
+    """Write ``path`` through a temporary file renamed over it: processes building the same mirror at once
+    (parallel test sessions, a worker and a command) never see a half-copied provider or config."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
 def provider_mirror_config(base_dir: Path) -> Path:
     """Create (idempotently) a filesystem mirror holding the null provider and a CLI config using it.
 
@@ -107,10 +116,9 @@ def provider_mirror_config(base_dir: Path) -> Path:
     if not target.exists():
         # A copy, not a symlink: Terraform follows links but hashes the files, and a copy survives
         # the venv being rebuilt underneath a long-lived mirror.
-        shutil.copy2(source, target)
-        target.chmod(0o755)
+        _replace_atomically(target, lambda tmp: shutil.copy2(source, tmp), mode=0o755)
     config = base_dir / "terraform.tfrc"
-    config.write_text(
+    text = (
         "provider_installation {\n"
         "  filesystem_mirror {\n"
         f'    path    = "{mirror}"\n'
@@ -121,4 +129,16 @@ def provider_mirror_config(base_dir: Path) -> Path:
         "  }\n"
         "}\n"
     )
+    if not config.exists() or config.read_text() != text:
+        _replace_atomically(config, lambda tmp: tmp.write_text(text), mode=0o644)
     return config
+
+
+# python -m provisioning.toolchain mirror DIR (scripts/run.sh): builds the mirror, prints the CLI config's path.
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "mirror":
+        sys.exit("usage: python -m provisioning.toolchain mirror DIR")
+    try:
+        print(provider_mirror_config(Path(sys.argv[2]).resolve()))
+    except ToolchainError as exc:
+        sys.exit(str(exc))

@@ -2,6 +2,7 @@
 # Make sure the services the test suite needs answer on loopback, installing them when missing:
 #   PostgreSQL 15 on 127.0.0.1:5432 (role "postgres", trust authentication for local connections)
 #   Redis on 127.0.0.1:6379
+# and installs Debian's chromium with its chromedriver (the admin console's browser tests, tests/browser).
 # A new Debian 12 machine has neither; `make test` and `.ci/run` call this script, so a fresh clone
 # needs nothing installed by hand. It is idempotent: services already up are left alone.
 #
@@ -86,4 +87,11 @@ if ! redis_up; then
     --dir /var/lib/redis --logfile /var/log/redis/budcluster-test.log
   wait_for redis_up || { echo "Redis is not answering on 127.0.0.1:6379; see /var/log/redis/"; exit 1; }
 fi
-echo "PostgreSQL and Redis are up"
+
+# --- Chromium and chromedriver ------------------------------------------------------------------
+# Installed together: Debian's chromium-driver depends on the exact chromium version, so the two always match.
+# The browser tests point Selenium at these paths, never at a driver or browser it would download.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt_install chromium chromium-driver
+fi
+echo "PostgreSQL and Redis are up; chromium and chromedriver are installed"

@@ -7,7 +7,15 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from core.tokens import create_token
+from tests.parallel import (  # noqa: F401 - hooks for parallel runs (pytest-xdist)
+    isolate_worker,
+    pytest_collection_modifyitems,
+    pytest_terminal_summary,
+    pytest_testnodedown,
+)
 from tests.worker import WorkerProcess
+
+isolate_worker()
 
 # Worker subprocesses may talk to the loopback devcluster (the API process checks it per test via settings).
 WORKER_ENV = {"BUDCLUSTER_ALLOW_LOOPBACK_CLUSTERS": "1"}

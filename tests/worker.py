@@ -31,11 +31,27 @@ def test_database_url() -> str:
     return f"postgresql://{auth}{db.get('HOST') or '127.0.0.1'}{port}/{db['NAME']}"
 
 
+def worker_queues() -> list[str]:
+    """Every queue the service sends to: the default one and the poll checks' (``WORKFLOW_POLL_QUEUE``)."""
+    return ["celery", settings.WORKFLOW_POLL_QUEUE]
+
+
 class WorkerProcess:
-    def __init__(self, *, concurrency: int = 2, name: str = "w1", extra_env: dict | None = None) -> None:
+    """A worker subprocess; by default it consumes every queue (one pool for the tests' runs), ``queues`` narrows
+    it (a benchmark's poll pool beside a main one)."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 2,
+        name: str = "w1",
+        extra_env: dict | None = None,
+        queues: list[str] | None = None,
+    ) -> None:
         self.concurrency = concurrency
         self.name = name
         self.extra_env = extra_env or {}
+        self.queues = queues
         self.proc: subprocess.Popen | None = None
         self.log_path = ROOT / "var" / "test-logs" / f"worker-{name}-{os.getpid()}.log"
 
@@ -51,7 +67,7 @@ class WorkerProcess:
             [
                 sys.executable, "-m", "celery", "-A", "budcluster_site", "worker", "-l", "INFO",
                 "-c", str(self.concurrency), "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip",
-                "-P", "prefork",
+                "-P", "prefork", "-Q", ",".join(self.queues or worker_queues()),
             ],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -111,7 +127,8 @@ def broker_drained() -> bool:
 
     from budcluster_site.celery import app
 
-    if redis.Redis.from_url(settings.CELERY_BROKER_URL).llen("celery"):
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    if any(client.llen(queue) for queue in worker_queues()):
         return False
     inspect = app.control.inspect(timeout=1.0)
     held = [inspect.active(), inspect.reserved(), inspect.scheduled()]

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from core import crypto
 from core.api.errors import error_body
+from core.api.idempotency import IDEMPOTENCY_KEY, start_once
 from core.api.query import KnownQueryParameters, query_params
 from core.api.responses import RUN_ACCEPTED, error_answer, refusal, run_accepted
 from core.fields import raw_token
@@ -81,6 +82,7 @@ class ClusterViewSet(
             "application/x-www-form-urlencoded": ClusterRegisterFormSerializer,
         },
         responses={202: RUN_ACCEPTED, 400: REFUSED_400, 409: REFUSED_409},
+        parameters=[IDEMPOTENCY_KEY],
     )
     @action(detail=False, methods=["post"])
     def register(self, request):
@@ -94,15 +96,12 @@ class ClusterViewSet(
             envelope=data.get("encrypted_kubeconfig"),
             upload=data.get("kubeconfig_file"),
         )
-        cluster, run = services.register_cluster(
-            name=data["name"],
-            kubeconfig=raw,
-            context=data.get("context") or None,
-            ingress_url=data.get("ingress_url", ""),
-            labels=data.get("labels") or {},
-            user=request.user,
-        )
-        return run_accepted(run, request, cluster_id=cluster.pk)
+
+        def start():
+            cluster, run = services.register_validated(data, raw, request.user)
+            return run, {"cluster_id": cluster.pk}
+
+        return start_once(request, "cluster.register", start)
 
     @extend_schema(
         request=ClusterUpdateSerializer,

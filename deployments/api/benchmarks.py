@@ -20,8 +20,9 @@ from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from core.api.errors import error_response
+from core.api.idempotency import IDEMPOTENCY_KEY, start_once
 from core.api.query import KnownQueryParameters
-from core.api.responses import RUN_ACCEPTED, error_answer, refusal, run_accepted
+from core.api.responses import RUN_ACCEPTED, error_answer, refusal
 from core.permissions import ModelPermissions
 
 from .. import benchmarking, plots
@@ -185,9 +186,14 @@ class DeploymentBenchmarkView(APIView):
                 "Refused: the deployment is not running, has no endpoint yet, or has a run in progress",
             ),
         },
+        parameters=[IDEMPOTENCY_KEY],
     )
     def post(self, request, pk: int):
         deployment = get_object_or_404(Deployment.objects.select_related("cluster"), pk=pk)
-        row, run = benchmarking.start_benchmark(deployment, request.data, user=request.user)
-        url = reverse("benchmark-detail", kwargs={"pk": row.pk}, request=request)
-        return run_accepted(run, request, benchmark_id=row.pk, benchmark_url=url, deployment_id=deployment.pk)
+
+        def start():
+            row, run = benchmarking.start_benchmark(deployment, request.data, user=request.user)
+            url = reverse("benchmark-detail", kwargs={"pk": row.pk}, request=request)
+            return run, {"benchmark_id": row.pk, "benchmark_url": url, "deployment_id": deployment.pk}
+
+        return start_once(request, "deployment.benchmark", start)

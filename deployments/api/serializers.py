@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -9,6 +11,7 @@ from clusters.models import Revision
 from core.api import serializers as strict
 from core.api.fields import OutboundURLField
 
+from ..autoscaling import MAX_REPLICAS, Metric, public_state
 from ..catalog import resolve_model
 from ..choices import DeploymentStatus, DeviceType, ModelSource
 from ..models import Deployment, DeploymentEvent, Worker
@@ -210,7 +213,97 @@ class RevisionSerializer(serializers.ModelSerializer):
 class DeploymentEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = DeploymentEvent
-        fields = ("kind", "old_status", "new_status", "message", "created_at")
+        fields = ("kind", "old_status", "new_status", "message", "data", "created_at")
+
+
+class AutoscalingPolicySerializer(strict.Serializer):
+    """An autoscaling policy (``deployments/autoscaling.py``): replica range, one metric with its target, and the
+    HPA-style windows. Every bound is checked here, so a stored policy is always one the beat can evaluate."""
+
+    min_replicas = serializers.IntegerField(min_value=1, max_value=MAX_REPLICAS)
+    max_replicas = serializers.IntegerField(min_value=1, max_value=MAX_REPLICAS)
+    metric = serializers.ChoiceField(
+        choices=Metric.choices,
+        help_text="waiting_requests: vllm:num_requests_waiting per replica; ttft_p95: p95 of "
+        "vllm:time_to_first_token_seconds since the previous evaluation, in ms; kv_cache_usage: "
+        "vllm:kv_cache_usage_perc (or gpu_cache_usage_perc), a fraction 0-1",
+    )
+    target = serializers.FloatField(
+        help_text="Per replica, in the metric's unit: waiting requests (> 0), milliseconds (> 0, ≤ 600000), or a "
+        "KV-cache fraction (> 0, ≤ 1)"
+    )
+    tolerance = serializers.FloatField(
+        required=False, default=0.1, min_value=0.0, max_value=0.9,
+        help_text="No change while value/target is within this of 1 (the HPA's 10 % by default)",
+    )  # fmt: skip
+    scale_up_stabilization_seconds = serializers.FloatField(
+        required=False, default=0.0, min_value=0.0, max_value=3600.0,
+        help_text="Scale up to the lowest recommendation of this window (0: at once)",
+    )  # fmt: skip
+    scale_down_stabilization_seconds = serializers.FloatField(
+        required=False, default=300.0, min_value=0.0, max_value=3600.0,
+        help_text="Scale down to the highest recommendation of this window (load that returns within it keeps "
+        "the replicas)",
+    )  # fmt: skip
+    scale_up_cooldown_seconds = serializers.FloatField(
+        required=False, default=60.0, min_value=0.0, max_value=86400.0,
+        help_text="No scale-up until this long after the previous scale ended",
+    )  # fmt: skip
+    scale_down_cooldown_seconds = serializers.FloatField(
+        required=False, default=300.0, min_value=0.0, max_value=86400.0,
+        help_text="No scale-down until this long after the previous scale ended",
+    )  # fmt: skip
+
+    TARGET_BOUNDS = {
+        Metric.WAITING_REQUESTS: (0.0, 100000.0, "waiting requests per replica"),
+        Metric.TTFT_P95: (0.0, 600000.0, "milliseconds"),
+        Metric.KV_CACHE_USAGE: (0.0, 1.0, "a fraction of the KV cache"),
+    }
+
+    def validate(self, attrs: dict) -> dict:
+        if self.partial:  # a PATCH's fields alone; the view checks the merged policy whole afterwards
+            return attrs
+        errors = {}
+        if attrs["min_replicas"] > attrs["max_replicas"]:
+            errors["max_replicas"] = (
+                f"must be at least min_replicas ({attrs['min_replicas']}), got {attrs['max_replicas']}"
+            )
+        low, high, unit = self.TARGET_BOUNDS[attrs["metric"]]
+        target = attrs["target"]
+        if not math.isfinite(target) or not low < target <= high:
+            errors["target"] = (
+                f"for {attrs['metric']} the target is {unit}: above {low:g} and at most {high:g}"
+            )
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
+
+
+AUTOSCALING_SCHEMA = {
+    "type": "object",
+    "nullable": True,
+    "description": "null without a policy; else the policy, the KServe-style ScalingReady condition "
+    "(status True/False/Unknown, reason, message, last_transition_time), the desired replicas, the last "
+    "evaluation (metric value, target, per-replica values, recommendation, decision) and the last scale",
+    "properties": {
+        "policy": {"type": "object", "nullable": True},
+        "conditions": {"type": "array", "items": {"type": "object"}},
+        "desired_replicas": {"type": "integer", "nullable": True},
+        "last_evaluation": {"type": "object", "nullable": True},
+        "last_scale": {"type": "object", "nullable": True},
+    },
+}
+
+
+@extend_schema_field(AUTOSCALING_SCHEMA)
+class AutoscalingStateField(serializers.Field):
+    """The deployment's autoscaling policy and state, read-only (``autoscaling.public_state``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, value: Deployment):
+        return public_state(value)
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
@@ -218,13 +311,14 @@ class DeploymentSerializer(serializers.ModelSerializer):
     cluster_name = serializers.CharField(source="cluster.name", read_only=True)
     status = serializers.ChoiceField(choices=DeploymentStatus.choices, read_only=True)
     revision = serializers.SerializerMethodField(help_text="Current revision number of the runtime release")
+    autoscaling = AutoscalingStateField()
 
     class Meta:
         model = Deployment
         fields = (
             "id", "url", "name", "cluster", "cluster_name", "namespace", "model_name", "device_type", "engine",
             "replicas", "ready_replicas", "engine_args", "image", "endpoint_url", "status", "reason", "revision",
-            "last_checked", "created_at", "updated_at",
+            "autoscaling", "last_checked", "created_at", "updated_at",
         )  # fmt: skip
         read_only_fields = fields
 

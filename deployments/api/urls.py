@@ -1,6 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from .autoscaling import DeploymentAutoscalingView
 from .benchmarks import BenchmarkViewSet, DeploymentBenchmarkView
 from .views import DeploymentViewSet
 
@@ -10,5 +11,8 @@ router.register("benchmarks", BenchmarkViewSet, basename="benchmark")
 
 urlpatterns = [
     path("deployments/<int:pk>/benchmark", DeploymentBenchmarkView.as_view(), name="deployment-benchmark"),
+    path(
+        "deployments/<int:pk>/autoscaling", DeploymentAutoscalingView.as_view(), name="deployment-autoscaling"
+    ),
     *router.urls,
 ]

@@ -15,6 +15,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from core.api.errors import error_body
+from core.api.idempotency import IDEMPOTENCY_KEY, start_once
 from core.api.query import query_params
 from core.api.responses import RUN_ACCEPTED, error_answer, refusal, run_accepted
 from core.gateway import GatewayError
@@ -158,6 +159,7 @@ class DeploymentViewSet(
                 codes=[Code.NO_FIT],
             ),
         },
+        parameters=[IDEMPOTENCY_KEY],
     )
     @action(detail=False, methods=["post"])
     def deploy(self, request):
@@ -165,15 +167,19 @@ class DeploymentViewSet(
         body = DeploySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        deployment, run = services.start_deploy(
-            data["cluster"],
-            name=data["name"],
-            config=body.config(),
-            credentials=body.credentials(),
-            keep_on_failure=data["keep_on_failure"],
-            user=request.user,
-        )
-        return run_accepted(run, request, deployment_id=deployment.pk, namespace=deployment.namespace)
+
+        def start():
+            deployment, run = services.start_deploy(
+                data["cluster"],
+                name=data["name"],
+                config=body.config(),
+                credentials=body.credentials(),
+                keep_on_failure=data["keep_on_failure"],
+                user=request.user,
+            )
+            return run, {"deployment_id": deployment.pk, "namespace": deployment.namespace}
+
+        return start_once(request, "deployment.deploy", start)
 
     @extend_schema(
         request=DeploymentUpdateSerializer,
@@ -202,6 +208,7 @@ class DeploymentViewSet(
                 codes=[Code.NO_SUCH_REVISION, *BUSY_CODES],
             ),
         },
+        parameters=[IDEMPOTENCY_KEY],
     )
     @action(detail=True, methods=["post"])
     def rollback(self, request, pk=None):
@@ -209,8 +216,14 @@ class DeploymentViewSet(
         deployment = self.get_object()
         body = RollbackSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        run = services.start_rollback(deployment, body.validated_data["revision"], user=request.user)
-        return run_accepted(run, request, deployment_id=deployment.pk)
+        return start_once(
+            request,
+            "deployment.rollback",
+            lambda: (
+                services.start_rollback(deployment, body.validated_data["revision"], user=request.user),
+                {"deployment_id": deployment.pk},
+            ),
+        )
 
     @extend_schema(
         responses={

@@ -11,6 +11,7 @@ Public interface (the contract with the API server):
     detach(cluster) -> None                     stop a cluster's timers and listeners
     await shutdown()                            close every LoadBalancer listener of the running loop
     await proxy_service(cluster, ns, svc, port, path, request) -> StreamResponse
+    await proxy_pod(cluster, ns, pod, port, path, request) -> StreamResponse   (e.g. a pod's /metrics)
     await set_fault(cluster, kind, target, value) -> None   "node-not-ready", "job-fail", "clear"
     cluster.sim.pod_log(ns, pod, container) -> str | None   for the pods/log endpoint
 """
@@ -35,6 +36,7 @@ __all__ = [
     "detach",
     "load_nodes",
     "preset_names",
+    "proxy_pod",
     "proxy_service",
     "set_fault",
     "shutdown",
@@ -130,6 +132,28 @@ async def proxy_service(
     if not isinstance(sim, Simulation):
         return _status(503, "ServiceUnavailable", f'no endpoints available for service "{service}"')
     return await sim.network.serve(request, namespace, service, port, path)
+
+
+async def proxy_pod(
+    cluster: Any, namespace: str, pod: str, port: str, path: str, request: web.BaseRequest
+) -> web.StreamResponse:
+    """The API server's pods/proxy: the pod's own server answers (a serving pod's inference simulator, which is how
+    BudCluster reads each replica's Prometheus ``/metrics``); a pod that is not running is refused as kube-apiserver
+    refuses it."""
+    sim = getattr(cluster, "sim", None)
+    if not isinstance(sim, Simulation):
+        return _status(503, "ServiceUnavailable", f'pod "{pod}" is not serving')
+    obj = cluster.peek("pods", namespace, pod)
+    if obj is None:
+        return _status(404, "NotFound", f'pods "{pod}" not found')
+    if (obj.get("status") or {}).get("phase") != "Running":
+        return _status(400, "BadRequest", f"pod {pod} does not have a host assigned or is not running")
+    server = sim.inference.get((namespace, pod))
+    if server is None:
+        return _status(
+            503, "ServiceUnavailable", f'error trying to reach service: pod "{pod}" serves nothing'
+        )
+    return await server.handle(request, path)
 
 
 async def set_fault(cluster: Any, kind: str, target: str | None, value: Any = True) -> None:

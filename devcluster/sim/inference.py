@@ -24,6 +24,18 @@ Overrides, most specific first: the pod's env DEVCLUSTER_TTFT_MS / DEVCLUSTER_IT
 constant), the CLI / SimConfig `ttft_ms` / `itl_ms`, then the formula.  Latency does not grow with load:
 a request only waits when more than `--max-num-seqs` (default 256) requests are in flight, as vLLM queues.
 
+Metrics under load (the signals an autoscaler reads, with vLLM's names and meanings)
+-----------------------------------------------------------------------------------
+    vllm:num_requests_waiting      requests queued for a slot (in flight beyond --max-num-seqs)
+    vllm:num_requests_running      requests holding a slot
+    vllm:time_to_first_token_seconds   histogram, from the request's arrival (queueing included, as vLLM
+                                   measures it) to its first token
+    vllm:kv_cache_usage_perc       fraction (0-1) of the KV cache the running requests hold: their prompt tokens
+    vllm:gpu_cache_usage_perc      from admission plus one per generated token (a non-streamed request holds its
+                                   whole output from admission), over a capacity of DEVCLUSTER_KV_CACHE_TOKENS
+                                   (default --max-num-seqs x 1024 tokens); both names, as vLLM 0.10-0.11 exports
+                                   the old one beside the new
+
 Timing is scheduled against absolute deadlines on the loop clock (token i is due at
 start + TTFT + i * ITL), so sleeps never accumulate drift; each SSE chunk carries exactly one token.
 
@@ -71,6 +83,7 @@ DEFAULT_MAX_MODEL_LEN = 4096
 DEFAULT_MAX_NUM_SEQS = 256
 EMBEDDING_DIM = 384
 STALL_LIMIT_S = 300.0
+KV_TOKENS_PER_SEQ = 1024  # default KV capacity per --max-num-seqs slot (see the module docstring)
 ITL_BASE_MS = 1.0
 TTFT_BASE_MS = 10.0
 MBU = 0.6
@@ -208,6 +221,7 @@ class Counters:
     generation_tokens: int = 0
     running: int = 0
     waiting: int = 0
+    kv_tokens: int = 0  # KV cache held by the running requests, in tokens
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
 
@@ -258,12 +272,14 @@ class InferenceServer:
         port: int = 8000,
         embedding_dim: int = EMBEDDING_DIM,
         device: str = "cpu",
+        kv_cache_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.served_names = served_names or [model]
         self.latency = latency or Latency()
         self.max_model_len = max_model_len
         self.max_num_seqs = max(1, max_num_seqs)
+        self.kv_cache_tokens = max(1, kv_cache_tokens or self.max_num_seqs * KV_TOKENS_PER_SEQ)
         self.fail_rate = Fraction(str(min(1.0, max(0.0, fail_rate))))
         self.stall_after_tokens = stall_after_tokens
         self.port = port
@@ -329,6 +345,10 @@ class InferenceServer:
             port=port,
             embedding_dim=int(_env_float(env, "DEVCLUSTER_EMBEDDING_DIM") or EMBEDDING_DIM),
             device=device,
+            kv_cache_tokens=int(
+                _env_float(env, "DEVCLUSTER_KV_CACHE_TOKENS") or getattr(config, "kv_cache_tokens", None) or 0
+            )
+            or None,
         )
 
     def startup_log(self) -> list[str]:
@@ -453,6 +473,7 @@ class InferenceServer:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_num_seqs)
+        arrival = asyncio.get_running_loop().time()
         self.counters.waiting += 1
         try:
             await self._slots.acquire()
@@ -460,11 +481,18 @@ class InferenceServer:
             self.counters.waiting -= 1
         self.counters.running += 1
         self.counters.prompt_tokens += prompt_tokens
+        # KV cache: the prompt from admission, then one token per generated token (the whole output at once for
+        # a non-streamed request); all of it is freed when the request ends.
+        held = [prompt_tokens if stream else prompt_tokens + n_out]
+        self.counters.kv_tokens += held[0]
         try:
             if stream:
-                return await self._stream(request, chat, model, prompt_tokens, n_out, include_usage)
+                return await self._stream(
+                    request, chat, model, prompt_tokens, n_out, include_usage, arrival, held
+                )
             return await self._complete(chat, model, prompt_tokens, n_out)
         finally:
+            self.counters.kv_tokens -= held[0]
             self.counters.running -= 1
             self._slots.release()
 
@@ -527,16 +555,23 @@ class InferenceServer:
         prompt_tokens: int,
         n_out: int,
         include_usage: bool,
+        arrival: float | None = None,
+        held: list[int] | None = None,
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         start = loop.time()
+        arrival = start if arrival is None else arrival
+        held = [0] if held is None else held
         ttft = self.latency.ttft_ms(prompt_tokens) / 1000.0
         itl = self.latency.itl_ms / 1000.0
         resp = web.StreamResponse(
             status=200,
             headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"},
         )
-        await resp.prepare(request)
+        try:
+            await resp.prepare(request)
+        except ConnectionError:  # the client left while the request waited for a slot
+            return resp
         created = int(time.time())
         rid = f"chatcmpl-{uuid.uuid4().hex}" if chat else f"cmpl-{uuid.uuid4().hex}"
         head = {
@@ -570,11 +605,14 @@ class InferenceServer:
                 await resp.write(("data: " + line + "\n\n").encode())
                 now = loop.time()
                 if i == 0:
-                    self.counters.ttft.observe(now - start)
+                    # From arrival, as vLLM measures it: time spent queued for a slot is part of the TTFT.
+                    self.counters.ttft.observe(now - arrival)
                 else:
                     self.counters.itl.observe(now - previous)
                 previous = now
                 sent += 1
+                held[0] += 1
+                self.counters.kv_tokens += 1
                 self.counters.generation_tokens += 1
             if include_usage:
                 usage = {
@@ -630,6 +668,9 @@ class InferenceServer:
         )
 
     # ------------------------------------------------------------------ metrics
+    def kv_cache_usage(self) -> float:
+        return min(1.0, self.counters.kv_tokens / self.kv_cache_tokens)
+
     def metrics_text(self) -> str:
         # Hand-written exposition: a handful of series, and prometheus_client's global registry would mix
         # the metrics of every simulated pod in the process.
@@ -643,6 +684,12 @@ class InferenceServer:
             "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
             "# TYPE vllm:num_requests_waiting gauge",
             f"vllm:num_requests_waiting{{{lbl}}} {c.waiting}",
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{{{lbl}}} {self.kv_cache_usage():.6f}",
+            "# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.",
+            "# TYPE vllm:gpu_cache_usage_perc gauge",
+            f"vllm:gpu_cache_usage_perc{{{lbl}}} {self.kv_cache_usage():.6f}",
             "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
             "# TYPE vllm:prompt_tokens_total counter",
             f"vllm:prompt_tokens_total{{{lbl}}} {c.prompt_tokens}",
@@ -740,6 +787,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fail-rate", type=float)
     p.add_argument("--stall-after-tokens", type=int)
     p.add_argument(
+        "--kv-cache-tokens", type=int, help="KV cache capacity in tokens (default max-num-seqs x 1024)"
+    )
+    p.add_argument(
         "--loop",
         choices=["auto", "uvloop", "asyncio"],
         default="auto",
@@ -754,7 +804,11 @@ def main(argv: list[str] | None = None) -> None:
         "max-num-seqs": a.max_num_seqs,
     }
     overrides = argparse.Namespace(
-        ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, fail_rate=a.fail_rate, stall_after_tokens=a.stall_after_tokens
+        ttft_ms=a.ttft_ms,
+        itl_ms=a.itl_ms,
+        fail_rate=a.fail_rate,
+        stall_after_tokens=a.stall_after_tokens,
+        kv_cache_tokens=a.kv_cache_tokens,
     )
     import os
 

@@ -10,7 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from clusters.models import Cluster
-from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
+from core.api.idempotency import IDEMPOTENCY_KEY, start_once
+from core.api.responses import RUN_ACCEPTED, refusal
 from core.api.serializers import NoBody
 
 from .. import services
@@ -58,10 +59,14 @@ class CollectNodeInfo(APIView):
                 services.CollectionRefused, "Refused: the cluster is registering, deleting or in error"
             ),
         },
+        parameters=[IDEMPOTENCY_KEY],
     )
     def post(self, request, pk: int):
         """Roll out the collectors, wait for them, and refresh the inventory (202 + run). Takes no body."""
         NoBody(data=request.data).is_valid(raise_exception=True)
         cluster = get_object_or_404(Cluster.objects.defer("kubeconfig"), pk=pk)
-        run = services.start_collection(cluster, user=request.user)
-        return run_accepted(run, request, cluster_id=cluster.pk)
+        return start_once(
+            request,
+            "hardware.collect",
+            lambda: (services.start_collection(cluster, user=request.user), {"cluster_id": cluster.pk}),
+        )

@@ -23,6 +23,7 @@ from rest_framework.generics import get_object_or_404
 from rest_framework.response import Response
 
 from clusters.models import Cluster
+from core.api.idempotency import IDEMPOTENCY_KEY, start_once
 from core.api.responses import RUN_ACCEPTED, refusal, run_accepted
 from core.api.serializers import NoBody
 from core.fields import raw_token
@@ -131,21 +132,30 @@ class ProvisionViewSet(viewsets.GenericViewSet):
         "show": ["provisioning.view_provisioning"],
     }
 
-    @extend_schema(request=CreateAndProvisionSerializer, responses={202: RUN_ACCEPTED, **START_REFUSALS})
+    @extend_schema(
+        request=CreateAndProvisionSerializer,
+        responses={202: RUN_ACCEPTED, **START_REFUSALS},
+        parameters=[IDEMPOTENCY_KEY],
+    )
     def create_and_provision(self, request):
         """Create a cluster record and provision it (Terraform), then register it: one run."""
         body = CreateAndProvisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
-        provisioning, run = services.create_and_provision(
-            credential=data.pop("credential_id"), user=request.user, **data
-        )
-        return run_accepted(run, request, cluster_id=provisioning.cluster_id)
+
+        def start():
+            provisioning, run = services.create_and_provision(
+                credential=data.pop("credential_id"), user=request.user, **data
+            )
+            return run, {"cluster_id": provisioning.cluster_id}
+
+        return start_once(request, services.PROVISION_KIND, start)
 
     @extend_schema(
         operation_id="clusters_provision",
         request=ProvisionSerializer,
         responses={202: RUN_ACCEPTED, **START_REFUSALS},
+        parameters=[IDEMPOTENCY_KEY],
     )
     def provision(self, request, pk=None):
         """Provision a cluster record created without a kubeconfig (status provisioning)."""
@@ -153,10 +163,14 @@ class ProvisionViewSet(viewsets.GenericViewSet):
         body = ProvisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
-        provisioning, run = services.start_provisioning(
-            cluster, credential=data.pop("credential_id"), user=request.user, **data
-        )
-        return run_accepted(run, request, cluster_id=provisioning.cluster_id)
+
+        def start():
+            provisioning, run = services.start_provisioning(
+                cluster, credential=data.pop("credential_id"), user=request.user, **data
+            )
+            return run, {"cluster_id": provisioning.cluster_id}
+
+        return start_once(request, services.PROVISION_KIND, start)
 
     @extend_schema(operation_id="clusters_provisioning_retrieve", responses={200: ProvisioningSerializer})
     def show(self, request, pk=None):

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import pytest
 from django.contrib.staticfiles import finders
 from django.db import connection
-from django.test.html import Element, parse_html
+from django.test.html import parse_html
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -22,6 +22,10 @@ from clusters.models import Cluster
 from core.models import Run, RunStep
 from deployments.models import Deployment
 from hardware.models import Node
+from tests.console.html import attr as _attr
+from tests.console.html import find as _find
+from tests.console.html import one as _one
+from tests.console.html import text as _text
 
 pytestmark = pytest.mark.django_db
 
@@ -34,39 +38,6 @@ EVERYTHING = (
 
 
 # --- reading the page ------------------------------------------------------------------------------------------
-
-
-def _walk(element):
-    for child in getattr(element, "children", ()):
-        if isinstance(child, Element):
-            yield child
-            yield from _walk(child)
-
-
-def _attr(element: Element, name: str) -> str | None:
-    return dict(element.attributes).get(name)
-
-
-def _find(root, *, id: str | None = None, cls: str | None = None, tag: str | None = None) -> list[Element]:
-    return [
-        e
-        for e in _walk(root)
-        if (id is None or _attr(e, "id") == id)
-        and (cls is None or cls in (_attr(e, "class") or "").split())
-        and (tag is None or e.name == tag)
-    ]
-
-
-def _one(root, **kw) -> Element:
-    found = _find(root, **kw)
-    assert len(found) == 1, f"{kw}: {len(found)} elements"
-    return found[0]
-
-
-def _text(element) -> str:
-    if isinstance(element, str):
-        return element
-    return " ".join(" ".join(_text(c) for c in element.children).split())
 
 
 def _page(client, url: str = "/admin/"):

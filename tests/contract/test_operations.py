@@ -34,6 +34,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 # (method, path, body, expected status) in the order they run: reads first, then changes, deletions last.
+AUTOSCALING_POLICY = {"min_replicas": 1, "max_replicas": 3, "metric": "kv_cache_usage", "target": 0.8}
 CALLS = [
     ("GET", "/runs", None, 200),
     ("GET", "/runs/{id}", None, 200),
@@ -57,6 +58,10 @@ CALLS = [
     ("POST", "/deployments/plan", {"cluster": "c1", "model": "llama-3.1-8b-instruct"}, 200),
     ("POST", "/deployments/deploy", {"cluster": "c1", "name": "d1", "model": "llama-3.1-8b-instruct"}, 409),
     ("POST", "/deployments/{id}/rollback", {"revision": 9}, 409),
+    ("GET", "/deployments/{id}/autoscaling", None, 200),
+    ("PUT", "/deployments/{id}/autoscaling", AUTOSCALING_POLICY, 200),
+    ("PATCH", "/deployments/{id}/autoscaling", {"max_replicas": 4}, 200),
+    ("DELETE", "/deployments/{id}/autoscaling", None, 204),
     ("POST", "/runs/{id}/approve", None, 409),  # not a provisioning run
     ("POST", "/runs/{id}/cancel", {}, 409),  # already ended
     ("POST", "/clusters/register", {"name": "c1", "kubeconfig": "kind: Config"}, 400),

@@ -22,7 +22,11 @@ from provisioning.terraform import (
     TerraformRunner,
     TerraformTimeout,
 )
-from tests.provisioning.conftest import LOCAL_MODULE, PG_URL, read_state
+from tests.provisioning.conftest import LOCAL_MODULE, read_state
+
+# The pg backend keeps its state in this session's test database (tests/provisioning/conftest.py: pg_url), which
+# pytest-django creates only for a session holding tests that ask for it.
+pytestmark = pytest.mark.django_db
 
 ADDRESSES = {
     "null_resource.network",
@@ -33,12 +37,14 @@ ADDRESSES = {
 
 
 def runner(cli_config: Path, schema: str, **kwargs) -> TerraformRunner:
+    from tests.worker import test_database_url
+
     variables = {"cluster_name": "demo", "node_count": 2, "resource_delay_seconds": 0}
     variables.update(kwargs.pop("variables", {}))
     return TerraformRunner(
         LOCAL_MODULE,
         schema_name=schema,
-        pg_conn_str=PG_URL,
+        pg_conn_str=test_database_url(),
         variables=variables,
         cli_config_file=cli_config,
         **kwargs,

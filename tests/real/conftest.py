@@ -45,13 +45,14 @@ def registered(api, worker, real_cluster, settings):  # noqa: F811
     return cluster
 
 
-def pytest_terminal_summary(terminalreporter) -> None:
-    """The devcluster fidelity table (tests/real/test_fidelity.py), when its comparisons ran this session."""
+def pytest_sessionfinish(session) -> None:
+    """The devcluster fidelity table (tests/real/test_fidelity.py), when its comparisons ran this session; printed
+    at the end of the run (by the controller, under xdist)."""
     import sys
 
+    from tests.parallel import add_summary
+
     fidelity = sys.modules.get("tests.real.test_fidelity")
-    lines = fidelity.summary_lines() if fidelity is not None else []
-    if lines:
-        terminalreporter.section("devcluster fidelity")
-        for line in lines:
-            terminalreporter.write_line(line)
+    add_summary(
+        session.config, "devcluster fidelity", fidelity.summary_lines() if fidelity is not None else []
+    )

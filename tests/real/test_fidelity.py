@@ -1131,7 +1131,7 @@ def test_documentation_lists_every_documented_and_fixed_difference() -> None:
 def summary_lines() -> list[str]:
     """The table of the comparisons this session ran: operation, equal / fixed / documented, differing keys.
 
-    tests/real/conftest.py prints it at the end of the session (pytest_terminal_summary), whichever of the
+    tests/real/conftest.py prints it at the end of the session (tests.parallel.add_summary), whichever of the
     comparisons ran and in whatever order; no test depends on another having run first."""
     if not RESULTS:
         return []

@@ -2,7 +2,9 @@
 // data-refresh-seconds (at least 2) and its content replaced by the answer, HTML the server rendered and escaped.
 // A same-origin file, so the Content-Security-Policy (script-src 'self') allows it with no inline script.
 // A failed fetch keeps the last content and tries again at the next tick; a redirect (the session ended, the
-// login page answered) stops the refresh rather than paste the login form into the page.
+// login page answered) stops the refresh rather than paste the login form into the page. A fragment that carries
+// data-refresh-final (e.g. a run that has ended: nothing will change any more) is the last one: the element loses
+// its data-refresh-url and is not fetched again.
 (function () {
   "use strict";
   function keepFresh(element) {
@@ -19,6 +21,10 @@
           }
           return response.text().then(function (html) {
             element.innerHTML = html;
+            if (element.querySelector("[data-refresh-final]")) {
+              element.removeAttribute("data-refresh-url");
+              return false;
+            }
             return true;
           });
         })
