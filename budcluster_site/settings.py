@@ -9,6 +9,7 @@ Every variable is documented in README.md ("Configuration") and ``.env.sample``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from datetime import timedelta
@@ -87,6 +88,8 @@ INSTALLED_APPS = [
     "hardware",
     "deployments",
     "provisioning",
+    # /metrics (Prometheus): fleet figures read from every app's tables at scrape time
+    "metrics",
 ]
 
 MIDDLEWARE = [
@@ -190,7 +193,8 @@ SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31536000) if SECURE else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE
 SECURE_HSTS_PRELOAD = SECURE
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if SECURE else None
-SECURE_REDIRECT_EXEMPT = [r"^health"]
+# Probes and Prometheus scrape the pod over plain HTTP inside the cluster, as TLS ends at the ingress.
+SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
 X_FRAME_OPTIONS = "DENY"
 # Reverse proxies in front of the service that append the client's address to X-Forwarded-For; 0 (default) uses
 # the socket's address. Login lockouts and API throttles count per client address read this way.
@@ -548,5 +552,21 @@ LOGGING = {
         "axes": {"level": "WARNING"},  # failed logins and lockouts; not its start-up banner
     },
 }
+
+# --- metrics (Prometheus, metrics/) -----------------------------------------------------------------------------
+# GET /metrics answers only a scraper that passes every check configured: METRICS_TOKEN (sent as
+# "Authorization: Bearer <token>") and/or METRICS_ALLOWED_NETWORKS (client addresses as core.throttling reads them,
+# TRUSTED_PROXY_COUNT included). With neither set the endpoint is off and answers 404.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ConfigError("METRICS_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", [])
+for _network in METRICS_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"METRICS_ALLOWED_NETWORKS: {_network!r} is not an address or network such as 10.0.0.0/8"
+        ) from None
 
 PORT = env_int("PORT", 9082)

@@ -1,10 +1,12 @@
-"""URL map: the REST API at the root (paths as in the original service), admin, OpenAPI docs and health."""
+"""URL map: the REST API at the root (paths as in the original service), admin, OpenAPI docs, health and
+metrics."""
 
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from core.api import health
+from metrics.views import metrics
 
 from . import dashboard
 
@@ -21,6 +23,8 @@ urlpatterns = [
     path("health", health.health, name="health"),
     path("health/db", health.health_db, name="health-db"),
     path("health/broker", health.health_broker, name="health-broker"),
+    # Prometheus text format, for the scrapers METRICS_TOKEN and METRICS_ALLOWED_NETWORKS admit (metrics/).
+    path("metrics", metrics, name="metrics"),
     # Before admin.site.urls, so these win over the admin's own index and catch-all.
     path("admin/", admin.site.admin_view(dashboard.index), name="fleet-index"),
     path("admin/fleet/runs/", admin.site.admin_view(dashboard.runs_fragment), name="fleet-runs"),

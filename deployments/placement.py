@@ -46,6 +46,9 @@ refused (the vLLM CPU backend needs AVX2 at least).
 Speed: identical nodes share one evaluation (nodes precompute a class key when built), so a decision is a
 few comparisons per node, and refusal sentences are written only when read; 20,000 nodes plan in a few
 milliseconds (see benchmarks/placement.py).
+
+`plan_placement` is a few steps (`prepare_plan`, `classify_nodes`, `class_candidates`, ...) that
+`deployments/placement_fleet.py` reuses to plan many clusters at once with one class cache.
 """
 
 from __future__ import annotations
@@ -630,6 +633,9 @@ class _Plan:
     requested: str
     utilization: float
     tps: list[int]
+    context_len: int = 0
+    concurrency: int = 0
+    replicas: int = 1
 
 
 @dataclass(slots=True)
@@ -651,6 +657,9 @@ class _Class:
     is_cpu: bool = False
     min_devices: int = 0
     min_cpu_millicores: int = 0
+    # Lowest sort key any candidate of this class can have (the fleet planner stops at the first class that beats
+    # the next one's bound); empty until first asked for.
+    bound: tuple = ()
 
 
 def _accelerator_cpu_millicores(tp: int) -> int:
@@ -767,6 +776,8 @@ def _refusal_reason(node: NodeCapacity, classes: dict[str, _Class], plan: _Plan)
 
 def _spread(chosen: list[tuple[NodeCapacity, int]], replicas: int) -> tuple[str, ...] | None:
     """One replica per node first, then more on nodes with room; None when capacity is short."""
+    if replicas == 1:  # the common case, once per cluster in a fleet plan: the first node chosen
+        return (chosen[0][0].name,) if chosen else None
     if sum(cap for _, cap in chosen) < replicas:
         return None
     counts = [0] * len(chosen)
@@ -792,11 +803,17 @@ def _node_selector(device_type: str, nodes: list[NodeCapacity], model_name: str)
     return {}
 
 
-def _accelerator_candidates(ev: _Class, replicas: int) -> tuple[list[Candidate], str]:
+def _accelerator_candidates(
+    ev: _Class, replicas: int, *, first_only: bool = False
+) -> tuple[list[Candidate], str]:
+    """Candidates of one accelerator class, smallest TP first; ``first_only`` stops at the first one placed
+    (the best of the class: a larger TP only adds devices)."""
     candidates = []
     shortfall = ""
     free_counts = sorted(ev.by_free)
     for tp, need in ev.fits:
+        if first_only and candidates:
+            break
         cpu_need = _accelerator_cpu_millicores(tp)
         chosen: list[tuple[NodeCapacity, int]] = []
         capacity = 0
@@ -873,7 +890,7 @@ def _cpu_candidate(ev: _Class, replicas: int) -> tuple[Candidate | None, str]:
     ), ""
 
 
-def plan_placement(
+def prepare_plan(
     model: str | Mapping | ModelSpec,
     *,
     dtype: str | None = "auto",
@@ -882,15 +899,11 @@ def plan_placement(
     concurrency: int,
     device_type: str = "auto",
     replicas: int = 1,
-    nodes: Sequence[NodeCapacity],
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
     max_tp: int | None = None,
-) -> PlacementResult:
-    """Candidate placements, best first; PlacementError (with per-node refusals) when none fits.
-
-    `model` is a catalog name, a ModelSpec or a request dict (see catalog.model_from_dict). Invalid
-    arguments raise ValueError with a message meant for the API caller.
-    """
+) -> _Plan:
+    """The request checked and its node-independent figures computed once (ValueError for bad input); one
+    plan serves every node of one cluster or of a whole fleet."""
     spec = resolve_model(model)
     dtype_name = normalise_dtype(spec, dtype)
     quant = normalise_quantization(quantization)
@@ -910,14 +923,9 @@ def plan_placement(
         limit = _positive_int("max_tp", max_tp)
         if limit & (limit - 1):
             raise ValueError(f"max_tp must be a power of two, got {max_tp}")
-    if isinstance(nodes, str | bytes) or not isinstance(nodes, Sequence | Iterable):
-        raise ValueError("nodes must be a list of NodeCapacity")
-    if not isinstance(nodes, Sequence):
-        nodes = list(nodes)
-
     weights, _ = _weights_bytes(spec, dtype_name, quant)
     kv = kv_bytes_per_token(spec, dtype_name) * context * conc
-    plan = _Plan(
+    return _Plan(
         model=spec,
         dtype=dtype_name,
         quantization=quant,
@@ -928,10 +936,22 @@ def plan_placement(
         requested=device_type,
         utilization=float(gpu_memory_utilization),
         tps=valid_tensor_parallel_sizes(spec, limit),
+        context_len=context,
+        concurrency=conc,
+        replicas=count,
     )
 
+
+def classify_nodes(
+    nodes: Sequence[NodeCapacity], plan: _Plan, classes: dict[str, _Class]
+) -> tuple[list[NodeCapacity], dict[str, _Class]]:
+    """Sort the nodes of one cluster into the refused ones and the class buckets candidates are drawn from.
+
+    ``classes`` caches the per-class evaluation and may be shared by several calls with the same plan (the fleet
+    planner shares it across clusters); the buckets of the returned classes (``used``) hold this call's nodes only.
+    """
     refused: list[NodeCapacity] = []
-    classes: dict[str, _Class] = {}
+    used: dict[str, _Class] = {}
     # The hot loop: a few attribute reads and comparisons per node; everything costly happens once per
     # class, and refusal sentences are written only when read (RefusalList).
     for node in nodes:
@@ -940,9 +960,17 @@ def plan_placement(
         if node.blocked_reason:
             refused.append(node)
             continue
-        ev = classes.get(node.class_key)
+        key = node.class_key
+        ev = used.get(key)
         if ev is None:
-            ev = classes[node.class_key] = _evaluate_class(node, plan)
+            ev = classes.get(key)
+            if ev is None:
+                ev = classes[key] = _evaluate_class(node, plan)
+            else:
+                # Evaluated for an earlier call: keep the evaluation, start this call's buckets afresh.
+                ev.by_free = {}
+                ev.fit_nodes = []
+            used[key] = ev
         if ev.refusal:
             refused.append(node)
         elif ev.is_cpu:
@@ -962,20 +990,105 @@ def plan_placement(
                 bucket.append(node)
         else:
             refused.append(node)
-    refusals = RefusalList(refused, lambda node: _refusal_reason(node, classes, plan))
+    return refused, used
 
+
+def node_refusals(refused: list[NodeCapacity], classes: dict[str, _Class], plan: _Plan) -> RefusalList:
+    """The refused nodes with their reasons, written when read."""
+    return RefusalList(refused, lambda node: _refusal_reason(node, classes, plan))
+
+
+def class_candidates(ev: _Class, replicas: int, *, first_only: bool = False) -> tuple[list[Candidate], str]:
+    """Candidates of one class whose buckets are filled (none for a refused class), and the shortfall sentence
+    when its nodes have room for some replicas but not all."""
+    if ev.refusal:
+        return [], ""
+    if ev.is_cpu:
+        cpu, short = _cpu_candidate(ev, replicas)
+        return ([cpu] if cpu is not None else []), short
+    return _accelerator_candidates(ev, replicas, first_only=first_only)
+
+
+def class_bound(ev: _Class, replicas: int) -> tuple:
+    """A tuple no candidate of this class sorts before (a prefix of ``Candidate.sort_key`` of its best case)."""
+    if not ev.bound:
+        if ev.is_cpu:
+            ev.bound = (1, 0, ISA_RANK.get(ev.isa, 9))
+        elif ev.fits:
+            tp, need = ev.fits[0]
+            ev.bound = (0, tp * replicas, -(ev.usable - need) / ev.usable, ev.device_type, ev.model_name)
+        else:
+            ev.bound = (2,)
+    return ev.bound
+
+
+def plan_estimate(plan: _Plan, device_type: str, tensor_parallel_size: int) -> MemoryEstimate:
+    return estimate_memory(
+        plan.model,
+        dtype=plan.dtype,
+        quantization=plan.quantization,
+        context_len=plan.context_len,
+        concurrency=plan.concurrency,
+        device_type=device_type,
+        tensor_parallel_size=tensor_parallel_size,
+    )
+
+
+def no_fit_summary(plan: _Plan) -> str:
+    """The request in one phrase, for refusals: "no placement for <model> (<dtype>, context …; weights …)"."""
+    quant = plan.quantization
+    return (
+        f"no placement for {plan.model.name} ({plan.dtype}"
+        f"{', ' + quant if quant else ''}, context {plan.context_len} {TIMES} {plan.concurrency} concurrent, "
+        f"{_plural(plan.replicas, 'replica')}; weights {_gib(plan.weights_bytes)} GiB, "
+        f"KV cache {_gib(plan.kv_cache_bytes)} GiB)"
+    )
+
+
+def plan_placement(
+    model: str | Mapping | ModelSpec,
+    *,
+    dtype: str | None = "auto",
+    quantization: str | None = None,
+    context_len: int,
+    concurrency: int,
+    device_type: str = "auto",
+    replicas: int = 1,
+    nodes: Sequence[NodeCapacity],
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+    max_tp: int | None = None,
+) -> PlacementResult:
+    """Candidate placements, best first; PlacementError (with per-node refusals) when none fits.
+
+    `model` is a catalog name, a ModelSpec or a request dict (see catalog.model_from_dict). Invalid
+    arguments raise ValueError with a message meant for the API caller.
+    """
+    plan = prepare_plan(
+        model,
+        dtype=dtype,
+        quantization=quantization,
+        context_len=context_len,
+        concurrency=concurrency,
+        device_type=device_type,
+        replicas=replicas,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_tp=max_tp,
+    )
+    if isinstance(nodes, str | bytes) or not isinstance(nodes, Sequence | Iterable):
+        raise ValueError("nodes must be a list of NodeCapacity")
+    if not isinstance(nodes, Sequence):
+        nodes = list(nodes)
+
+    classes: dict[str, _Class] = {}
+    refused, used = classify_nodes(nodes, plan, classes)
+    refusals = node_refusals(refused, classes, plan)
+
+    count = plan.replicas
     candidates: list[Candidate] = []
     shortfalls: list[str] = []
-    for ev in classes.values():
-        if ev.refusal:
-            continue
-        if ev.device_type == "cpu":
-            cpu, short = _cpu_candidate(ev, count)
-            if cpu is not None:
-                candidates.append(cpu)
-        else:
-            found, short = _accelerator_candidates(ev, count)
-            candidates.extend(found)
+    for ev in used.values():
+        found, short = class_candidates(ev, count)
+        candidates.extend(found)
         if short:
             shortfalls.append(short)
     candidates.sort(key=Candidate.sort_key)
@@ -984,33 +1097,21 @@ def plan_placement(
         layout = (candidates[0].device_type, candidates[0].tensor_parallel_size)
     else:
         layout = ("cuda" if device_type == "auto" else device_type, 1)
-    estimate = estimate_memory(
-        spec,
-        dtype=dtype_name,
-        quantization=quant,
-        context_len=context,
-        concurrency=conc,
-        device_type=layout[0],
-        tensor_parallel_size=layout[1],
-    )
+    estimate = plan_estimate(plan, *layout)
     if not candidates:
-        summary = (
-            f"no placement for {spec.name} ({dtype_name}"
-            f"{', ' + quant if quant else ''}, context {context} {TIMES} {conc} concurrent, "
-            f"{_plural(count, 'replica')}; weights {_gib(weights)} GiB, KV cache {_gib(kv)} GiB)"
-        )
+        summary = no_fit_summary(plan)
         if shortfalls:
             summary += "; " + "; ".join(shortfalls)
         if not nodes:
             summary += "; the cluster inventory is empty"
         raise PlacementError(summary, refusals, estimate)
     return PlacementResult(
-        model=spec,
+        model=plan.model,
         estimate=estimate,
-        dtype=dtype_name,
-        quantization=quant,
-        context_len=context,
-        concurrency=conc,
+        dtype=plan.dtype,
+        quantization=plan.quantization,
+        context_len=plan.context_len,
+        concurrency=plan.concurrency,
         replicas=count,
         device_type=device_type,
         gpu_memory_utilization=plan.utilization,

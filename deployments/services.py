@@ -9,6 +9,11 @@ the functions at the end of this module and only translate their errors). Chart 
 * **Plan** (`plan`) is a dry run: the stored inventory → `placement.plan_placement` → the chart values of the best
   candidate → both charts rendered with the Helm engine → memory breakdown and an estimated time per step. Nothing
   is written anywhere.
+* **Fleet plan** (`plan_fleet`): a request that names no cluster is planned on every available cluster at once
+  (``placement_fleet.plan_fleet`` on the inventory of all clusters, read in two queries): ranked candidates, one per
+  cluster, and each refused cluster's reason; the best cluster then gets the full single-cluster plan, so the
+  answer is the single-cluster one plus ``cluster``, ``cluster_name`` and ``fleet``. `start_fleet_deploy` deploys
+  on the best cluster (clusters where the name is taken are left out).
 * **Deploy** (`start_deploy`) plans the same way first, so a model that fits nowhere is refused with per-node
   reasons before anything exists (no Deployment row, no run, no cluster object). Otherwise it stores the
   Deployment (credentials from the request encrypted on the row, never in run params) and launches the
@@ -42,7 +47,7 @@ from core.workflow import get_workflow, request_cancel
 from hardware.models import Node
 from hardware.services import refresh_inventory
 
-from . import charts
+from . import charts, placement_fleet
 from . import placement as placement_engine
 from .catalog import resolve_model
 from .charts import (
@@ -72,6 +77,7 @@ class DeploymentRefused(Refused):
         INVALID_SOURCE = "invalid_source", "The model source lacks what it needs (S3 keys)"
         CLUSTER_UNAVAILABLE = "cluster_unavailable", "The cluster is not available"
         NO_FIT = "no_fit", "The model fits on no node (per-node reasons given)"
+        NO_CLUSTER = "no_cluster", "No cluster is available to place on (a request that names no cluster)"
         NOT_RUNNING = "not_running", "The deployment is not running yet"
         NO_RUNTIME = "no_runtime", "The deployment has no installed runtime"
         RUN_IN_PROGRESS = "run_in_progress", "Another run of the deployment is in progress"
@@ -224,28 +230,38 @@ def timeouts(config: dict, weights_bytes: int) -> dict[str, float]:
     }
 
 
+# The Node columns placement reads (values() rows: no model instances, which cost more than the planning itself).
+NODE_FIELDS = (
+    "cluster_id", "name", "ready", "schedulable", "accelerator_type", "accelerator_vendor", "accelerator_model",
+    "accelerator_count", "free_accelerators", "accelerator_memory_mib", "cpu_cores", "free_cpu_millicores",
+    "memory_bytes", "free_memory_bytes", "cpu_flags", "taints",
+)  # fmt: skip
+
+
+def node_capacity(row: dict) -> placement_engine.NodeCapacity:
+    """One stored Node (its ``NODE_FIELDS``) as placement input."""
+    return placement_engine.NodeCapacity(
+        name=row["name"],
+        ready=row["ready"],
+        schedulable=row["schedulable"],
+        accelerator_type=row["accelerator_type"],
+        accelerator_vendor=row["accelerator_vendor"] or "",
+        accelerator_model=row["accelerator_model"] or "",
+        device_count=row["accelerator_count"] or 0,  # unknown (null) offers nothing to place on
+        free_devices=row["free_accelerators"],
+        device_memory_mib=row["accelerator_memory_mib"] or 0,
+        cpu_cores=row["cpu_cores"] or 0,
+        free_cpu_millicores=row["free_cpu_millicores"],
+        memory_bytes=row["memory_bytes"] or 0,
+        free_memory_bytes=row["free_memory_bytes"],
+        cpu_flags=frozenset(row["cpu_flags"] or ()),
+        taints=tuple(_taint_text(t) for t in row["taints"] or []),
+    )
+
+
 def node_capacities(cluster: Cluster) -> list[placement_engine.NodeCapacity]:
     """The stored inventory (``hardware``'s Node rows) as placement input."""
-    return [
-        placement_engine.NodeCapacity(
-            name=node.name,
-            ready=node.ready,
-            schedulable=node.schedulable,
-            accelerator_type=node.accelerator_type,
-            accelerator_vendor=node.accelerator_vendor or "",
-            accelerator_model=node.accelerator_model or "",
-            device_count=node.accelerator_count or 0,  # unknown (null) offers nothing to place on
-            free_devices=node.free_accelerators,
-            device_memory_mib=node.accelerator_memory_mib or 0,
-            cpu_cores=node.cpu_cores or 0,
-            free_cpu_millicores=node.free_cpu_millicores,
-            memory_bytes=node.memory_bytes or 0,
-            free_memory_bytes=node.free_memory_bytes,
-            cpu_flags=frozenset(node.cpu_flags or ()),
-            taints=tuple(_taint_text(t) for t in node.taints or []),
-        )
-        for node in Node.objects.filter(cluster=cluster)
-    ]
+    return [node_capacity(row) for row in Node.objects.filter(cluster=cluster).values(*NODE_FIELDS)]
 
 
 def _taint_text(taint: dict) -> str:
@@ -320,6 +336,146 @@ def plan_warnings(cluster: Cluster) -> list[str]:
         f"cluster {cluster.name} is {cluster.status}{since}{reason}: this plan uses the inventory stored before, "
         "which may be out of date, and a deploy is refused until the cluster is available again"
     ]
+
+
+# --- fleet plan (no cluster named) -------------------------------------------------------------------------------
+
+
+def fleet_inventory(
+    *, leave_out: dict[int, str] | None = None
+) -> tuple[dict[int, Cluster], list[placement_fleet.ClusterInventory]]:
+    """Every cluster and the stored nodes of the available ones, in two queries whatever their number.
+
+    Clusters that are not available are listed with the reason (a deploy there would be refused); ``leave_out``
+    maps cluster ids to a reason for leaving an available cluster out too (e.g. the name is taken there).
+    """
+    leave_out = leave_out or {}
+    clusters = {c.pk: c for c in Cluster.objects.defer("kubeconfig").order_by("name")}
+    nodes: dict[int, list[placement_engine.NodeCapacity]] = {
+        pk: [] for pk, c in clusters.items() if c.status == ClusterStatus.AVAILABLE and pk not in leave_out
+    }
+    rows = Node.objects.filter(cluster_id__in=list(nodes)) if nodes else Node.objects.none()
+    for row in rows.order_by("cluster_id", "name").values(*NODE_FIELDS):
+        nodes[row["cluster_id"]].append(node_capacity(row))
+    inventory = []
+    for pk, cluster in clusters.items():
+        if pk in nodes:
+            reason = ""
+        elif cluster.status != ClusterStatus.AVAILABLE:
+            reason = _unavailable_reason(cluster)
+        else:
+            reason = leave_out[pk]
+        inventory.append(
+            placement_fleet.ClusterInventory(
+                id=pk, name=cluster.name, nodes=nodes.get(pk, ()), status=cluster.status, unavailable=reason
+            )
+        )
+    return clusters, inventory
+
+
+def _unavailable_reason(cluster: Cluster) -> str:
+    since = ""
+    if cluster.status == ClusterStatus.NOT_AVAILABLE and cluster.not_available_since:
+        since = f" since {cluster.not_available_since:%Y-%m-%d %H:%M} UTC"
+    return f"cluster is {cluster.status}{since}" + (f": {cluster.reason}" if cluster.reason else "")
+
+
+def place_fleet(config: dict, inventory: list) -> placement_fleet.FleetPlacement:
+    """``plan_fleet`` for a stored request config (ValueError for bad input), with ``place``'s defaults."""
+    spec = resolve_model(config["model"])
+    return placement_fleet.plan_fleet(
+        spec,
+        clusters=inventory,
+        dtype=config.get("dtype") or "auto",
+        quantization=config.get("quantization") or None,
+        context_len=context_len_for(spec, config),
+        concurrency=int(config.get("concurrency") or 16),
+        device_type=config.get("device_type") or "auto",
+        replicas=int(config.get("replicas") or 1),
+        gpu_memory_utilization=float(
+            config.get("gpu_memory_utilization") or placement_engine.DEFAULT_GPU_MEMORY_UTILIZATION
+        ),
+        max_tp=config.get("max_tp") or None,
+    )
+
+
+@dataclass
+class FleetPlanOutcome:
+    """A fleet plan: the ranked clusters and refusals, and the best cluster's full plan (``PlanOutcome``)."""
+
+    fleet: placement_fleet.FleetPlacement
+    cluster: Cluster | None = None
+    plan: PlanOutcome | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.plan is not None and self.plan.ok
+
+    def as_dict(self) -> dict:
+        """The single-cluster answer for the best cluster, plus ``cluster``, ``cluster_name`` and ``fleet``; when
+        nothing fits: ``detail``, the estimate and the first node reasons over all clusters ("cluster/node: …")."""
+        if self.ok:
+            return {
+                **self.plan.as_dict(),
+                "cluster": self.cluster.pk,
+                "cluster_name": self.cluster.name,
+                "fleet": self.fleet.as_dict(),
+            }
+        return fleet_refusal_record(self.fleet)
+
+
+def fleet_refusal_record(fleet: placement_fleet.FleetPlacement) -> dict:
+    return {
+        "feasible": False,
+        "warnings": [],
+        "detail": fleet.summary,
+        "estimate": fleet.estimate.as_dict(),
+        "refusals": fleet.node_refusals(200),
+        "refusals_total": fleet.node_refusals_total,
+        "fleet": fleet.as_dict(),
+    }
+
+
+def _fleet_placement(
+    config: dict, *, leave_out: dict[int, str] | None = None
+) -> tuple[dict[int, Cluster], placement_fleet.FleetPlacement, dict[int, list]]:
+    clusters, inventory = fleet_inventory(leave_out=leave_out)
+    try:
+        fleet = place_fleet(config, inventory)
+    except ValueError as exc:
+        raise DeploymentRefused(str(exc), code=Code.INVALID_REQUEST) from None
+    if not fleet.clusters_planned:
+        # Nothing to plan on is the fleet's state, not the request's fault: say which clusters there are and why
+        # none can be used.
+        detail = (
+            "no cluster is registered: register one first (POST /clusters/register)"
+            if not clusters
+            else f"no cluster is available to place on: none of the {len(clusters)} clusters is available "
+            "(each one's reason in fleet.refused_clusters)"
+        )
+        raise DeploymentRefused(detail, code=Code.NO_CLUSTER, status=422, data=_no_detail(fleet))
+    return clusters, fleet, {c.id: c.nodes for c in inventory}
+
+
+def _no_detail(fleet: placement_fleet.FleetPlacement) -> dict:
+    return {k: v for k, v in fleet_refusal_record(fleet).items() if k != "detail"}
+
+
+def plan_fleet(config: dict, *, name: str = "preview") -> FleetPlanOutcome:
+    """Dry run on every available cluster: the clusters ranked by their best placement, each refused cluster's
+    reason, and the best cluster's full plan (manifests, memory, ETA). Writes nothing.
+
+    DeploymentRefused: invalid request (400), values the charts refuse (400), no available cluster (422
+    ``no_cluster``). Nothing fitting anywhere is an outcome with ``ok`` False (the API answers 422 ``no_fit``).
+    """
+    clusters, fleet, nodes = _fleet_placement(config)
+    if not fleet.feasible:
+        return FleetPlanOutcome(fleet=fleet)
+    cluster = clusters[fleet.best.cluster_id]
+    # The inventory already read: no further query, and the same placement the ranking found.
+    return FleetPlanOutcome(
+        fleet=fleet, cluster=cluster, plan=plan(cluster, config, nodes=list(nodes[cluster.pk]), name=name)
+    )
 
 
 # --- deploy ------------------------------------------------------------------------------------------------------
@@ -404,6 +560,35 @@ def start_deploy(
         _refuse_taken_name(cluster, name)
         raise
     return deployment, run
+
+
+def start_fleet_deploy(
+    *,
+    name: str,
+    config: dict,
+    credentials: dict | None = None,
+    keep_on_failure: bool = False,
+    user: Any = None,
+) -> tuple[Deployment, Run]:
+    """Deploy on the best cluster of the fleet plan (a request that names no cluster); ``deployment.cluster`` is the
+    one chosen. Clusters with a live deployment of this name are left out. Nothing fits anywhere: 422 ``no_fit``
+    with the fleet report; no available cluster: 422 ``no_cluster``; nothing is created either way."""
+    taken = Deployment.objects.filter(name=name).exclude(status=DeploymentStatus.DELETED)
+    leave_out = {
+        cluster_id: f"has a live deployment named {name!r} (id {pk})"
+        for cluster_id, pk in taken.values_list("cluster_id", "pk")
+    }
+    clusters, fleet, _ = _fleet_placement(config, leave_out=leave_out)
+    if not fleet.feasible:
+        raise DeploymentRefused(fleet.summary, code=Code.NO_FIT, status=422, data=_no_detail(fleet))
+    return start_deploy(
+        clusters[fleet.best.cluster_id],
+        name=name,
+        config=config,
+        credentials=credentials,
+        keep_on_failure=keep_on_failure,
+        user=user,
+    )
 
 
 def _refuse_taken_name(cluster: Cluster, name: str) -> None:
@@ -865,9 +1050,11 @@ __all__ = [
     "PlanOutcome",
     "namespace_for",
     "plan",
+    "plan_fleet",
     "revisions",
     "start_delete",
     "start_deploy",
+    "start_fleet_deploy",
     "start_rollback",
     "start_update",
 ]

@@ -18,6 +18,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connection
 
+from devcluster.real.controlplane import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,6 +72,9 @@ class WorkerProcess:
                 "-P", "prefork", "-Q", ",".join(self.queues or worker_queues()),
             ],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # A test session killed outright must not leave its worker behind, consuming the next session's
+            # messages from the same broker database (its pool processes end with it).
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         self._wait_ready()
         return self

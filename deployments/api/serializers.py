@@ -10,6 +10,7 @@ from rest_framework import serializers
 from clusters.models import Revision
 from core.api import serializers as strict
 from core.api.fields import OutboundURLField
+from core.api.responses import RunAcceptedSerializer
 
 from ..autoscaling import MAX_REPLICAS, Metric, public_state
 from ..catalog import resolve_model
@@ -79,9 +80,13 @@ class S3Serializer(strict.Serializer):
 class PlanSerializer(strict.Serializer):
     """What to deploy and where: the body of ``POST /deployments/plan``, which takes every field of a deploy request
     (``name`` optional), so that a deploy body can be planned as it is. Credentials are never kept from a plan:
-    only whether an HF token is given matters (the manifests then read it from its Secret)."""
+    only whether an HF token is given matters (the manifests then read it from its Secret). Without ``cluster``
+    every available cluster is planned on (the fleet plan)."""
 
-    cluster = ClusterField()
+    cluster = ClusterField(
+        required=False,
+        help_text="Cluster id or name; omitted: every available cluster is planned on and the best one is taken",
+    )
     name = serializers.RegexField(
         r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
         required=False,
@@ -183,6 +188,19 @@ class DeploySerializer(PlanSerializer):
         if attrs.get("source") == ModelSource.S3 and not attrs.get("s3"):
             raise serializers.ValidationError({"s3": "required when source is s3"})
         return attrs
+
+
+class DeployAcceptedSerializer(RunAcceptedSerializer):
+    """The 202 answer of ``POST /deployments/deploy``."""
+
+    deployment_id = serializers.IntegerField()
+    namespace = serializers.CharField()
+    cluster = serializers.IntegerField(
+        required=False, help_text="The cluster chosen by the fleet plan (only when the request named none)"
+    )
+    cluster_name = serializers.CharField(
+        required=False, help_text="Its name (only when the request named no cluster)"
+    )
 
 
 class WorkerSerializer(serializers.ModelSerializer):

@@ -8,7 +8,7 @@ answered by the API's exception handler with its status and ``{"detail", "code",
 from __future__ import annotations
 
 from django.db.models import Prefetch
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
@@ -25,6 +25,7 @@ from ..models import Deployment, Worker
 from ..services import DeploymentRefused
 from .filters import DeploymentFilter
 from .serializers import (
+    DeployAcceptedSerializer,
     DeploymentDetailSerializer,
     DeploymentSerializer,
     DeploymentUpdateSerializer,
@@ -59,6 +60,84 @@ PLAN_SCHEMA = {
         },
     },
     "required": ["feasible", "warnings"],
+}
+# The fleet plan (a body without ``cluster``) answers the single-cluster shape for the best cluster plus these.
+FLEET_CANDIDATE_SCHEMA = {
+    "type": "object",
+    "description": "A cluster's best placement: the fields of `placement`, plus its rank, cluster and the memory "
+    "breakdown of its layout",
+    "properties": {
+        "rank": {"type": "integer"},
+        "cluster": {"type": "integer"},
+        "cluster_name": {"type": "string"},
+        "device_type": {"type": "string"},
+        "accelerator_model": {"type": "string"},
+        "tensor_parallel_size": {"type": "integer"},
+        "replicas": {"type": "integer"},
+        "node": {"type": "string"},
+        "nodes": {"type": "array", "items": {"type": "string"}},
+        "memory_per_device_bytes": {"type": "integer"},
+        "usable_memory_per_device_bytes": {"type": "integer"},
+        "headroom": {"type": "number"},
+        "summary": {"type": "string"},
+        "memory": {
+            "type": "object",
+            "description": "weights, KV cache, overhead, per device and total, in bytes and GiB",
+        },
+    },
+    "required": ["rank", "cluster", "cluster_name", "device_type", "tensor_parallel_size", "node", "memory"],
+}
+REFUSED_CLUSTER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "cluster": {"type": "integer"},
+        "cluster_name": {"type": "string"},
+        "status": {"type": "string"},
+        "reason": {
+            "type": "string",
+            "description": "Why the cluster cannot take the deployment, in one sentence",
+        },
+        "refusals": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "The first per-node reasons (node: reason)",
+        },
+        "refusals_total": {"type": "integer"},
+    },
+    "required": ["cluster", "cluster_name", "status", "reason", "refusals", "refusals_total"],
+}
+FLEET_SCHEMA = {
+    "type": "object",
+    "description": "Only when the request named no cluster: every cluster considered, the available ones ranked "
+    "by their best placement (best first; the first is the one planned in full above and the one a deploy "
+    "without cluster takes), and why each other cluster refuses",
+    "properties": {
+        "clusters_total": {"type": "integer"},
+        "clusters_planned": {"type": "integer", "description": "Available clusters, whose inventory was planned on"},
+        "candidates": {"type": "array", "items": FLEET_CANDIDATE_SCHEMA, "description": "The first 20"},
+        "candidates_total": {"type": "integer"},
+        "refused_clusters": {"type": "array", "items": REFUSED_CLUSTER_SCHEMA, "description": "The first 200"},
+        "refused_clusters_total": {"type": "integer"},
+    },
+    "required": [
+        "clusters_total", "clusters_planned", "candidates", "candidates_total", "refused_clusters",
+        "refused_clusters_total",
+    ],
+}  # fmt: skip
+PLAN_SCHEMA["properties"].update(
+    cluster={"type": "integer", "description": "Fleet plan only: the cluster planned in full (the best)"},
+    cluster_name={"type": "string", "description": "Fleet plan only: its name"},
+    fleet=FLEET_SCHEMA,
+)
+# What a deploy refused with 422 carries besides detail and code.
+DEPLOY_REFUSAL_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "refusals": {"type": "array", "items": {"type": "string"}},
+        "refusals_total": {"type": "integer"},
+        "estimate": {"type": "object"},
+        "fleet": FLEET_SCHEMA,
+    },
 }
 # The codes of a cluster call that failed (core.gateway's error reasons).
 GATEWAY_CODES = [
@@ -110,8 +189,10 @@ class DeploymentViewSet(
             200: PLAN_SCHEMA,
             400: INVALID_400,
             422: error_answer(
-                "Fits nowhere (no_fit): per-node reasons in refusals, the memory breakdown in estimate",
-                codes=[Code.NO_FIT],
+                "Fits nowhere (no_fit): per-node reasons in refusals, the memory breakdown in estimate; a fleet "
+                "plan adds fleet (each cluster's reason) and names nodes cluster/node. No cluster is available "
+                "for a fleet plan (no_cluster): fleet says why for each",
+                codes=[Code.NO_FIT, Code.NO_CLUSTER],
                 schema=PLAN_SCHEMA,
             ),
         },
@@ -121,14 +202,19 @@ class DeploymentViewSet(
         """Dry run: placement (or per-node refusals), rendered manifests, memory breakdown, estimated time.
 
         Nothing is created. Uses the stored inventory (refresh it with ``POST /clusters/{id}/collect-node-info``);
-        ``warnings`` says when that may mislead (the cluster is not available).
+        ``warnings`` says when that may mislead (the cluster is not available). Without ``cluster``, every available
+        cluster is planned on: the answer is the plan of the best one, plus ``cluster``, ``cluster_name`` and
+        ``fleet`` (the clusters ranked by their best placement, and why each other one refuses).
         """
         body = PlanSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         config = {**body.config(), "_has_credentials": {k: True for k in body.credentials()}}
-        outcome = services.plan(
-            body.validated_data["cluster"], config, name=body.validated_data.get("name") or "preview"
-        )
+        cluster = body.validated_data.get("cluster")
+        name = body.validated_data.get("name") or "preview"
+        if cluster is None:
+            outcome = services.plan_fleet(config, name=name)
+        else:
+            outcome = services.plan(cluster, config, name=name)
         answer = outcome.as_dict()
         if outcome.ok:
             return Response(answer)
@@ -141,7 +227,11 @@ class DeploymentViewSet(
     @extend_schema(
         request=DeploySerializer,
         responses={
-            202: RUN_ACCEPTED,
+            202: OpenApiResponse(
+                DeployAcceptedSerializer,
+                description="Accepted: follow the run at run_url. Without cluster in the request: cluster and "
+                "cluster_name say which cluster the fleet plan chose",
+            ),
             400: refusal(
                 DeploymentRefused,
                 "Refused: invalid request, values the charts refuse, or S3 keys missing",
@@ -152,32 +242,42 @@ class DeploymentViewSet(
                 "Refused: the cluster is not available, or a live deployment on it has this name",
                 codes=[Code.CLUSTER_UNAVAILABLE, Code.NAME_TAKEN],
             ),
-            422: refusal(
-                DeploymentRefused,
+            422: error_answer(
                 "Refused (no_fit): fits nowhere; nothing created. The answer also carries the placement report: "
-                "refusals (per node), refusals_total and estimate (the memory breakdown)",
-                codes=[Code.NO_FIT],
+                "refusals (per node), refusals_total and estimate (the memory breakdown); without cluster in the "
+                "request, fleet too (each cluster's reason). No cluster available for a request without cluster: "
+                "no_cluster",
+                codes=[Code.NO_FIT, Code.NO_CLUSTER],
+                schema=DEPLOY_REFUSAL_SCHEMA,
             ),
         },
         parameters=[IDEMPOTENCY_KEY],
     )
     @action(detail=False, methods=["post"])
     def deploy(self, request):
-        """Deploy a model: 202 + the deploy run (follow it at run_url). Refused with 422 when it fits nowhere."""
+        """Deploy a model: 202 + the deploy run (follow it at run_url). Refused with 422 when it fits nowhere.
+
+        Without ``cluster``, the best cluster of the fleet plan is taken (``cluster`` and ``cluster_name`` in the
+        answer); clusters with a live deployment of this name are left out."""
         body = DeploySerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
 
         def start():
-            deployment, run = services.start_deploy(
-                data["cluster"],
-                name=data["name"],
-                config=body.config(),
-                credentials=body.credentials(),
-                keep_on_failure=data["keep_on_failure"],
-                user=request.user,
-            )
-            return run, {"deployment_id": deployment.pk, "namespace": deployment.namespace}
+            arguments = {
+                "name": data["name"],
+                "config": body.config(),
+                "credentials": body.credentials(),
+                "keep_on_failure": data["keep_on_failure"],
+                "user": request.user,
+            }
+            if data.get("cluster") is None:
+                deployment, run = services.start_fleet_deploy(**arguments)
+                chosen = {"cluster": deployment.cluster_id, "cluster_name": deployment.cluster.name}
+            else:
+                deployment, run = services.start_deploy(data["cluster"], **arguments)
+                chosen = {}
+            return run, {"deployment_id": deployment.pk, "namespace": deployment.namespace, **chosen}
 
         return start_once(request, "deployment.deploy", start)
 

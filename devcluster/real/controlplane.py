@@ -93,7 +93,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` for a child process that must not outlive the thread that started it."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -118,7 +119,7 @@ class Component:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # only a prctl between fork and exec
+                preexec_fn=die_with_parent,  # only a prctl between fork and exec
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the children directly
                 env=env,
             )
