@@ -47,6 +47,10 @@ def test_serve_writes_kubeconfigs_per_cluster(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert admin.exists()
         assert (out.stat().st_mode & 0o777) == 0o600
+        # The README names the files as they are written: beside the kubeconfig, after its stem.
+        readme = (ROOT / "README.md").read_text()
+        assert "`<stem>.d/<name>.yaml`" in readme and "`<stem>.admin-token`" in readme
+        assert "OUT.d/" not in readme and "OUT.admin-token" not in readme
         first = yaml.safe_load(out.read_text())
         assert first["clusters"][0]["cluster"]["server"].endswith("/clusters/c0001")
         assert first["clusters"][0]["cluster"]["certificate-authority-data"]
