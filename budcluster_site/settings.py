@@ -90,6 +90,10 @@ INSTALLED_APPS = [
     "provisioning",
     # /metrics (Prometheus): fleet figures read from every app's tables at scrape time
     "metrics",
+    # Webhook subscriptions: the event outbox (core.events) posted, signed, to receivers
+    "webhooks",
+    # Who did what from the API, the admin and management commands (GET /audit, AUDIT_RETENTION_DAYS)
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -107,6 +111,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Audit log: what an unsafe request committed, with its actor, address and request id (audit/).
+    "audit.middleware.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last: turns a locked-out admin login into the lockout answer (429).
@@ -159,7 +165,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # django-axes first: it refuses a locked-out login before the password is checked.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's, with a user's permissions read in one query, not two (every API request checks one).
+    "core.permissions.ModelBackend",
 ]
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -334,6 +341,9 @@ SPECTACULAR_SETTINGS = {
         "WorkerPhaseEnum": "deployments.choices.WorkerPhase",
         "ClusterStatusEnum": "clusters.choices.ClusterStatus",
         "BenchmarkStatusEnum": "deployments.choices.BenchmarkStatus",
+        # Two choice sets on fields named "source": the model's (deployments) keeps the name it had before the audit's.
+        "SourceEnum": "deployments.choices.ModelSource",
+        "AuditSourceEnum": "audit.choices.Source",
     },
 }
 
@@ -407,10 +417,21 @@ WORKFLOW_FAILPOINTS = env_list("WORKFLOW_FAILPOINTS", [])
 # seconds for all its cluster calls; a check that runs out counts as "not yet" and is tried again.
 WORKFLOW_POLL_QUEUE = env_str("WORKFLOW_POLL_QUEUE", "polls")
 WORKFLOW_POLL_CHECK_DEADLINE = env_float("WORKFLOW_POLL_CHECK_DEADLINE", 10.0)
-CELERY_TASK_ROUTES = {"core.check_step": {"queue": WORKFLOW_POLL_QUEUE}}
+# Webhook deliveries share that queue: each is one POST bounded by WEBHOOK_TIMEOUT, and a slow receiver must never
+# hold the workers of the workflow steps.
+CELERY_TASK_ROUTES = {
+    "core.check_step": {"queue": WORKFLOW_POLL_QUEUE},
+    "webhooks.dispatch": {"queue": WORKFLOW_POLL_QUEUE},
+    "webhooks.deliver": {"queue": WORKFLOW_POLL_QUEUE},
+    "webhooks.sweep": {"queue": WORKFLOW_POLL_QUEUE},
+}
 # After a step succeeds, the worker runs the run's next steps itself (no broker round trip) for up to this many
 # seconds of the message's time; 0 sends every step through the broker.
 WORKFLOW_INLINE_SECONDS = env_float("WORKFLOW_INLINE_SECONDS", 5.0)
+# False (opt-in): a step's claim and finish commit without waiting for PostgreSQL's disk flush. A killed worker
+# loses nothing; a crash of the database server may lose its last ~0.6 s of step transitions, which are then redone
+# (steps are idempotent, the reaper resumes). The flush is most of what a short step costs (core.workflow).
+WORKFLOW_WAIT_FOR_FLUSH = env_bool("WORKFLOW_WAIT_FOR_FLUSH", True)
 # Modules that compose workflows from several apps' steps (imported after every app's own workflows module).
 WORKFLOW_MODULES = ["budcluster_site.workflows"]
 # Extra modules that declare workflows (imported by web and worker); used by the test suite's demo workflow.
@@ -438,6 +459,10 @@ CLUSTER_HEALTH_CONCURRENCY = env_int("CLUSTER_HEALTH_CONCURRENCY", 64)
 # The whole sweep ends within this (the beat starts one a minute): clusters not probed by then count as not
 # answering.
 CLUSTER_HEALTH_SWEEP_DEADLINE = env_float("CLUSTER_HEALTH_SWEEP_DEADLINE", 45.0)
+# Per worker process: idle probe connections kept alive between sweeps (0: a new TLS connection per probe), and
+# decrypted kubeconfigs cached by ciphertext (0: decrypt on every probe). See core/probe.py.
+CLUSTER_HEALTH_KEEPALIVE = env_int("CLUSTER_HEALTH_KEEPALIVE", 256)
+CLUSTER_HEALTH_KUBECONFIG_CACHE = env_int("CLUSTER_HEALTH_KUBECONFIG_CACHE", 10000)
 # A live check inside a web request (GET /clusters/{id}/health) ends within this, lookup and every call
 # together. Keep it below the web worker's timeout (gunicorn's --timeout, 30 s by default and as the Dockerfile
 # and compose.yaml run it), or a cluster that drips bytes gets the web worker killed mid-request.
@@ -568,5 +593,39 @@ for _network in METRICS_ALLOWED_NETWORKS:
         raise ConfigError(
             f"METRICS_ALLOWED_NETWORKS: {_network!r} is not an address or network such as 10.0.0.0/8"
         ) from None
+
+# --- events and webhooks (core.events, webhooks/) ----------------------------------------------------------------
+# Outbox events older than this are deleted by the hourly clean-up (those still waiting for a webhook delivery stay);
+# 0 keeps them forever.
+EVENTS_RETENTION_DAYS = env_int("EVENTS_RETENTION_DAYS", 30)
+# One POST, connect to last byte of the answer.
+WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 10.0)
+# How long a worker holds a delivery it is posting; a worker that dies mid-POST leaves it to run out, then the
+# sweep posts it again. 0 = WEBHOOK_TIMEOUT + 30 s.
+WEBHOOK_LEASE_SECONDS = env_float("WEBHOOK_LEASE_SECONDS", 0.0)
+# Retries: exponential backoff with full jitter, from the base doubling up to the max, for the window; then the
+# delivery is given up (failed) and the subscription's next event goes out.
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 5.0)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
+WEBHOOK_RETRY_WINDOW_SECONDS = env_float("WEBHOOK_RETRY_WINDOW_SECONDS", 3 * 86400.0)
+# A subscription is disabled after this many consecutive failed attempts (0: never).
+WEBHOOK_DISABLE_AFTER = env_int("WEBHOOK_DISABLE_AFTER", 20)
+# Receivers on loopback (127.0.0.0/8, ::1, localhost); refused by default like every other outbound address.
+WEBHOOK_ALLOW_LOOPBACK = env_bool("WEBHOOK_ALLOW_LOOPBACK", False)
+if (
+    WEBHOOK_TIMEOUT <= 0
+    or WEBHOOK_RETRY_BASE_SECONDS <= 0
+    or WEBHOOK_RETRY_MAX_SECONDS < WEBHOOK_RETRY_BASE_SECONDS
+):
+    raise ConfigError(
+        "WEBHOOK_TIMEOUT and WEBHOOK_RETRY_BASE_SECONDS must be positive, "
+        "and WEBHOOK_RETRY_MAX_SECONDS at least the base"
+    )
+
+# --- audit log (audit/) ---------------------------------------------------------------------------------------
+# Entries older than this many days are deleted by the daily "Audit log retention" beat task; 0 keeps them forever.
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 365)
+if AUDIT_RETENTION_DAYS < 0:
+    raise ConfigError("AUDIT_RETENTION_DAYS must be 0 (keep forever) or a number of days")
 
 PORT = env_int("PORT", 9082)

@@ -40,6 +40,8 @@ urlpatterns = [
     path("", include("hardware.api.urls")),
     path("", include("clusters.api.urls")),
     path("", include("deployments.api.urls")),
+    path("", include("audit.api.urls")),
+    path("", include("webhooks.api.urls")),
 ]
 
 handler400 = "core.api.errors.bad_request"

@@ -18,14 +18,16 @@ from typing import Any
 
 import yaml
 from django.conf import settings
-from django.db import connections, models, transaction
+from django.db import models, transaction
+from django.db.models.functions import Cast
 from django.utils import timezone
 
-from core import crypto
+from core import crypto, probe
+from core import events as core_events
 from core.errors import Refused
-from core.gateway import AddressNotAllowed, ClusterGateway, GatewayError
+from core.gateway import ClusterGateway, GatewayError
 from core.models import Run, recorded_user
-from core.sweep import sweep_each
+from core.sweep import sweep_async
 from core.workflow import get_workflow
 
 from . import extensions
@@ -160,7 +162,29 @@ def find_duplicate(server_url: str, *, exclude_pk: int | None = None) -> tuple[C
 
 
 def record_event(cluster: Cluster, kind: str, message: str, old: str = "", new: str = "") -> None:
-    ClusterEvent.objects.create(cluster=cluster, kind=kind, message=message, old_status=old, new_status=new)
+    """The cluster's own log row and, for a status change, the outbox event (in the caller's transaction)."""
+    event = ClusterEvent.objects.create(
+        cluster=cluster, kind=kind, message=message, old_status=old, new_status=new
+    )
+    if new and new != old:
+        core_events.emit(*status_changed(event))
+
+
+def status_changed(event: ClusterEvent) -> tuple[str, str, dict]:
+    """The outbox event (type, subject, data) of a status change logged as ``event``."""
+    cluster = event.cluster
+    return (
+        "cluster.status.changed",
+        f"clusters/{cluster.pk}",
+        {
+            "cluster": cluster.pk,
+            "name": cluster.name,
+            "old_status": event.old_status,
+            "new_status": event.new_status,
+            "reason": event.message,
+            "kind": event.kind,
+        },
+    )
 
 
 def register_validated(data: dict, kubeconfig: bytes, user: Any) -> tuple[Cluster, Run]:
@@ -363,12 +387,14 @@ def set_status(cluster: Cluster, status: str, reason: str = "", *, kind: str = "
         fields["not_available_since"] = now
     if status == ClusterStatus.AVAILABLE:
         fields["not_available_since"] = None
-    if not Cluster.objects.filter(pk=cluster.pk, status=old).update(**fields):
-        return False
-    for key, value in fields.items():
-        setattr(cluster, key, value)
-    if old != status:
-        record_event(cluster, kind, reason or f"{old} → {status}", old=old, new=status)
+    # The change, its log row and its outbox event commit together.
+    with transaction.atomic():
+        if not Cluster.objects.filter(pk=cluster.pk, status=old).update(**fields):
+            return False
+        for key, value in fields.items():
+            setattr(cluster, key, value)
+        if old != status:
+            record_event(cluster, kind, reason or f"{old} → {status}", old=old, new=status)
     return True
 
 
@@ -472,43 +498,55 @@ def _retry_due(cluster: Cluster, now) -> bool:
     return not cluster.last_retry_at or cluster.last_retry_at < now - ERROR_RETRY_EVERY
 
 
-def _probe(cluster: Cluster, timeout: float) -> tuple[bool | None, str]:
+_KUBECONFIG_CONTEXT = Cluster._meta.get_field("kubeconfig").context
+
+
+async def _probe(target: probe.ProbeTarget | tuple[bool, str], timeout: float) -> tuple[bool | None, str]:
     """(True, "") the API server answered; (False, why) it did not; (None, why) BudCluster's own address guard
-    refused to connect, so nothing was asked of the cluster and there is no verdict on it."""
-    try:
-        # budget=timeout: the host lookup and the call together, so one cluster costs at most its timeout.
-        with gateway_for(
-            cluster, timeout=timeout, connect_timeout=min(timeout, 3.0), reuse=False, budget=timeout
-        ) as gw:
-            gw.version()
-        return True, ""
-    except AddressNotAllowed as exc:
-        return None, str(exc)
-    except GatewayError as exc:
-        return False, str(exc)
-    except Exception as exc:  # a broken row must not stop the sweep of the others
-        logger.exception("health probe of %s crashed", cluster.name)
-        return False, f"{type(exc).__name__}: {exc}"
-    finally:
-        connections.close_all()  # a thread of its own: its connections would otherwise stay open
+    refused to connect, so nothing was asked of the cluster and there is no verdict on it. A cluster whose
+    kubeconfig could not be read arrives with its outcome already."""
+    if isinstance(target, tuple):
+        return target
+    return await probe.probe(target, timeout, probe.connection_pool())
 
 
 def _probe_all(
     clusters: list[Cluster], timeout: float, workers: int, deadline: float
 ) -> dict[int, tuple[bool | None, str]]:
-    """Probe every cluster on up to ``workers`` threads; what has not answered after ``deadline`` seconds is
-    reported not answering and the sweep goes on without waiting for it (its thread ends with its own
-    timeout). Each probe is bounded already; the overall deadline keeps a sweep of many slow clusters from
-    running into the next one (the beat starts one a minute)."""
+    """Probe every cluster, at most ``workers`` at once, on the process's sweep loop (``core.probe``: decrypted
+    kubeconfigs cached by ciphertext, connections kept alive between sweeps, the address guard on every probe).
+    What has not answered after ``deadline`` seconds is cancelled and reported not answering. Each probe is
+    bounded already; the overall deadline keeps a sweep of many slow clusters from running into the next one
+    (the beat starts one a minute)."""
     late = (
         False,
         f"no answer before the health sweep's deadline ({deadline:g}s, CLUSTER_HEALTH_SWEEP_DEADLINE): the "
         "API server is too slow, or too many clusters are slow at once",
     )
-    results = sweep_each(
-        clusters, lambda c: _probe(c, timeout), workers=workers, name="cluster-health", deadline=deadline
+    prepared: list[tuple[Cluster, probe.ProbeTarget | tuple[bool, str]]] = []
+    for cluster in clusters:
+        try:
+            token = getattr(cluster, "kubeconfig_token", None)  # the ciphertext as stored: the cache key
+            if token is None:  # a row loaded decrypted: nothing to key a cache entry by
+                target = probe.target_from_kubeconfig(kubeconfig_dict(cluster))
+            else:
+                target = probe.targets.get(token, context=_KUBECONFIG_CONTEXT)
+            prepared.append((cluster, target))
+        except (probe.ProbeRefused, GatewayError) as exc:
+            prepared.append((cluster, (False, str(exc))))
+    results = sweep_async(
+        prepared, lambda item: _probe(item[1], timeout), concurrency=workers, deadline=deadline
     )
-    return {c.pk: late if isinstance(r, TimeoutError) else r for c, r in results}
+    outcomes: dict[int, tuple[bool | None, str]] = {}
+    for (cluster, _), result in results:
+        if isinstance(result, TimeoutError):
+            outcomes[cluster.pk] = late
+        elif isinstance(result, BaseException):  # a bug, not the cluster: said so, and the sweep goes on
+            logger.error("health probe of %s crashed", cluster.name, exc_info=result)
+            outcomes[cluster.pk] = (False, f"{type(result).__name__}: {result}")
+        else:
+            outcomes[cluster.pk] = result
+    return outcomes
 
 
 def sweep(
@@ -534,7 +572,13 @@ def sweep(
     deadline = deadline or float(getattr(settings, "CLUSTER_HEALTH_SWEEP_DEADLINE", 45.0))
     started = time.monotonic()
     now = timezone.now()
-    qs = Cluster.objects.filter(status__in=ClusterStatus.checked_by_sweep())
+    # The kubeconfig is read as stored, encrypted: decrypting every row in the query would cost the sweep one
+    # AES-GCM open and one YAML parse per cluster per minute; core.probe caches them by ciphertext instead.
+    qs = (
+        Cluster.objects.filter(status__in=ClusterStatus.checked_by_sweep())
+        .defer("kubeconfig")
+        .annotate(kubeconfig_token=Cast("kubeconfig", output_field=models.TextField()))
+    )
     if cluster_ids is not None:
         qs = qs.filter(pk__in=cluster_ids)
     clusters = [c for c in qs if c.status != ClusterStatus.ERROR or _retry_due(c, now)]
@@ -556,14 +600,23 @@ def sweep(
             .order_by("pk")
             if probed_from[pk] == status
         }
+        verdicts_before = {c.pk: _verdict_fields(c) for c in clusters}
         _apply_sweep(clusters, results, still, now, report, changed, events)
         report.checked -= len(report.refused)
+        # Most clusters only get their last_checked: one plain UPDATE for them (a bulk_update of thousands of
+        # rows is a CASE per column per row, and cost a 10,000-cluster sweep more than all its probes).
+        only_checked = [c.pk for c in changed if _verdict_fields(c) == verdicts_before[c.pk]]
+        for i in range(0, len(only_checked), _IDS_PER_UPDATE):
+            Cluster.objects.filter(pk__in=only_checked[i : i + _IDS_PER_UPDATE]).update(last_checked=now)
         Cluster.objects.bulk_update(
-            changed,
+            [c for c in changed if _verdict_fields(c) != verdicts_before[c.pk]],
             ["status", "reason", "not_available_since", "last_checked", "last_retry_at"],
             batch_size=500,
         )
         ClusterEvent.objects.bulk_create(events, batch_size=500)
+        core_events.emit_many(
+            status_changed(e) for e in events if e.new_status and e.new_status != e.old_status
+        )
     report.seconds = time.monotonic() - started
     if report.refused:
         logger.error(
@@ -573,6 +626,14 @@ def sweep(
             "; ".join(f"{name}: {why}" for name, why in report.refused),
         )
     return report
+
+
+_IDS_PER_UPDATE = 10_000  # well below PostgreSQL's 65,535 parameters per statement
+
+
+def _verdict_fields(cluster: Cluster) -> tuple:
+    """What a sweep may change on a cluster besides ``last_checked``."""
+    return (cluster.status, cluster.reason, cluster.not_available_since, cluster.last_retry_at)
 
 
 def _apply_sweep(

@@ -36,7 +36,7 @@ from knox.models import AuthToken
 from . import tokens, workflow
 from .choices import RunStatus, StepPhase, StepStatus
 from .errors import Refused
-from .models import Run, RunStep
+from .models import Event, Run, RunStep
 
 STATUS_COLOURS = {
     "pending": "#6c757d",
@@ -531,3 +531,24 @@ class TokenAdmin(CheckedActions, admin.ModelAdmin):
             response["Cache-Control"] = "no-store"  # the only copy of the key: never cached
             return response
         return TemplateResponse(request, "admin/knox/authtoken/add.html", context)
+
+
+@admin.register(Event)
+class EventAdmin(admin.ModelAdmin):
+    """The event outbox, read-only: what ``GET /events`` and the webhooks deliver."""
+
+    list_display = ("position", "time", "type", "subject")
+    list_filter = ("type",)
+    search_fields = ("subject", "type")
+    ordering = ("-seq",)
+    fields = ("id", "position", "time", "type", "source", "subject", "data")
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

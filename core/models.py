@@ -152,3 +152,67 @@ class StatusEvent(models.Model):
     class Meta:
         abstract = True
         ordering = ("-created_at", "-id")
+
+
+# --- the event outbox (core/events.py) -------------------------------------------------------------------------
+
+
+class Event(models.Model):
+    """One state change, written in the transaction that made it (transactional outbox), in CloudEvents 1.0 form.
+
+    Order and the cursor: ``seq`` is taken at insert time, so two transactions can commit in the other order than
+    their ``seq`` says, and a reader paging by ``seq`` would skip an event that committed late. ``position`` is
+    therefore given after commit by one positioner at a time (``core.events.position_pending``): every committed
+    row without a position gets the next numbers, in ``seq`` order. A row still uncommitted is invisible to the
+    positioner and gets a later number once it commits, so a consumer paging by ``position`` never misses or
+    repeats an event. Readers (``GET /events``, the webhook dispatcher) run the positioner before they read.
+    """
+
+    seq = models.BigAutoField(primary_key=True)
+    id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False, help_text="CloudEvents id")
+    position = models.BigIntegerField(
+        null=True,
+        blank=True,
+        unique=True,
+        help_text="Cursor order, given after commit (see the module docstring)",
+    )
+    type = models.CharField(max_length=120, db_index=True, help_text="e.g. io.bud.cluster.status.changed")
+    source = models.CharField(max_length=200)
+    subject = models.CharField(max_length=200, db_index=True, help_text="e.g. clusters/12")
+    time = models.DateTimeField(default=timezone.now, db_index=True)
+    data = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+
+    class Meta:
+        ordering = ("seq",)
+        indexes = [
+            models.Index(
+                fields=["seq"], condition=models.Q(position__isnull=True), name="event_unpositioned"
+            ),
+            models.Index(fields=["subject", "position"], name="event_subject_position"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.subject} #{self.position or '-'}"
+
+    def cloudevent(self) -> dict:
+        """The event in CloudEvents 1.0 JSON form (structured mode), as the API and webhooks send it."""
+        return {
+            "specversion": "1.0",
+            "id": str(self.id),
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "data": self.data,
+        }
+
+
+class EventCounter(models.Model):
+    """The last position given to an event (one row). Positions never go back, even when retention has deleted
+    every event, so a reader's cursor stays valid forever."""
+
+    last = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"last event position {self.last}"

@@ -12,13 +12,22 @@ Two rules every view follows:
   where an existing one answers 403, or do work). A missing object is a 404 only for users who may act.
 * An answer shows an object only to users who may view it (:func:`can_view`): an action allowed without the
   view permission (cancel, change, add) answers with identifiers, not the object.
+
+Every API request checks a permission, and the user is read afresh with each request (by its token), so Django's
+per-user permission cache lasts one request. The token authentication (``core.tokens``) reads the user's
+permissions in the same query as the token and the user; :class:`ModelBackend` (``AUTHENTICATION_BACKENDS``) reads
+them in one query where Django's reads them in two (a session, a user without a token). Nothing is cached across
+requests, so a permission granted or revoked applies to the next request.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth import backends
 from django.db import models
+from django.db.models import OuterRef, Value
+from django.db.models.functions import Concat
 from rest_framework.permissions import DjangoModelPermissions
 
 
@@ -65,3 +74,40 @@ class ModelPermissions(DjangoModelPermissions):
         if queryset is not None:
             return queryset
         return super()._queryset(view)
+
+
+def permission_names(user: Any):
+    """``app_label.codename`` of each permission ``user`` holds, its own and through its groups, as one query (the
+    same name may come twice). ``user``: a user id, or ``OuterRef("user_id")`` to use it as a subquery (the token
+    authentication reads them with the token: ``core.tokens``).
+
+    Two ``IN`` subqueries, not joins through both many-to-many tables: joined, each permission's rows would multiply
+    by every user holding it directly times every membership of a group holding it, before the user is filtered."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group, Permission
+
+    inner = OuterRef(user) if isinstance(user, OuterRef) else user  # one level deeper inside the subqueries
+    own = get_user_model().user_permissions.through.objects.filter(user_id=inner).values("permission_id")
+    grouped = Group.permissions.through.objects.filter(group__user=inner).values("permission_id")
+    return (
+        Permission.objects.filter(models.Q(pk__in=own) | models.Q(pk__in=grouped))
+        .order_by()
+        .annotate(
+            perm=Concat("content_type__app_label", Value("."), "codename", output_field=models.CharField())
+        )
+        .values_list("perm", flat=True)
+    )
+
+
+class ModelBackend(backends.ModelBackend):
+    """Django's model backend, with a user's permissions (own and through groups) read in one query, or none when
+    the token authentication read them already (it sets the same per-request cache, ``_perm_cache``)."""
+
+    def get_all_permissions(self, user_obj, obj=None) -> set[str]:
+        if not user_obj.is_active or user_obj.is_anonymous or obj is not None:
+            return set()
+        if not hasattr(user_obj, "_perm_cache"):
+            if user_obj.is_superuser:
+                return super().get_all_permissions(user_obj)
+            user_obj._perm_cache = set(permission_names(user_obj.pk))
+        return user_obj._perm_cache

@@ -7,3 +7,7 @@ written; apps use it to move their subject's status (e.g. a cluster becomes AVAI
 from django.dispatch import Signal
 
 run_finished = Signal()
+
+# ``events_committed(sender=Event)`` is sent once after a transaction that wrote outbox events commits
+# (``core.events``); the webhooks app wakes its dispatcher on it.
+events_committed = Signal()

@@ -35,6 +35,9 @@ Design (after pulpcore's tasking and AWX's job events):
 * Failpoints (``WORKFLOW_FAILPOINTS``, tests only) pause or kill a worker at a named step; see below.
 * Every transition appends a ``RunEvent``; run progress (percent) and ETA are derived from the steps' estimated
   durations and recomputed on each transition.
+* Cost: on PostgreSQL the two transitions of a step run in a row (claim, finish) are one statement each, a
+  data-modifying CTE that writes the compare-and-set, the events and the run's progress and commits on its own
+  (see "one statement per transition"); the rest go through the ORM in a transaction each.
 
 Step bodies must be idempotent (create-or-get, apply): after a worker dies mid-step, the body runs again.
 """
@@ -43,11 +46,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -60,7 +65,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import F, Q, TextChoices
 from django.utils import timezone
 
-from . import outages
+from . import events, outages
 from .choices import RunStatus, StepPhase, StepStatus
 from .errors import Refused
 from .models import Run, RunEvent, RunStep, recorded_user
@@ -177,6 +182,9 @@ class Workflow:
         # A run whose first message cannot be sent would sit in PENDING until the reaper; refuse instead while
         # the broker is down (503 broker_unavailable): the caller's transaction rolls back, nothing is stored.
         outages.require_broker()
+        steps = [(StepPhase.MAIN, s) for s in self.steps] + [(StepPhase.CLEANUP, s) for s in self.cleanup]
+        etas = [step.eta(params) if callable(step.eta) else step.eta for _, step in steps]
+        total = sum(eta for (phase, _), eta in zip(steps, etas, strict=True) if phase == StepPhase.MAIN)
         with transaction.atomic():
             run = Run.objects.create(
                 kind=self.kind,
@@ -186,20 +194,13 @@ class Workflow:
                 params=params,
                 created_by=creator,
                 idempotency_key=key,
+                eta=timezone.now() + timedelta(seconds=total),
             )
-            rows = []
-            for order, (phase, step) in enumerate(
-                [(StepPhase.MAIN, s) for s in self.steps] + [(StepPhase.CLEANUP, s) for s in self.cleanup]
-            ):
-                eta = step.eta(params) if callable(step.eta) else step.eta
-                rows.append(
-                    RunStep(
-                        run=run, order=order, name=step.name, title=step.title, phase=phase, eta_seconds=eta
-                    )
-                )
-            RunStep.objects.bulk_create(rows)
-            total = sum(r.eta_seconds for r in rows if r.phase == StepPhase.MAIN)
-            Run.objects.filter(pk=run.pk).update(eta=timezone.now() + timedelta(seconds=total))
+            _remember_run(run)
+            RunStep.objects.bulk_create(
+                RunStep(run=run, order=order, name=step.name, title=step.title, phase=phase, eta_seconds=eta)
+                for order, ((phase, step), eta) in enumerate(zip(steps, etas, strict=True))
+            )
             _event(run.pk, "", RunStatus.PENDING, f"{run.title}: queued")
             names = [s.name for s in self.steps]
 
@@ -355,9 +356,255 @@ class StepContext:
 
 
 def _event(run_id: Any, step: str, status: str, message: str, data: dict | None = None) -> None:
-    RunEvent.objects.create(
-        run_id=run_id, step=step, status=str(status), message=message[:4000], data=data or {}
+    kind = _outbox_type(step, str(status))
+    if kind is None:
+        RunEvent.objects.create(
+            run_id=run_id, step=step, status=str(status), message=message[:4000], data=data or {}
+        )
+        return
+    payload = {**_run_meta(run_id), "status": str(status), "step": step, "message": message[:4000]}
+    if _one_statement():
+        # The log row and the outbox row in one statement: one round trip, atomic without a transaction block.
+        outbox, outbox_params = events.insert_sql(kind, f"runs/{run_id}", payload)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"WITH logged AS ({_RUNEVENT_INSERT} VALUES (%s, %s, %s, %s, %s, %s)) {outbox}",
+                [*_runevent_params(run_id, step, str(status), message, data), *outbox_params],
+            )
+        events.wake_on_commit()
+        return
+    # Callers write the transition in the same transaction; one that did not gets one here for the two rows.
+    with nullcontext() if connection.in_atomic_block else transaction.atomic():
+        RunEvent.objects.create(
+            run_id=run_id, step=step, status=str(status), message=message[:4000], data=data or {}
+        )
+        events.emit(kind, f"runs/{run_id}", payload)
+
+
+# What the outbox (core.events) hears of a run: its own transitions, and each step that ended as progress. Step
+# starts, waits and failpoints stay in the run's own event log.
+_RUN_EVENT_TYPES = {
+    RunStatus.PENDING: "run.queued",
+    RunStatus.RUNNING: "run.started",
+    RunStatus.CLEANING_UP: "run.cleaning_up",
+    RunStatus.SUCCEEDED: "run.succeeded",
+    RunStatus.FAILED: "run.failed",
+    RunStatus.CANCELLED: "run.cancelled",
+    "cancel_requested": "run.cancel_requested",
+}
+_STEP_ENDS = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED})
+
+
+def _outbox_type(step: str, status: str) -> str | None:
+    if not step:
+        return _RUN_EVENT_TYPES.get(status)
+    return "run.progress" if status in _STEP_ENDS else None
+
+
+# --- one statement per transition (PostgreSQL) ---------------------------------------------------------------------
+# A run of short steps spends its time in round trips to the database, not in its bodies: a step's two transitions
+# (claim, finish) took BEGIN, four or five statements and COMMIT each. On PostgreSQL the hot ones are written as one
+# statement each, a data-modifying CTE: the compare-and-set UPDATE, then the RunEvent row, the outbox row and the
+# run's progress, each ``SELECT ... FROM`` the rows the UPDATE changed, so they are written exactly when the
+# compare-and-set won. A single statement in autocommit mode is its own transaction: still one commit per
+# transition, all or nothing, with no BEGIN/COMMIT round trips. Anything unusual (a resume, a cancel, the first
+# step of a message, a failure, SQLite) takes the ORM path below, which writes the same rows.
+
+
+def _one_statement() -> bool:
+    return connection.vendor == "postgresql"
+
+
+# ``WORKFLOW_WAIT_FOR_FLUSH = False`` (opt-in): these statements commit without waiting for PostgreSQL to flush the
+# commit to disk (``synchronous_commit = off`` for that transaction only, set by the statement itself). A worker
+# killed at any point loses nothing (the commit is visible at once); only a crash of the database server itself
+# can lose the last ~0.6 s (3 x ``wal_writer_delay``) of step transitions, which the engine then repeats (steps are
+# idempotent; the reaper resumes the run), their events vanishing with them. The flush is most of a step's cost.
+_NO_FLUSH_CTE = "no_flush AS (SELECT set_config('synchronous_commit', 'off', true) AS v), "
+_NO_FLUSH_WHERE = " WHERE (SELECT v FROM no_flush) IS NOT NULL"
+
+
+def _no_flush() -> tuple[str, str]:
+    """(CTE, final WHERE) that relax the statement's commit, or ("", "") with the default durable commit."""
+    if getattr(settings, "WORKFLOW_WAIT_FOR_FLUSH", True):
+        return "", ""
+    return _NO_FLUSH_CTE, _NO_FLUSH_WHERE
+
+
+_q = connection.ops.quote_name
+_RUNEVENT_INSERT = (
+    f"INSERT INTO {RunEvent._meta.db_table} "
+    f"({', '.join(_q(c) for c in ('run_id', 'step', 'status', 'message', 'data', 'created_at'))})"
+)
+
+
+def _runevent_params(run_id: Any, step: str, status: str, message: str, data: dict | None) -> list[Any]:
+    return [
+        _uuid(run_id),
+        step,
+        status,
+        message[:4000],
+        RunEvent._meta.get_field("data").get_db_prep_value(data or {}, connection),
+        timezone.now(),
+    ]
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+# The columns a claimed step is rebuilt from (``output`` stays deferred: only a fan-out's join reads it).
+_STEP_COLUMNS = [f.attname for f in RunStep._meta.concrete_fields if f.name != "output"]
+# Only names from the models' own metadata are formatted in; every value is a parameter.
+_CLAIM_NEXT_SQL = f"""
+WITH {{no_flush}}claimed AS (
+    UPDATE {RunStep._meta.db_table} SET status = %(running)s, attempt = attempt + 1, heartbeat_at = %(now)s,
+           started_at = COALESCE(started_at, %(now)s)
+    WHERE run_id = %(run)s AND name = %(name)s AND phase = %(main)s AND status = %(pending)s
+      AND EXISTS (SELECT 1 FROM {Run._meta.db_table}
+                  WHERE id = %(run)s AND status = %(running)s AND NOT cancel_requested)
+    RETURNING {", ".join(_q(c) for c in _STEP_COLUMNS)}
+), logged AS (
+    {_RUNEVENT_INSERT}
+    SELECT run_id, name, %(running)s, LEFT(title || ': started', 4000), %(no_data)s, %(now)s FROM claimed
+)
+SELECT {", ".join(_q(c) for c in _STEP_COLUMNS)} FROM claimed{{no_flush_where}}
+"""  # noqa: S608
+
+
+def _claim_next(run: Run, step_name: str) -> RunStep | None:
+    """Claim the next main step of a RUNNING run in one statement (pending → running, compare-and-set, with its
+    "started" event). None when the compare-and-set did not win: the step is not pending, or the run stopped
+    running or was asked to cancel; the caller then takes the ORM path, which sorts out which."""
+    now = timezone.now()
+    cte, where = _no_flush()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CLAIM_NEXT_SQL.format(no_flush=cte, no_flush_where=where),
+            {
+                "running": StepStatus.RUNNING.value,
+                "pending": StepStatus.PENDING.value,
+                "main": StepPhase.MAIN.value,
+                "now": now,
+                "run": _uuid(run.pk),
+                "name": step_name,
+                "no_data": RunEvent._meta.get_field("data").get_db_prep_value({}, connection),
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    step = RunStep.from_db(connection.alias, _STEP_COLUMNS, row)
+    step.run = run
+    return step
+
+
+def _finish_main_step(run: Run, step: RunStep, output: Any) -> bool:
+    """A main step that is not the run's last succeeded: the step's compare-and-set, its log row, the outbox's
+    progress event and the run's percent/ETA/heartbeat in one statement. False: the step was no longer active
+    (someone else finished it)."""
+    now = timezone.now()
+    message = f"{step.title}: done"
+    percent, eta = _progress(run.pk, step.order, 1.0, now)
+    table = RunStep._meta.db_table
+    sets = "status = %s, message = %s, finished_at = %s, heartbeat_at = %s, progress = 1.0"
+    params: list[Any] = [StepStatus.SUCCEEDED.value, "done", now, now]
+    if output is not None:
+        sets += ", output = %s"
+        value = output if isinstance(output, dict) else {"result": output}
+        params.append(RunStep._meta.get_field("output").get_db_prep_value(value, connection))
+    params += [step.pk, StepStatus.RUNNING.value, StepStatus.WAITING.value, StepStatus.PENDING.value]
+    payload = {
+        **_run_meta(run.pk),
+        "status": StepStatus.SUCCEEDED.value,
+        "step": step.name,
+        "message": message[:4000],
+    }
+    outbox, outbox_params = events.insert_sql("run.progress", f"runs/{run.pk}", payload)
+    active = sorted(RunStatus.active())
+    cte, where = _no_flush()
+    # Only names from the models' own metadata are formatted in; every value is a parameter.
+    sql = f"""
+WITH {cte}finished AS (
+    UPDATE {table} SET {sets} WHERE id = %s AND status IN (%s, %s, %s) RETURNING id
+), logged AS (
+    {_RUNEVENT_INSERT} SELECT %s, %s, %s, %s, %s, %s FROM finished
+), published AS (
+    {outbox} FROM finished
+), progressed AS (
+    UPDATE {Run._meta.db_table} SET progress = %s, eta = %s, heartbeat_at = %s
+    WHERE id = %s AND status IN ({", ".join(["%s"] * len(active))}) AND EXISTS (SELECT 1 FROM finished)
+)
+SELECT COUNT(*) FROM finished{where}
+"""  # noqa: S608
+    params += _runevent_params(run.pk, step.name, StepStatus.SUCCEEDED.value, message, None)
+    params += outbox_params
+    params += [percent, eta, now, _uuid(run.pk), *active]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        (finished,) = cursor.fetchone()
+    if finished:
+        events.wake_on_commit()
+    return bool(finished)
+
+
+# kind, title and subject of a run for its outbox events; fixed at launch, so read once per run and process.
+_RUN_META: OrderedDict[str, dict] = OrderedDict()
+
+
+def _remember_run(run: Run) -> None:
+    """Fill the run's outbox metadata from a row already in hand, sparing ``_run_meta`` its query."""
+    key = str(run.pk)
+    if key in _RUN_META:
+        return
+    subject_type = ""
+    if run.subject_type_id:
+        from django.contrib.contenttypes.models import ContentType
+
+        ct = ContentType.objects.get_for_id(run.subject_type_id)  # cached per process by Django
+        subject_type = f"{ct.app_label}.{ct.model}"
+    _store_meta(
+        key,
+        {
+            "run": key,
+            "kind": run.kind,
+            "title": run.title,
+            "subject_type": subject_type,
+            "subject_id": run.subject_id,
+        },
     )
+
+
+def _store_meta(key: str, meta: dict) -> None:
+    _RUN_META[key] = meta
+    while len(_RUN_META) > _ETAS_MAX:
+        _RUN_META.popitem(last=False)
+
+
+def _run_meta(run_id: Any) -> dict:
+    key = str(run_id)
+    meta = _RUN_META.get(key)
+    if meta is None:
+        row = (
+            Run.objects.filter(pk=run_id)
+            .values("kind", "title", "subject_type__app_label", "subject_type__model", "subject_id")
+            .first()
+            or {}
+        )
+        subject_type = (
+            f"{row['subject_type__app_label']}.{row['subject_type__model']}"
+            if row.get("subject_type__model")
+            else ""
+        )
+        meta = {
+            "run": key,
+            "kind": row.get("kind", ""),
+            "title": row.get("title", ""),
+            "subject_type": subject_type,
+            "subject_id": row.get("subject_id", ""),
+        }
+        _store_meta(key, meta)
+    return meta
 
 
 def _stale_after() -> timedelta:
@@ -396,54 +643,135 @@ def _refresh_run_progress(
     are written in the same UPDATE). Main steps run strictly in order, so every step before it has succeeded
     and every step after it is pending. Returns True while main steps remain (this one unfinished, or more)."""
     now = now or timezone.now()
+    percent, eta = _progress(run_id, order, fraction, now)
+    Run.objects.filter(pk=run_id, status__in=RunStatus.active()).update(progress=percent, eta=eta, **extra)
+    return fraction < 1.0 or _main_steps_after(run_id, order)
+
+
+def _progress(run_id: Any, order: int, fraction: float, now: datetime) -> tuple[float, datetime]:
+    """(percent, ETA) of the run while main step ``order`` is ``fraction`` done."""
     etas = _main_etas(run_id)
     total = sum(eta for _, eta in etas)
     done = sum(eta for o, eta in etas if o < order) + fraction * sum(eta for o, eta in etas if o == order)
     percent = 100.0 * done / total if total else 100.0
-    Run.objects.filter(pk=run_id, status__in=RunStatus.active()).update(
-        progress=round(percent, 2), eta=now + timedelta(seconds=max(0.0, total - done)), **extra
-    )
-    return fraction < 1.0 or any(o > order for o, _ in etas)
+    return round(percent, 2), now + timedelta(seconds=max(0.0, total - done))
+
+
+def _main_steps_after(run_id: Any, order: int) -> bool:
+    return any(o > order for o, _ in _main_etas(run_id))
 
 
 class _Heartbeat:
-    """Stamps the step and run every WORKFLOW_HEARTBEAT_INTERVAL seconds while a body runs."""
+    """Stamps the step and run every WORKFLOW_HEARTBEAT_INTERVAL seconds while a body runs.
+
+    One thread per process beats for every body running in it (a worker process runs one at a time; fan-out items
+    or a command may run more): starting a thread for each step cost ~2 ms on a busy machine (``Thread.start``
+    waits until the new thread is scheduled), more than a short step's own bookkeeping. Entering registers the
+    body, leaving removes it; the thread sleeps until the earliest registered body is due, starts on first use
+    (after a fork too: a forked worker inherits no threads) and ends, closing its connection, once no body has been
+    registered for ``max(1 s, interval)`` (the steps of a run in a row keep it; an idle worker holds nothing)."""
+
+    _cond = threading.Condition()
+    _due: dict[int, tuple[float, Any, int]] = {}  # token -> (next beat, monotonic; run id; step pk)
+    _next_token = 0
+    _thread: threading.Thread | None = None
 
     def __init__(self, run_id: Any, step_pk: int) -> None:
         self.run_id = run_id
         self.step_pk = step_pk
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name=f"heartbeat-{step_pk}", daemon=True)
+        self.token = 0
+        self.thread: threading.Thread | None = None
 
-    def _loop(self) -> None:
-        interval = float(settings.WORKFLOW_HEARTBEAT_INTERVAL)
+    def __enter__(self) -> _Heartbeat:
+        cls = type(self)
+        with cls._cond:
+            cls._next_token += 1
+            self.token = cls._next_token
+            interval = float(settings.WORKFLOW_HEARTBEAT_INTERVAL)
+            cls._due[self.token] = (time.monotonic() + interval, self.run_id, self.step_pk)
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._loop, name="workflow-heartbeat", daemon=True)
+                cls._thread.start()
+            self.thread = cls._thread
+            cls._cond.notify()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with type(self)._cond:
+            type(self)._due.pop(self.token, None)
+
+    @classmethod
+    def _after_fork(cls) -> None:
+        # The child has none of the parent's threads, and the condition may have been held by one of them.
+        cls._cond = threading.Condition()
+        cls._due = {}
+        cls._thread = None
+
+    @classmethod
+    def _loop(cls) -> None:
         failing = False
         try:
-            while not self.stop_event.wait(interval):
-                try:
-                    self._beat()
-                except Exception as exc:
-                    # A database blip must not end the heartbeat: a silent live step would be taken over by the
-                    # reaper once the database is back. Drop the broken connection; the next beat reconnects.
-                    # Logged once per outage, by class only (a driver's message may quote the connection string).
-                    if not failing:
-                        logger.warning(
-                            "heartbeat for step %s failed (%s); retrying every %gs",
-                            self.step_pk, type(exc).__name__, interval,
-                        )  # fmt: skip
-                    failing = True
-                    self._drop_connection()
-                else:
-                    if failing:
-                        logger.info("heartbeat for step %s is beating again", self.step_pk)
-                    failing = False
+            while (due := cls._take_due()) is not None:
+                failing = cls._beat_all(due, failing)
         finally:
-            self._drop_connection()
+            cls._drop_connection()
 
-    def _beat(self) -> None:
+    @classmethod
+    def _beat_all(cls, due: list[tuple[Any, int]], failing: bool) -> bool:
+        """Stamp each due body; returns whether the database is failing (to log an outage once)."""
+        for run_id, step_pk in due:
+            try:
+                cls._beat(run_id, step_pk)
+            except Exception as exc:
+                # A database blip must not end the heartbeat: a silent live step would be taken over by the
+                # reaper once the database is back. Drop the broken connection; the next beat reconnects.
+                # Logged once per outage, by class only (a driver's message may quote the connection string).
+                if not failing:
+                    logger.warning(
+                        "heartbeat for step %s failed (%s); retrying every %gs",
+                        step_pk, type(exc).__name__, float(settings.WORKFLOW_HEARTBEAT_INTERVAL),
+                    )  # fmt: skip
+                failing = True
+                cls._drop_connection()
+            else:
+                if failing:
+                    logger.info("heartbeat for step %s is beating again", step_pk)
+                failing = False
+        return failing
+
+    @classmethod
+    def _take_due(cls) -> list[tuple[Any, int]] | None:
+        """Wait until a registered body is due; reschedule those that are and return them. None: nothing was
+        registered for a while; the thread is to end (it is forgotten here, under the lock, so the next body
+        starts a new one)."""
+        idle_since = None
+        with cls._cond:
+            while True:
+                now = time.monotonic()
+                interval = float(settings.WORKFLOW_HEARTBEAT_INTERVAL)
+                if not cls._due:
+                    idle_since = idle_since or now
+                    linger = max(1.0, interval) - (now - idle_since)
+                    if linger <= 0:
+                        cls._thread = None
+                        return None
+                    cls._cond.wait(linger)  # woken early by a body registering
+                    continue
+                idle_since = None
+                due = []
+                for token, (at, run_id, step_pk) in list(cls._due.items()):
+                    if at <= now:
+                        cls._due[token] = (now + interval, run_id, step_pk)
+                        due.append((run_id, step_pk))
+                if due:
+                    return due
+                cls._cond.wait(max(0.01, min(at for at, _, _ in cls._due.values()) - now))
+
+    @staticmethod
+    def _beat(run_id: Any, step_pk: int) -> None:
         now = timezone.now()
-        RunStep.objects.filter(pk=self.step_pk).update(heartbeat_at=now)
-        Run.objects.filter(pk=self.run_id).update(heartbeat_at=now)
+        RunStep.objects.filter(pk=step_pk).update(heartbeat_at=now)
+        Run.objects.filter(pk=run_id).update(heartbeat_at=now)
 
     @staticmethod
     def _drop_connection() -> None:
@@ -453,12 +781,8 @@ class _Heartbeat:
         except Exception:
             connection.connection = None  # forget it: the next query opens a new one
 
-    def __enter__(self) -> _Heartbeat:
-        self.thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
+os.register_at_fork(after_in_child=_Heartbeat._after_fork)
 
 
 def _resend(task: Task, kind: str, run_id: str, step_name: str, countdown: float) -> None:
@@ -505,9 +829,10 @@ def _claim(step: RunStep, now: datetime, deadline: datetime | None = None) -> bo
 
 @dataclass(frozen=True)
 class _Continue:
-    """Returned by ``_execute_one`` when the step succeeded and its run goes on."""
+    """Returned by ``_execute_one`` when the step succeeded and its run goes on (``main``: in its main phase)."""
 
-    kind: str
+    run: Run
+    main: bool
 
 
 def execute_step(task: Task, run_id: str, step_name: str) -> Any:
@@ -515,14 +840,19 @@ def execute_step(task: Task, run_id: str, step_name: str) -> Any:
     while ``WORKFLOW_INLINE_SECONDS`` last (see ``_take_inline``)."""
     close_old_connections()
     started = time.monotonic()
-    while True:
-        result = _execute_one(task, run_id, step_name)
-        if not isinstance(result, _Continue):
-            return result
-        next_name = _take_inline(task, run_id, result.kind, started)
+    result = _execute_one(task, run_id, step_name)
+    while isinstance(result, _Continue):
+        next_name = _take_inline(task, run_id, result.run.kind, started)
         if next_name is None:
             return None
-        step_name = next_name
+        # The common case, the next main step of a running run, is claimed in one statement; anything else (the
+        # step not pending, the run cancelled or ending) goes through the full entry, which reads and decides.
+        step = _claim_next(result.run, next_name) if _one_statement() and result.main else None
+        if step is None:
+            result = _execute_one(task, run_id, next_name)
+        else:
+            result = _run_claimed(task, result.run, step, timezone.now())
+    return result
 
 
 def _take_inline(task: Task, run_id: str, kind: str, started: float) -> str | None:
@@ -558,6 +888,7 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
         _drop_chain(task)
         return None
     run = step.run
+    _remember_run(run)
     now = timezone.now()
     allowed_run_status = (
         {RunStatus.PENDING, RunStatus.RUNNING} if step.phase == StepPhase.MAIN else {RunStatus.CLEANING_UP}
@@ -585,7 +916,11 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
                 status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, wake_at=None
             ):
                 _event(run.pk, "", RunStatus.RUNNING, f"{run.title}: started")
-            run.refresh_from_db()
+                # What the UPDATE wrote, without reading the row back; a cancel that lands from here on is seen
+                # at the next step's claim, as one a moment later would be.
+                run.status, run.started_at, run.heartbeat_at, run.wake_at = RunStatus.RUNNING, now, now, None
+            else:
+                run.refresh_from_db()
         elif not run.heartbeat_at or run.heartbeat_at < now - _stale_after() / 2:
             Run.objects.filter(pk=run.pk).update(heartbeat_at=now, wake_at=None)
         # else: the previous step's finish (a step run inline after it) or the last check of this waiting step
@@ -605,7 +940,14 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
                 f"{step.title}: resumed on a new worker (attempt {step.attempt})",
             )
             Run.objects.filter(pk=run.pk).update(resumed_count=F("resumed_count") + 1)
+    return _run_claimed(task, run, step, now)
 
+
+def _run_claimed(task: Task, run: Run, step: RunStep, now: datetime) -> Any:
+    """Run the body of a step this worker has just claimed and record its outcome."""
+    run_id, step_name = str(run.pk), step.name
+    spec = get_workflow(run.kind).step(step_name)
+    ctx = StepContext(run, step)
     try:
         with _Heartbeat(run.pk, step.pk):
             _failpoint(run, step, "before")
@@ -718,7 +1060,6 @@ def _failpoint(run: Run, step: RunStep, when: str, point: str = "") -> None:
                 return
             time.sleep(0.05)
     elif (action, when) in (("crash", "before"), ("crash", "inside"), ("crash-after", "after")):
-        import os
         import signal
 
         _event(run.pk, step.name, FAILPOINT, f"failpoint {action} at {where}: killing the worker")
@@ -787,9 +1128,18 @@ def _finish_step(step: RunStep, status: str, message: str, output: Any = None) -
     return bool(updated)
 
 
-@transaction.atomic
 def _step_succeeded(task: Task, run: Run, step: RunStep, result: Any) -> Any:
     """Returns ``_Continue`` when the run goes on (the caller may run the next step inline)."""
+    if _one_statement() and step.phase == StepPhase.MAIN and _main_steps_after(run.pk, step.order):
+        if _finish_main_step(run, step, result):
+            return _Continue(run, main=True)
+        _drop_chain(task)
+        return None
+    return _step_succeeded_in_transaction(task, run, step, result)
+
+
+@transaction.atomic
+def _step_succeeded_in_transaction(task: Task, run: Run, step: RunStep, result: Any) -> Any:
     if not _finish_step(step, StepStatus.SUCCEEDED, "done", result):
         _drop_chain(task)
         return None
@@ -800,7 +1150,7 @@ def _step_succeeded(task: Task, run: Run, step: RunStep, result: Any) -> Any:
     else:
         Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
         _maybe_finish_cleanup(run)
-    return _Continue(run.kind)
+    return _Continue(run, main=step.phase == StepPhase.MAIN)
 
 
 @transaction.atomic

@@ -17,9 +17,11 @@ what leaves the cluster (the namespace, the releases and their objects, the pods
 deletion page lists the deployments on it through ``clusters.admin.describe_deletion``, and the clusters list
 shows each cluster's deployment counts (this app's subclass of hardware's cluster admin).
 
-Benchmarks: a list with the key numbers and the verdict against the targets as the badge, and a read-only page
-with the summary table and the plots inline (the images come from an admin view that checks the view permission
-and renders PNG from the stored samples)."""
+Benchmarks: a list with the key numbers and the verdict against the targets as the badge (a run whose client was
+the bottleneck shows *Client-bound* instead: its numbers are partly the client's), goodput, attainment and capacity
+at SLO, and a read-only page with the summary table, the SLO verdict, the client's health, the confidence
+intervals of repeated runs, the sweep and the plots inline (the images come from an admin view that checks the
+view permission and renders PNG from the stored samples)."""
 
 from __future__ import annotations
 
@@ -622,15 +624,15 @@ def _num(value, digits: int = 1) -> str:
 class BenchmarkAdmin(admin.ModelAdmin):
     list_display = (
         "id", "deployment", "coloured_status", "partial", "concurrency", "requests_ok", "mean_ttft",
-        "p95_ttft", "mean_itl", "throughput", "passed", "created_at",
+        "p95_ttft", "mean_itl", "throughput", "goodput_column", "capacity", "passed", "created_at",
     )  # fmt: skip
-    list_filter = ("status", "partial", "passed", "deployment")
+    list_filter = ("status", "partial", "passed", "valid", "deployment")
     search_fields = ("deployment__name",)
     date_hierarchy = "created_at"
     fields = (
         "deployment", "coloured_status", "partial", "run_link", "error", "summary_table", "plot_images",
-        "verdict", "error_table", "sweep_table", "settings_table", "options_table", "created_by", "created_at",
-        "started_at", "finished_at",
+        "slo_table", "client_table", "confidence_table", "verdict", "error_table", "sweep_table",
+        "settings_table", "options_table", "created_by", "created_at", "started_at", "finished_at",
     )  # fmt: skip
     readonly_fields = fields
 
@@ -656,7 +658,10 @@ class BenchmarkAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def coloured_status(self, obj: Benchmark) -> str:
-        # A benchmark that ran to the end but missed its targets is a failure to whoever reads the list.
+        # A benchmark that ran to the end but missed its targets is a failure to whoever reads the list; one whose
+        # client was the bottleneck measured the client, whatever its targets say.
+        if obj.status == BenchmarkStatus.SUCCEEDED and obj.valid is False:
+            return status_badge("failed", "Client-bound")
         if obj.status == BenchmarkStatus.SUCCEEDED and obj.passed is not None:
             return (
                 status_badge("succeeded", "Targets met")
@@ -665,10 +670,26 @@ class BenchmarkAdmin(admin.ModelAdmin):
             )
         return status_badge(BENCHMARK_COLOURS.get(obj.status, "pending"), obj.get_status_display())
 
-    @admin.display(description="concurrency")
+    @admin.display(description="concurrency / rate")
     def concurrency(self, obj: Benchmark) -> str:
-        sweep = (obj.options or {}).get("sweep")
-        return ",".join(map(str, sweep)) if sweep else str((obj.options or {}).get("concurrency", "-"))
+        options = obj.options or {}
+        if options.get("rates"):
+            return ",".join(f"{r:g}" for r in options["rates"]) + " req/s"
+        if options.get("rate_search"):
+            return f"from {options['rate_search']['start']:g} req/s until goodput drops"
+        sweep = options.get("sweep")
+        return ",".join(map(str, sweep)) if sweep else str(options.get("concurrency", "-"))
+
+    @admin.display(description="goodput req/s", ordering="goodput")
+    def goodput_column(self, obj: Benchmark) -> str:
+        if obj.goodput is None:
+            return "-"
+        share = "" if obj.slo_attainment is None else f" ({obj.slo_attainment:.0%})"
+        return f"{_num(obj.goodput, 2)}{share}"
+
+    @admin.display(description="capacity at SLO", ordering="capacity_rps")
+    def capacity(self, obj: Benchmark) -> str:
+        return "-" if obj.capacity_rps is None else f"{obj.capacity_rps:g} req/s"
 
     @admin.display(description="ok / failed")
     def requests_ok(self, obj: Benchmark) -> str:
@@ -732,9 +753,74 @@ class BenchmarkAdmin(admin.ModelAdmin):
             format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", totals),
         )
 
+    @admin.display(description="SLO")
+    def slo_table(self, obj: Benchmark) -> str:
+        verdict = (obj.summary or {}).get("slo")
+        if not verdict:
+            return "no SLO" if obj.summary else "-"
+        rows = [
+            ("meets the SLO", f"{'yes' if verdict['passed'] else 'NO'} ({verdict['attainment']:.1%} of requests "
+             f"met every target; needs {verdict['min_share']:.0%})"),
+            ("goodput (req/s)", _num(verdict["goodput"], 2)),
+            ("requests meeting all / total", f"{verdict['met']} / {verdict['total']}"),
+        ]  # fmt: skip
+        for key, target in verdict["targets"].items():
+            rows.append((f"{key} ≤ {target:g}", f"{verdict['shares'].get(key, 0.0):.1%} of requests"))
+        capacity = (obj.summary or {}).get("capacity")
+        if capacity:
+            rate = capacity.get("rate")
+            rows.append(("capacity at SLO", "-" if rate is None else f"{rate:g} req/s"))
+            rows.append(("limited by", capacity.get("limited_by") or "-"))
+        rows.append(("latency measured from", verdict.get("measured_from", "scheduled send")))
+        return format_html("<table>{}</table>", format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows))
+
+    @admin.display(description="client")
+    def client_table(self, obj: Benchmark) -> str:
+        client = (obj.summary or {}).get("client")
+        if not client:
+            return "-"
+        lag, loop = client.get("send_lag_ms") or {}, client.get("loop_delay_ms") or {}
+        rows = [
+            ("valid", "yes" if client.get("valid") else "NO: " + "; ".join(client.get("invalid_reasons") or [])),
+            ("load processes", client.get("processes")),
+            ("send lag ms (mean / p99 / max)", " / ".join(_num(lag.get(k), 1) for k in ("mean", "p99", "max"))),
+            ("event-loop delay ms (mean / p99 / max)",
+             " / ".join(_num(loop.get(k), 1) for k in ("mean", "p99", "max"))),
+            ("CPU per load process", ", ".join(f"{c:g} %" for c in client.get("cpu_percent") or []) or "-"),
+            ("limit (p99)", f"{client.get('lag_limit_ms', 0):g} ms"),
+        ]  # fmt: skip
+        return format_html("<table>{}</table>", format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows))
+
+    @admin.display(description="confidence")
+    def confidence_table(self, obj: Benchmark) -> str:
+        intervals = (obj.summary or {}).get("confidence")
+        if not intervals:
+            return "- (one run; repeat for intervals)"
+        return format_html(
+            "<table><tr><th>figure</th><th>mean</th><th>low</th><th>high</th><th>level</th><th>runs</th></tr>"
+            "{}</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                (
+                    (
+                        k,
+                        _num(ci["mean"], 2),
+                        _num(ci["low"], 2),
+                        _num(ci["high"], 2),
+                        f"{ci['level']:.0%}",
+                        ci["n"],
+                    )
+                    for k, ci in intervals.items()
+                ),
+            ),
+        )
+
     @admin.display(description="plots")
     def plot_images(self, obj: Benchmark) -> str:
-        kinds = [k for k in ("ttft", "itl", "latency") if obj.samples] + (["throughput"] if obj.sweep else [])
+        from .api.benchmarks import available_plots
+
+        kinds = available_plots(obj) if obj.samples else []
         if not kinds:
             return "- (nothing measured yet)"
         return format_html_join(
@@ -791,18 +877,37 @@ class BenchmarkAdmin(admin.ModelAdmin):
     def sweep_table(self, obj: Benchmark) -> str:
         if not obj.sweep:
             return "-"
+        by_rate = (obj.summary or {}).get("sweep_kind") == "rate"
+
+        def point(p: dict) -> tuple:
+            slo = p.get("slo") or {}
+            return (
+                f"{p.get('request_rate'):g} req/s"
+                if by_rate and p.get("request_rate")
+                else p.get("concurrency"),
+                p.get("successful_requests"),
+                p.get("failed_requests"),
+                _num(p.get("request_throughput"), 2),
+                _num(p.get("output_throughput")),
+                _num(p.get("mean_ttft_ms")),
+                _num(p.get("p99_ttft_ms")),
+                _num(p.get("p99_ttft_from_scheduled_ms")),
+                _num(p.get("mean_itl_ms"), 2),
+                _num(p.get("goodput"), 2),
+                f"{slo['attainment']:.1%}" if slo else "-",
+                "yes" if p.get("valid", True) else "NO (client-bound)",
+            )
+
         return format_html(
-            "<table><tr><th>concurrency</th><th>ok / failed</th><th>req/s</th><th>output tok/s</th>"
-            "<th>mean TTFT ms</th><th>p99 TTFT ms</th><th>mean ITL ms</th></tr>{}</table>",
+            "<table><tr><th>{}</th><th>ok / failed</th><th>req/s</th><th>output tok/s</th>"
+            "<th>mean TTFT ms</th><th>p99 TTFT ms</th><th>p99 TTFT from scheduled ms</th><th>mean ITL ms</th>"
+            "<th>goodput req/s</th><th>met SLO</th><th>valid</th></tr>{}</table>",
+            "offered rate" if by_rate else "concurrency",
             format_html_join(
                 "",
-                "<tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                (
-                    (p.get("concurrency"), p.get("successful_requests"), p.get("failed_requests"),
-                     _num(p.get("request_throughput"), 2), _num(p.get("output_throughput")),
-                     _num(p.get("mean_ttft_ms")), _num(p.get("p99_ttft_ms")), _num(p.get("mean_itl_ms"), 2))
-                    for p in obj.sweep
-                ),
+                "<tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                "<td>{}</td><td>{}</td><td>{}</td></tr>",
+                (point(p) for p in obj.sweep),
             ),
         )  # fmt: skip
 

@@ -71,6 +71,7 @@ from django.utils.dateparse import parse_datetime
 
 from clusters.choices import ClusterStatus
 from clusters.services import gateway_for
+from core import events as core_events
 from core.choices import RunStatus
 from core.gateway import ClusterGateway, GatewayError
 from core.models import Run
@@ -375,7 +376,13 @@ def initial_state(policy: Policy, now: datetime) -> dict:
 
 
 def record(deployment: Deployment, message: str, data: dict) -> None:
+    """A decision: the deployment's log row and the outbox event, with the metric values that caused it."""
     DeploymentEvent.objects.create(deployment=deployment, kind=EVENT_KIND, message=message[:4000], data=data)
+    core_events.emit(
+        "deployment.autoscaled",
+        f"deployments/{deployment.pk}",
+        {"deployment": deployment.pk, "name": deployment.name, "message": message[:4000], **data},
+    )
 
 
 def public_state(deployment: Deployment) -> dict | None:

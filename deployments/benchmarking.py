@@ -26,6 +26,16 @@ With a sweep, the load runs at each concurrency in turn with the same options; `
 concurrency and ``summary`` / ``samples`` are those of the last concurrency that ran (the highest, when the list
 is ascending).
 
+Serving to an SLO: ``slo`` (TTFT, TPOT, E2E targets in ms, each optional, and ``min_share``) adds goodput and
+attainment to every summary (`benchstats.evaluate_slo`).  ``rates`` runs Poisson arrivals at each rate in turn;
+``rate_search`` climbs from ``start`` by ``factor`` until goodput drops (below 95 % of the best so far), a point's
+client becomes the bottleneck, or ``max_points`` / ``max_rate`` is reached.  A rate sweep with an SLO ends in
+``summary["capacity"]``: the highest rate up to which every point met the SLO (`benchstats.capacity_at_slo`).
+``repeat`` runs every point that many times (seeds ``seed``, ``seed + 1`` ...): its summary pools the requests
+and carries a Student-t ``confidence`` interval over the repetitions.  Every summary says whether the client was
+the bottleneck (``valid``, ``invalid_reason``); the row's ``valid`` is false when any point's client was.  The
+whole series is one plan (`_plan`) run by `loadgen.run_series_sync`.
+
 Re-running a step (a worker died mid-benchmark) finds the same row (by benchmark id, or by run for the deploy
 step) and measures again from the start; a row already SUCCEEDED is returned as it is.
 """
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +54,7 @@ from django.db import models, transaction
 from django.utils import timezone
 from rest_framework import serializers
 
+from core import events as core_events
 from core.api import serializers as strict
 from core.choices import RunStatus
 from core.errors import Refused
@@ -54,11 +66,12 @@ from .catalog import EMBEDDING
 from .choices import BenchmarkStatus, DeploymentStatus
 from .loadgen import (
     ENDPOINT_PATHS,
+    MAX_PROCESSES,
+    WORKLOADS,
     BenchmarkResult,
     CancelFlag,
     LoadSettings,
-    run_benchmark_sync,
-    run_sweep_sync,
+    run_series_sync,
 )
 from .models import Benchmark, Deployment
 from .services import active_run
@@ -66,6 +79,9 @@ from .services import active_run
 ProgressCallback = Callable[[int, int], None]
 
 MAX_SWEEP_POINTS = 16
+MAX_REPEAT = 20
+MAX_RATE = 100_000.0
+GOODPUT_DROP = 0.95  # a rate search stops when goodput falls below this share of the best so far
 
 
 class BenchmarkError(StepFailed):
@@ -95,6 +111,61 @@ class TargetsSerializer(strict.Serializer):
 
     def to_internal_value(self, data: Any) -> dict:
         return {k: v for k, v in super().to_internal_value(data).items() if v is not None}
+
+
+class SLOSerializer(strict.Serializer):
+    """Per-request targets (ms); a request meets the SLO when it meets every one given."""
+
+    ttft_ms = serializers.FloatField(
+        required=False, allow_null=True, min_value=0.001, max_value=86_400_000,
+        help_text="Time to first token, from the scheduled send",
+    )  # fmt: skip
+    tpot_ms = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=0.001,
+        max_value=86_400_000,
+        help_text="Time per output token",
+    )
+    e2e_ms = serializers.FloatField(
+        required=False, allow_null=True, min_value=0.001, max_value=86_400_000,
+        help_text="End-to-end latency, from the scheduled send",
+    )  # fmt: skip
+    min_share = serializers.FloatField(
+        min_value=0.01, max_value=1.0, default=benchstats.DEFAULT_MIN_SHARE,
+        help_text="Share of requests that must meet every target for the run to meet the SLO",
+    )  # fmt: skip
+
+    def run_validation(self, data: Any = serializers.empty) -> Any:
+        # {} is "no SLO", as stored options carry it (they are validated again when the benchmark runs).
+        if isinstance(data, dict) and not data:
+            return {}
+        return super().run_validation(data)
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        if not any(k in attrs for k in benchstats.SLO_KEYS):
+            raise serializers.ValidationError(f"give at least one of {', '.join(benchstats.SLO_KEYS)}")
+        return attrs
+
+
+class RateSearchSerializer(strict.Serializer):
+    """Climb the request rate until goodput drops."""
+
+    start = serializers.FloatField(min_value=0.001, max_value=MAX_RATE, help_text="First rate, requests/s")
+    factor = serializers.FloatField(
+        min_value=1.05, max_value=10.0, default=2.0, help_text="Each rate is the previous one times this"
+    )
+    max_points = serializers.IntegerField(min_value=2, max_value=MAX_SWEEP_POINTS, default=8)
+    max_rate = serializers.FloatField(
+        min_value=0.001, max_value=MAX_RATE, required=False, allow_null=True, default=None,
+        help_text="Highest rate tried",
+    )  # fmt: skip
+
+    def validate(self, attrs: dict) -> dict:
+        if attrs.get("max_rate") is not None and attrs["max_rate"] < attrs["start"]:
+            raise serializers.ValidationError({"max_rate": "must be at least start"})
+        return attrs
 
 
 class BenchmarkOptionsSerializer(strict.Serializer):
@@ -138,6 +209,47 @@ class BenchmarkOptionsSerializer(strict.Serializer):
     targets = TargetsSerializer(required=False, allow_null=True, default=None)
     margin = serializers.FloatField(min_value=0, max_value=10, default=benchstats.DEFAULT_MARGIN)
     seed = serializers.IntegerField(min_value=0, default=0)
+    slo = SLOSerializer(
+        required=False, allow_null=True, default=None,
+        help_text="Per-request targets: goodput, attainment, and capacity at SLO for a rate sweep",
+    )  # fmt: skip
+    rates = serializers.ListField(
+        child=serializers.FloatField(min_value=0.001, max_value=MAX_RATE), required=False, allow_null=True,
+        default=None, allow_empty=False, max_length=MAX_SWEEP_POINTS,
+        help_text="Poisson request rates run in turn (each with `requests` requests); default concurrency "
+        "BENCHMARK_MAX_CONCURRENCY so the client does not cap the rate",
+    )  # fmt: skip
+    rate_search = RateSearchSerializer(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Climb the rate until goodput drops (needs slo)",
+    )
+    repeat = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_REPEAT,
+        default=1,
+        help_text="Runs per point; 2+ gives confidence intervals",
+    )
+    confidence = serializers.FloatField(
+        min_value=0.5, max_value=0.999, default=benchstats.DEFAULT_CONFIDENCE, help_text="Confidence level"
+    )
+    processes = serializers.IntegerField(
+        min_value=1, max_value=MAX_PROCESSES, default=1,
+        help_text="Load processes sharing the streams (one event loop tops out at a few hundred streams)",
+    )  # fmt: skip
+    workload = serializers.ChoiceField(
+        choices=list(WORKLOADS), default="random",
+        help_text="random prompts, shared_prefix (prefix_groups prefixes of prefix_tokens) or multi_turn "
+        "(conversations of `turns` turns carrying their history); synthetic and seeded",
+    )  # fmt: skip
+    prefix_tokens = serializers.IntegerField(min_value=1, max_value=1_000_000, default=256)
+    prefix_groups = serializers.IntegerField(min_value=1, max_value=100_000, default=4)
+    turns = serializers.IntegerField(min_value=1, max_value=1000, default=4)
+    max_client_lag_ms = serializers.FloatField(
+        min_value=0.1, max_value=3_600_000, default=benchstats.DEFAULT_LAG_LIMIT_MS,
+        help_text="p99 send lag or event-loop delay above this flags the run invalid (client-bound)",
+    )  # fmt: skip
 
     def validate(self, attrs: dict) -> dict:
         errors: dict[str, str] = {}
@@ -145,9 +257,34 @@ class BenchmarkOptionsSerializer(strict.Serializer):
             django_settings.BENCHMARK_MAX_REQUESTS,
             django_settings.BENCHMARK_MAX_CONCURRENCY,
         )
-        points = len(attrs.get("sweep") or [1])
-        if attrs["requests"] * points > max_requests:
-            errors["requests"] = f"at most {max_requests} requests in all (BENCHMARK_MAX_REQUESTS)"
+        series = [k for k in ("sweep", "rates", "rate_search") if attrs.get(k)]
+        if len(series) > 1:
+            errors[series[1]] = f"one of sweep, rates and rate_search at a time (got {' and '.join(series)})"
+        for key in ("rates", "rate_search"):
+            if attrs.get(key) and attrs.get("rate"):
+                errors["rate"] = f"{key} sets the rates; leave rate out"
+        if attrs.get("rate_search") and not attrs.get("slo"):
+            errors["slo"] = "rate_search climbs until goodput drops: give an slo"
+        rates = attrs.get("rates")
+        if rates and len(set(rates)) != len(rates):
+            errors["rates"] = "each rate once"
+        if (rates or attrs.get("rate_search")) and "concurrency" not in (self.initial_data or {}):
+            # Paced arrivals capped by a small default concurrency would measure the client's queue.
+            attrs["concurrency"] = max_concurrency
+        search = attrs.get("rate_search") or {}
+        points = len(attrs.get("sweep") or rates or [1]) if not search else search["max_points"]
+        if attrs["requests"] * points * attrs["repeat"] > max_requests:
+            errors["requests"] = (
+                f"at most {max_requests} requests in all (BENCHMARK_MAX_REQUESTS); asked for "
+                f"{attrs['requests']} x {points} points x {attrs['repeat']} repetitions"
+            )
+        if attrs["workload"] != "random" and attrs.get("dataset"):
+            errors["workload"] = "a dataset file replaces the synthetic workload; leave workload out"
+        if attrs["workload"] == "multi_turn" and attrs.get("endpoint") == "embeddings":
+            errors["workload"] = "multi_turn needs a generating endpoint (chat or completions)"
+        lowest = min(attrs.get("sweep") or [attrs["concurrency"]])
+        if attrs["processes"] > lowest:
+            errors["processes"] = f"at most the concurrency ({lowest}): each load process needs a stream"
         if attrs["warmup"] > max_requests:
             errors["warmup"] = f"at most {max_requests}"
         if attrs["concurrency"] > max_concurrency:
@@ -166,6 +303,7 @@ class BenchmarkOptionsSerializer(strict.Serializer):
         if errors:
             raise serializers.ValidationError(errors)
         attrs["targets"] = dict(attrs.get("targets") or {})
+        attrs["slo"] = dict(attrs.get("slo") or {})
         return attrs
 
 
@@ -260,6 +398,11 @@ def load_settings(deployment: Deployment, opts: dict) -> LoadSettings:
             idle_timeout_s=opts.get("idle_timeout") or django_settings.BENCHMARK_IDLE_TIMEOUT,
             pinned_address=pinned,
             seed=opts["seed"],
+            workload=opts.get("workload", "random"),
+            prefix_tokens=opts.get("prefix_tokens", 256),
+            prefix_groups=opts.get("prefix_groups", 4),
+            turns=opts.get("turns", 4),
+            processes=opts.get("processes", 1),
         )
     except ValueError as exc:
         raise BenchmarkError(f"invalid benchmark settings: {exc}") from None
@@ -302,7 +445,7 @@ def _reporter(ctx: StepContext | None, progress: ProgressCallback | None) -> Pro
 
 def _row(deployment: Deployment, opts: dict, ctx: StepContext | None, user: Any) -> Benchmark:
     """The row this call fills: the run's own (a re-run of the same step finds it) or a new one."""
-    fields = {"options": opts, "targets": opts["targets"], "margin": opts["margin"]}
+    fields = {"options": opts, "targets": opts["targets"], "margin": opts["margin"], "slo": opts["slo"]}
     if ctx is not None:
         row = Benchmark.objects.filter(run_id=ctx.run.pk, deployment=deployment).first()
         if row is not None:
@@ -314,10 +457,23 @@ def _row(deployment: Deployment, opts: dict, ctx: StepContext | None, user: Any)
 
 def _finish(row: Benchmark, status: str, **fields: Any) -> None:
     now = timezone.now()
-    Benchmark.objects.filter(pk=row.pk).update(status=status, finished_at=now, **fields)
-    row.status, row.finished_at = status, now
-    for key, value in fields.items():
-        setattr(row, key, value)
+    with transaction.atomic():  # the row and its outbox event commit together
+        Benchmark.objects.filter(pk=row.pk).update(status=status, finished_at=now, **fields)
+        row.status, row.finished_at = status, now
+        for key, value in fields.items():
+            setattr(row, key, value)
+        core_events.emit(
+            "benchmark.finished",
+            f"benchmarks/{row.pk}",
+            {
+                "benchmark": row.pk,
+                "deployment": row.deployment_id,
+                "run": str(row.run_id or ""),
+                "status": status,
+                "error": str(fields.get("error", ""))[:1000],
+                "summary": row.summary or {},
+            },
+        )
 
 
 def result_dict(row: Benchmark) -> dict:
@@ -359,7 +515,7 @@ def run_benchmark(
     now = timezone.now()
     claimed = Benchmark.objects.filter(pk=row.pk, status__in=BenchmarkStatus.active()).update(
         status=BenchmarkStatus.RUNNING, started_at=now, finished_at=None, settings=load.public_dict(),
-        options=opts, targets=opts["targets"], margin=opts["margin"], error="", partial=False,
+        options=opts, targets=opts["targets"], margin=opts["margin"], slo=opts["slo"], error="", partial=False,
     )  # fmt: skip
     if not claimed:
         row.refresh_from_db(fields=["status"])
@@ -368,11 +524,9 @@ def run_benchmark(
 
     flag = _Cancel(ctx, cancel)
     report = _reporter(ctx, progress)
+    plan, total = _plan(load, opts)
     try:
-        if opts.get("sweep"):
-            results = run_sweep_sync(load, opts["sweep"], report, flag)
-        else:
-            results = [run_benchmark_sync(load, report, flag)]
+        results = run_series_sync(plan, total, report, flag, poll_s=load.progress_interval_s)
     except Exception as exc:  # the load generator itself broke (bad dataset file, ...): record it, then fail
         _finish(row, BenchmarkStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:4000])
         raise BenchmarkError(f"the benchmark could not run: {type(exc).__name__}: {exc}") from None
@@ -384,21 +538,122 @@ def run_benchmark(
     return result_dict(row)
 
 
+# --- the series of runs ----------------------------------------------------------------------------------------
+
+
+def sweep_kind(opts: dict) -> str | None:
+    """ "concurrency" or "rate" for a sweep, None for a single point."""
+    if opts.get("sweep"):
+        return "concurrency"
+    if opts.get("rates") or opts.get("rate_search"):
+        return "rate"
+    return None
+
+
+def _summary_kwargs(opts: dict) -> dict[str, Any]:
+    slo = dict(opts.get("slo") or {})
+    min_share = slo.pop("min_share", benchstats.DEFAULT_MIN_SHARE)
+    return {
+        "targets": opts["targets"] or None,
+        "margin": opts["margin"],
+        "slo": slo or None,
+        "min_share": min_share,
+        "lag_limit_ms": opts.get("max_client_lag_ms", benchstats.DEFAULT_LAG_LIMIT_MS),
+    }
+
+
+def _summarize_point(opts: dict, group: list[BenchmarkResult]) -> dict:
+    return benchstats.summarize_repetitions(
+        group, opts.get("confidence", benchstats.DEFAULT_CONFIDENCE), **_summary_kwargs(opts)
+    )
+
+
+def _groups(results: list[BenchmarkResult], repeat: int) -> list[list[BenchmarkResult]]:
+    return [results[i : i + repeat] for i in range(0, len(results), repeat)]
+
+
+def _plan(
+    load: LoadSettings, opts: dict
+) -> tuple[Callable[[list[BenchmarkResult]], LoadSettings | None], int]:
+    """The series as a plan for `loadgen.run_series` (runs on the load generator's thread: no database) and
+    the most requests it may send."""
+    repeat = opts.get("repeat", 1)
+
+    def repeated(point: LoadSettings) -> list[LoadSettings]:
+        return [replace(point, seed=load.seed + k) for k in range(repeat)]
+
+    search = opts.get("rate_search")
+    if not search:
+        if opts.get("sweep"):
+            points = [replace(load, concurrency=c) for c in opts["sweep"]]
+        elif opts.get("rates"):
+            points = [replace(load, request_rate=r) for r in opts["rates"]]
+        else:
+            points = [load]
+        runs = [run for point in points for run in repeated(point)]
+
+        def next_listed(done: list[BenchmarkResult]) -> LoadSettings | None:
+            return runs[len(done)] if len(done) < len(runs) else None
+
+        return next_listed, len(runs) * load.num_requests
+
+    def next_run(done: list[BenchmarkResult]) -> LoadSettings | None:
+        groups = _groups(done, repeat)
+        if groups and len(groups[-1]) < repeat:  # the current point's next repetition
+            current = groups[-1][0].settings
+            return replace(current, seed=load.seed + len(groups[-1]))
+        if len(groups) >= search["max_points"]:
+            return None
+        if groups:
+            summaries = [_summarize_point(opts, g) for g in groups]
+            best = max(s.get("goodput") or 0.0 for s in summaries)
+            last = summaries[-1]
+            if last.get("valid") is False or (last.get("goodput") or 0.0) < GOODPUT_DROP * best:
+                return None  # past the peak, or the client is the limit now: higher rates say nothing more
+        rate = search["start"] * search["factor"] ** len(groups)
+        if search.get("max_rate") is not None and rate > search["max_rate"] * (1 + 1e-9):
+            return None
+        return replace(load, request_rate=rate, seed=load.seed)
+
+    return next_run, search["max_points"] * repeat * load.num_requests
+
+
 def _store(row: Benchmark, opts: dict, results: list[BenchmarkResult], *, cancelled: bool) -> None:
-    summaries = [benchstats.summarize(r, opts["targets"] or None, opts["margin"]) for r in results]
-    swept = bool(opts.get("sweep"))
-    if results:
-        main, summary = results[-1], summaries[-1]
-    else:  # cancelled before the first sweep point started
+    repeat = opts.get("repeat", 1)
+    groups = _groups(results, repeat)
+    summaries = [_summarize_point(opts, g) for g in groups]
+    kind = sweep_kind(opts)
+    if groups:
+        main, summary = benchstats.pooled(groups[-1]), dict(summaries[-1])
+    else:  # cancelled before the first run started
         main, summary = None, {}
-    partial = cancelled or any(r.partial for r in results) or (swept and len(results) < len(opts["sweep"]))
+    planned = len(opts.get("sweep") or opts.get("rates") or [1]) * repeat
+    partial = (
+        cancelled
+        or any(r.partial for r in results)
+        or (not opts.get("rate_search") and len(results) < planned)
+        or bool(groups and len(groups[-1]) < repeat)
+    )
+    capacity = None
     if summary:
         summary["partial"] = partial
+        summary["sweep_kind"] = kind
+        invalid = [(g, s) for g, s in zip(groups, summaries, strict=True) if not s.get("valid", True)]
+        if invalid and kind:
+            summary["valid"] = False
+            summary["invalid_reason"] = "; ".join(
+                f"at {_point_label(g[0].settings, kind)}: {s['invalid_reason']}" for g, s in invalid
+            )
+        if kind == "rate" and opts.get("slo"):
+            capacity = benchstats.capacity_at_slo(summaries)
+            summary["capacity"] = capacity
     fields: dict[str, Any] = {
         "summary": summary,
-        "sweep": summaries if swept else [],
+        "sweep": summaries if kind else [],
         "samples": benchstats.encode_samples(main.requests) if main is not None else {},
         "partial": partial,
+        "capacity_rps": capacity["rate"] if capacity else None,
+        "invalid_reason": (summary.get("invalid_reason") or "")[:4000],
         **{key: summary.get(key) for key in Benchmark.KEY_FIGURES},
     }
     if cancelled:
@@ -411,6 +666,27 @@ def _store(row: Benchmark, opts: dict, results: list[BenchmarkResult], *, cancel
     else:
         status = BenchmarkStatus.SUCCEEDED
     _finish(row, status, **fields)
+
+
+def _point_label(settings: LoadSettings, kind: str) -> str:
+    if kind == "concurrency":
+        return f"concurrency {settings.concurrency}"
+    return f"{settings.request_rate:g} req/s"
+
+
+def describe_options(opts: dict) -> str:
+    """What a benchmark sends, in a few words (run titles)."""
+    if opts.get("rate_search"):
+        what = f"{opts['requests']} requests per rate from {opts['rate_search']['start']:g} req/s until goodput drops"
+    elif opts.get("rates"):
+        what = f"{opts['requests']} requests at " + ",".join(f"{r:g}" for r in opts["rates"]) + " req/s"
+    else:
+        what = f"{opts['requests']} requests at concurrency " + (
+            ",".join(map(str, opts["sweep"])) if opts.get("sweep") else str(opts["concurrency"])
+        )
+    if opts.get("repeat", 1) > 1:
+        what += f", {opts['repeat']} times"
+    return what
 
 
 # --- the benchmark workflow (``deployment.benchmark``, declared in workflows.py) ---------------------------------
@@ -444,11 +720,10 @@ def start_benchmark(
             options=opts,
             targets=opts["targets"],
             margin=opts["margin"],
+            slo=opts["slo"],
             created_by=recorded_user(user),
         )
-        what = f"{opts['requests']} requests at concurrency " + (
-            ",".join(map(str, opts["sweep"])) if opts.get("sweep") else str(opts["concurrency"])
-        )
+        what = describe_options(opts)
         run = get_workflow("deployment.benchmark").launch(
             subject=deployment,
             params={"deployment_id": deployment.pk, "benchmark_id": row.pk},

@@ -33,6 +33,7 @@ from django.utils.dateparse import parse_datetime
 
 from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.services import gateway_for
+from core import events as core_events
 from core.gateway import ClusterGateway, GatewayError, pinned_client
 from core.sweep import sweep_each
 from hardware.services import refresh_nodes
@@ -102,6 +103,13 @@ def upsert_workers(deployment: Deployment, pods: list[dict]) -> list[dict]:
     summaries = [pod_summary(p) for p in pods]
     rows = [Worker(deployment=deployment, updated_at=now, **s) for s in summaries if s["name"]]
     with transaction.atomic():
+        before = {
+            w["name"]: w
+            for w in Worker.objects.filter(deployment=deployment).values(
+                "name", "node", "phase", "ready", "restarts"
+            )
+        }
+        _emit_worker_changes(deployment, before, rows)
         if rows:
             Worker.objects.bulk_create(
                 rows,
@@ -120,6 +128,40 @@ def upsert_workers(deployment: Deployment, pods: list[dict]) -> list[dict]:
             )
         Worker.objects.filter(deployment=deployment).exclude(name__in=[r.name for r in rows]).delete()
     return summaries
+
+
+def _emit_worker_changes(deployment: Deployment, before: dict[str, dict], rows: list[Worker]) -> None:
+    """One outbox event per worker (pod) that appeared, left, or changed phase, readiness or restart count."""
+    changes = []
+    for row in rows:
+        old = before.get(row.name)
+        if old is not None and (old["phase"], old["ready"], old["restarts"]) == (
+            row.phase,
+            row.ready,
+            row.restarts,
+        ):
+            continue
+        changes.append(
+            {
+                "worker": row.name,
+                "node": row.node,
+                "old_phase": old["phase"] if old else "",
+                "phase": row.phase,
+                "ready": row.ready,
+                "restarts": row.restarts,
+                "reason": row.reason,
+            }
+        )
+    seen = {r.name for r in rows}
+    changes += [
+        {"worker": name, "node": old["node"], "old_phase": old["phase"], "phase": "gone", "ready": False}
+        for name, old in before.items()
+        if name not in seen
+    ]
+    core_events.emit_many(
+        ("deployment.worker.changed", f"deployments/{deployment.pk}", {"deployment": deployment.pk, **c})
+        for c in changes
+    )
 
 
 def scheduling_events(gw: ClusterGateway, namespace: str) -> list[str]:

@@ -29,7 +29,10 @@ started over one TTFT with `ramp_up_s`): mean TTFT error 0.7 % at 256 streams an
 both sides; 3.9 % at 256 with the standard loop on both sides.  With no ramp-up (all streams start in one
 burst, vLLM's default) the error at 256 is ~17 %, but it is the server working through a burst of 256
 requests: the time to the response headers (`RequestRecord.headers`, sent by the simulator when its handler
-starts) accounts for all of it.
+starts) accounts for all of it.  Those figures are from an idle machine; with the two cores shared (load average
+~3) the same script measured 55 % at 256 streams from one process and 7.8 % from four load processes
+(`processes`), the rest being the simulator's own delay; at 512 and 1,024 streams the simulator and the client
+starve each other of CPU there (README, "Benchmarks to an SLO").
 
 Synthetic prompts: a prompt of N tokens is N lowercase words from a small vocabulary of common English words,
 separated by single spaces, drawn with the seeded RNG (so prompts differ per request and prefix caching does not
@@ -44,6 +47,27 @@ human turn is the prompt and the following gpt turn's token count (same word cou
 length, as in vLLM's benchmark.  Conversations without such a pair are skipped; `num_requests` entries are
 sampled with the seeded RNG (with repetition when the file has fewer).
 
+Synthetic workloads besides independent prompts (`workload`, seeded like the rest): ``shared_prefix`` gives
+request i the prefix i % `prefix_groups` (each `prefix_tokens` words, the same for every request of the group, so
+a server's prefix cache can reuse it) followed by `input_tokens` words of its own; ``multi_turn`` makes
+conversations of `turns` turns, each turn carrying the previous user messages and assistant answers (stand-ins of
+`output_tokens` words) and sent only once the previous turn of its conversation has finished.
+
+Scheduled and actual send.  Every request is stamped with when it was due (`RequestRecord.scheduled`: its
+Poisson arrival; with no pacing, the moment its concurrency slot freed up; for a later turn, no earlier than the
+previous turn's end) and when it actually left (`start`).  The difference is the client's own lag: with a rate
+the concurrency cannot carry, requests wait for a slot inside the client and latency measured from the actual
+send hides it (vLLM issue 54101: p99 TTFT 507 ms from the actual send, 3,330 ms from the scheduled one), so
+`benchstats` reports TTFT and E2E from both and judges SLOs from the scheduled one.  The run also records how late
+a 10 ms timer fires on the event loop (`loop_delays`) and the CPU each load process used, so a run whose client
+was the bottleneck can be flagged (`benchstats.client_health`).
+
+Several load processes (`processes`): one event loop stamps chunks late once it carries a few hundred streams
+on a core, so the requests can be spread over that many processes (`_run_processes`), each with its own loop
+and connection pool and a share of the concurrency; they start together on one schedule, and their records come
+back in send order.  Series of runs (concurrency sweeps, request-rate sweeps, repetitions, a climb until goodput
+drops) are plans for `run_series`.
+
 Errors are never hidden: an HTTP error keeps its status and the server's message, a stalled stream hits the
 idle timeout (`idle_timeout_s` without a byte), a slow one the total timeout (`timeout_s`), and both are
 counted as failed requests with their messages.
@@ -57,15 +81,22 @@ host is ever resolved (`_PinnedResolver`): the name cannot be re-pointed between
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import itertools
 import json
 import math
+import os
+import pickle
 import queue
 import random
 import re
+import signal
 import socket
 import ssl
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -77,6 +108,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 EndpointKind = Literal["completions", "chat", "embeddings"]
+Workload = Literal["random", "shared_prefix", "multi_turn"]
+WORKLOADS = ("random", "shared_prefix", "multi_turn")
+MAX_PROCESSES = 16
 ENDPOINT_PATHS: dict[str, str] = {
     "completions": "/v1/completions",
     "chat": "/v1/chat/completions",
@@ -139,6 +173,13 @@ class LoadSettings:
     seed: int = 0
     ignore_eos: bool = True
     progress_interval_s: float = 0.25  # the progress callback is called at most this often (plus at the end)
+    # Synthetic workloads (module docstring): independent prompts, prompts sharing one of `prefix_groups`
+    # prefixes of `prefix_tokens`, or conversations of `turns` turns each carrying the history so far.
+    workload: Workload = "random"
+    prefix_tokens: int = 256
+    prefix_groups: int = 4
+    turns: int = 4
+    processes: int = 1  # event loops in their own processes, sharing the requests and the concurrency
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINT_PATHS:
@@ -153,6 +194,17 @@ class LoadSettings:
             raise ValueError("timeouts must be positive")
         if self.ramp_up_s < 0:
             raise ValueError("ramp_up_s must not be negative")
+        if self.workload not in WORKLOADS:
+            raise ValueError(f"workload must be one of {list(WORKLOADS)}, not {self.workload!r}")
+        if self.prefix_tokens < 1 or self.prefix_groups < 1 or self.turns < 1:
+            raise ValueError("prefix_tokens, prefix_groups and turns must be at least 1")
+        if not 1 <= self.processes <= MAX_PROCESSES:
+            raise ValueError(f"processes must be between 1 and {MAX_PROCESSES}")
+        if self.processes > self.concurrency:
+            raise ValueError("processes must not exceed concurrency (each process needs a stream)")
+        if self.processes > 1 and isinstance(self.ssl_context, ssl.SSLContext):
+            # An SSLContext cannot cross a process boundary; the processes verify against the system CAs.
+            raise ValueError("processes > 1 cannot carry a custom ssl_context")
 
     @property
     def url(self) -> str:
@@ -195,6 +247,11 @@ class LoadSettings:
             "pinned_address": self.pinned_address,
             "seed": self.seed,
             "ignore_eos": self.ignore_eos,
+            "workload": self.workload,
+            "prefix_tokens": self.prefix_tokens,
+            "prefix_groups": self.prefix_groups,
+            "turns": self.turns,
+            "processes": self.processes,
         }
 
 
@@ -213,6 +270,21 @@ class RequestRecord:
     # Time to the response headers: servers that answer headers before the first token (vLLM, the simulator)
     # make TTFT - headers the part of TTFT spent generating rather than queueing (a diagnostic, not stored).
     headers: float | None = None
+    # When the request was due (its arrival on the schedule, or the moment a slot freed up when unpaced);
+    # `start - scheduled` is the client's own send lag (see the module docstring). None: not known (old data).
+    scheduled: float | None = None
+
+    @property
+    def send_lag(self) -> float:
+        return 0.0 if self.scheduled is None else max(0.0, self.start - self.scheduled)
+
+    @property
+    def ttft_from_scheduled(self) -> float | None:
+        return None if self.ttft is None else self.ttft + self.send_lag
+
+    @property
+    def e2e_from_scheduled(self) -> float | None:
+        return None if self.e2e is None else self.e2e + self.send_lag
 
     @property
     def tpot(self) -> float | None:
@@ -230,6 +302,10 @@ class BenchmarkResult:
     requests: list[RequestRecord]
     duration_s: float  # first send to last completion
     partial: bool = False
+    # The client's own health over the measured part: event-loop wake-up delays (seconds, every process
+    # pooled) and, per process, its CPU seconds and the wall time they were spent in.
+    loop_delays: list[float] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def concurrency(self) -> int:
@@ -241,6 +317,8 @@ class PreparedRequest:
     body: bytes
     prompt_tokens: int
     output_tokens: int
+    group: int = -1  # conversation (multi-turn): its turns stay in one process, in order
+    after: int | None = None  # index of the request that must finish before this one is sent (previous turn)
 
 
 # --------------------------------------------------------------------------- request preparation
@@ -295,13 +373,16 @@ def load_sharegpt(path: str | Path, n: int, seed: int = 0) -> list[tuple[str, in
     return [rng.choice(pairs) for _ in range(n)]
 
 
-def build_body(settings: LoadSettings, prompt: str, max_tokens: int) -> bytes:
+def build_body(
+    settings: LoadSettings, prompt: str, max_tokens: int, messages: list[dict[str, str]] | None = None
+) -> bytes:
+    """The request body; `messages` (a conversation) replaces the single user message of `prompt`."""
     payload: dict[str, Any] = {"model": settings.model}
     if settings.endpoint == "embeddings":
         payload["input"] = prompt
     else:
         if settings.endpoint == "chat":
-            payload["messages"] = [{"role": "user", "content": prompt}]
+            payload["messages"] = messages or [{"role": "user", "content": prompt}]
             payload["max_completion_tokens"] = max_tokens
         else:
             payload["prompt"] = prompt
@@ -314,12 +395,73 @@ def build_body(settings: LoadSettings, prompt: str, max_tokens: int) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+def _shared_prefix_requests(settings: LoadSettings, n: int, rng: random.Random) -> list[PreparedRequest]:
+    # The prefixes come from their own RNG seeded by `seed` alone, so warm-up requests share them with the
+    # measured ones (a warm-up then fills the server's prefix cache, as production traffic would).
+    prefix_rng = random.Random(settings.seed * 7_919 + 17)  # noqa: S311
+    prefixes = [synthetic_prompt(prefix_rng, settings.prefix_tokens) for _ in range(settings.prefix_groups)]
+    out = []
+    for i in range(n):
+        prompt = prefixes[i % settings.prefix_groups] + " " + synthetic_prompt(rng, settings.input_tokens)
+        out.append(
+            PreparedRequest(
+                build_body(settings, prompt, settings.output_tokens),
+                settings.prefix_tokens + settings.input_tokens,
+                settings.output_tokens,
+            )
+        )
+    return out
+
+
+def _multi_turn_requests(settings: LoadSettings, n: int, rng: random.Random) -> list[PreparedRequest]:
+    """Conversations of `turns` turns, turn-major (every first turn, then every second ...).
+
+    Turn k carries the k previous user messages and assistant answers; the answers are stand-ins of exactly
+    `output_tokens` words (what the server was asked to generate), so the workload is the same whatever the
+    server answers, and repeatable.  Turn k is sent after turn k - 1 of its conversation finished (`after`).
+    """
+    conversations = math.ceil(n / settings.turns)
+    users = [[synthetic_prompt(rng, settings.input_tokens) for _ in range(settings.turns)]
+             for _ in range(conversations)]  # fmt: skip
+    answers = [[synthetic_prompt(rng, settings.output_tokens) for _ in range(settings.turns)]
+               for _ in range(conversations)]  # fmt: skip
+    out: list[PreparedRequest] = []
+    index: dict[tuple[int, int], int] = {}
+    for turn in range(settings.turns):
+        for c in range(conversations):
+            if len(out) == n:
+                break
+            messages: list[dict[str, str]] = []
+            for k in range(turn):
+                messages += [
+                    {"role": "user", "content": users[c][k]},
+                    {"role": "assistant", "content": answers[c][k]},
+                ]
+            messages.append({"role": "user", "content": users[c][turn]})
+            prompt = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+            index[(c, turn)] = len(out)
+            out.append(
+                PreparedRequest(
+                    build_body(settings, prompt, settings.output_tokens, messages),
+                    settings.input_tokens * (turn + 1) + settings.output_tokens * turn,
+                    settings.output_tokens,
+                    group=c,
+                    after=index[(c, turn - 1)] if turn else None,
+                )
+            )
+    return out
+
+
 def prepare_requests(settings: LoadSettings, n: int, seed_offset: int = 0) -> list[PreparedRequest]:
     """Encode `n` request bodies up front, so the measured loop only posts bytes."""
     if settings.dataset_path:
         pairs = load_sharegpt(settings.dataset_path, n, settings.seed + seed_offset)
         return [PreparedRequest(build_body(settings, p, k), count_tokens(p), k) for p, k in pairs]
     rng = random.Random(settings.seed * 1_000_003 + seed_offset)  # noqa: S311
+    if settings.workload == "shared_prefix":
+        return _shared_prefix_requests(settings, n, rng)
+    if settings.workload == "multi_turn":
+        return _multi_turn_requests(settings, n, rng)
     out = []
     for _ in range(n):
         prompt = synthetic_prompt(rng, settings.input_tokens)
@@ -369,12 +511,17 @@ def _exception_text(exc: BaseException, settings: LoadSettings) -> str:
 
 
 async def _send(
-    session: aiohttp.ClientSession, url: str, settings: LoadSettings, req: PreparedRequest, origin: float
+    session: aiohttp.ClientSession,
+    url: str,
+    settings: LoadSettings,
+    req: PreparedRequest,
+    origin: float,
+    scheduled: float | None = None,
 ) -> RequestRecord:
     perf = time.perf_counter
     loads = json.loads
     sent = perf()
-    rec = RequestRecord(start=sent - origin, input_tokens=req.prompt_tokens)
+    rec = RequestRecord(start=sent - origin, input_tokens=req.prompt_tokens, scheduled=scheduled)
     try:
         async with session.post(url, data=req.body, allow_redirects=False) as resp:
             rec.headers = perf() - sent
@@ -512,56 +659,113 @@ def _session(settings: LoadSettings, concurrency: int) -> aiohttp.ClientSession:
     )
 
 
+@dataclass
+class _Outcome:
+    """What one event loop measured: records by request index (None: never finished), the shared origin, the
+    last completion, whether it was stopped, its loop delays and its CPU use (see `BenchmarkResult`)."""
+
+    records: list[RequestRecord | None]
+    origin: float
+    last_end: float
+    stopped: bool
+    loop_delays: list[float] = field(default_factory=list)
+    cpu: list[dict[str, float]] = field(default_factory=list)
+
+
+LOOP_PROBE_S = 0.01  # how often the event-loop delay is sampled
+
+
+async def _watch_loop(delays: list[float]) -> None:
+    """How late a timer fires: a loop busy with other callbacks (or starved of CPU) wakes late, and so is every
+    send and every receive stamp it makes; that lateness is the client's, not the server's."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LOOP_PROBE_S
+        await asyncio.sleep(LOOP_PROBE_S)
+        delays.append(max(0.0, loop.time() - due))
+
+
 async def _drive(
     session: aiohttp.ClientSession,
     settings: LoadSettings,
     reqs: Sequence[PreparedRequest],
     arrivals: Sequence[float],
     stop: asyncio.Event,
-    on_done: Callable[[RequestRecord], None] | None,
-) -> tuple[list[RequestRecord | None], float, float, bool]:
-    """Send `reqs` at `arrivals` with at most `concurrency` in flight; returns (records, t0, t_end, stopped)."""
+    advance: Callable[[int], None] | None,
+    origin: float | None = None,
+) -> _Outcome:
+    """Send `reqs` at `arrivals` with at most `concurrency` in flight.
+
+    `origin` (a `time.perf_counter()` value, possibly a moment ahead) is the time arrivals count from; the load
+    processes of one run share it.  Each request is stamped with when it was due: its arrival (or, for a later
+    turn of a conversation, when the previous turn finished, if that is later), or with no pacing (rate inf) the
+    moment its slot freed up.
+    """
     url = settings.url
+    perf = time.perf_counter
     slots = asyncio.Semaphore(settings.concurrency)
     records: list[RequestRecord | None] = [None] * len(reqs)
     tasks: set[asyncio.Task] = set()
     loop = asyncio.get_running_loop()
-    origin = time.perf_counter()
+    if origin is None:
+        origin = perf()
+    elif origin > perf():
+        await asyncio.sleep(origin - perf())
+    paced = not math.isinf(settings.request_rate)
+    waited = {r.after for r in reqs if r.after is not None}
+    turn_done = {i: asyncio.Event() for i in waited}
+    finished_at: dict[int, float] = {}
     last_end = origin
+    delays: list[float] = []
+    cpu0, wall0 = time.process_time(), perf()
 
-    async def one(i: int) -> None:
+    async def one(i: int, due: float) -> None:
         nonlocal last_end
         try:
-            rec = await _send(session, url, settings, reqs[i], origin)
+            rec = await _send(session, url, settings, reqs[i], origin, due)
             records[i] = rec
-            last_end = time.perf_counter()
-            if on_done is not None:
-                on_done(rec)
+            last_end = perf()
+            if advance is not None:
+                advance(1)
         finally:
             slots.release()
+            event = turn_done.get(i)
+            if event is not None:
+                finished_at[i] = perf() - origin
+                event.set()
 
     async def dispatch() -> None:
         for i in range(len(reqs)):
-            delay = arrivals[i] - (time.perf_counter() - origin)
+            due = arrivals[i]
+            after = reqs[i].after
+            if after is not None:
+                await turn_done[after].wait()
+                due = max(due, finished_at[after])
+            delay = due - (perf() - origin)
             if delay > 0:
                 await asyncio.sleep(delay)
             await slots.acquire()
-            task = loop.create_task(one(i))
+            if not paced:
+                # Unpaced, a request is due when its slot frees up: only the client's own delay is lag.
+                due = max(due, perf() - origin)
+            task = loop.create_task(one(i, due))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    monitor = loop.create_task(_watch_loop(delays))
     dispatcher = loop.create_task(dispatch())
     stop_wait = loop.create_task(stop.wait())
     try:
         await asyncio.wait({dispatcher, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopped = not dispatcher.done()
-        for t in (dispatcher, stop_wait, *tasks):
+        for t in (monitor, dispatcher, stop_wait, *tasks):
             t.cancel()
-        await asyncio.gather(dispatcher, stop_wait, *tasks, return_exceptions=True)
-    return records, origin, last_end, stopped
+        await asyncio.gather(monitor, dispatcher, stop_wait, *tasks, return_exceptions=True)
+    cpu = [{"cpu_s": time.process_time() - cpu0, "wall_s": perf() - wall0}]
+    return _Outcome(records, origin, last_end, stopped, delays, cpu)
 
 
 async def _watch_cancel(cancel: CancelFlag, stop: asyncio.Event) -> None:
@@ -581,6 +785,7 @@ async def run_benchmark(
 
     `progress(done, total)` is called from the event loop thread at most every `progress_interval_s` and once
     at the end; keep it quick.  Synchronous callers that touch the database use `run_benchmark_sync`.
+    With `settings.processes` > 1 the requests are sent by that many load processes (`_run_processes`).
     """
     reqs = prepare_requests(settings, settings.num_requests)
     warm = (
@@ -598,8 +803,8 @@ async def run_benchmark(
     total = settings.num_requests
     state = {"done": 0, "last": 0.0, "reported": -1}
 
-    def on_done(_rec: RequestRecord) -> None:
-        state["done"] += 1
+    def advance(k: int) -> None:
+        state["done"] += k
         now = time.monotonic()
         if progress is not None and (
             now - state["last"] >= settings.progress_interval_s or state["done"] == total
@@ -609,24 +814,317 @@ async def run_benchmark(
             progress(state["done"], total)
 
     try:
-        async with _session(settings, settings.concurrency) as session:
-            if warm:
-                warm_settings = replace(settings, request_rate=math.inf)
-                warm_arrivals = ramped([0.0] * len(warm), settings.concurrency, settings.ramp_up_s)
-                await _drive(session, warm_settings, warm, warm_arrivals, stop, None)
-            if stop.is_set():
-                return BenchmarkResult(settings, [], 0.0, partial=True)
-            records, origin, last_end, stopped = await _drive(
-                session, settings, reqs, arrivals, stop, on_done
-            )
+        if settings.processes > 1:
+            outcome = await _run_processes(settings, reqs, arrivals, warm, stop, advance)
+        else:
+            async with _session(settings, settings.concurrency) as session:
+                if warm:
+                    warm_settings = replace(settings, request_rate=math.inf)
+                    warm_arrivals = ramped([0.0] * len(warm), settings.concurrency, settings.ramp_up_s)
+                    await _drive(session, warm_settings, warm, warm_arrivals, stop, None)
+                if stop.is_set():
+                    return BenchmarkResult(settings, [], 0.0, partial=True)
+                outcome = await _drive(session, settings, reqs, arrivals, stop, advance)
     finally:
         if watcher is not None:
             watcher.cancel()
-    finished = [r for r in records if r is not None]
+    finished = [r for r in outcome.records if r is not None]
     if progress is not None and state["reported"] != len(finished):
         progress(len(finished), total)
-    duration = max(0.0, last_end - origin) if finished else 0.0
-    return BenchmarkResult(settings, finished, duration, partial=stopped or len(finished) < total)
+    duration = max(0.0, outcome.last_end - outcome.origin) if finished else 0.0
+    return BenchmarkResult(
+        settings,
+        finished,
+        duration,
+        partial=outcome.stopped or len(finished) < total,
+        loop_delays=outcome.loop_delays,
+        cpu=outcome.cpu,
+    )
+
+
+# --------------------------------------------------------------------------- several load processes
+# A process of its own per share of the streams: one Python event loop tops out at a few hundred streams on a
+# core (parsing chunks, stamping them), after which its own delay shows up as latency.  Each load process gets
+# a job (its requests with their arrival times, its share of the concurrency and of the warm-up) as one frame
+# on stdin, warms up, says "ready", and starts at the origin the parent then sends ("go", origin): a
+# `time.perf_counter()` value, which on Linux is CLOCK_MONOTONIC, one clock for every process of the machine.
+# Frames are a 4-byte length and a pickle, exchanged only with a child this module started.  A child stops on
+# ("stop",) or when its stdin closes (the parent went away), and dies with the parent's thread
+# (PR_SET_PDEATHSIG) if that thread is killed outright.
+_FRAME = struct.Struct(">I")
+_ROOT = Path(__file__).resolve().parents[1]
+_CHILD_CODE = "from deployments.loadgen import child_main; child_main()"
+
+
+def _write_frame(stream: Any, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_FRAME.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream: Any) -> Any:
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    (size,) = _FRAME.unpack(head)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    return pickle.loads(data)  # noqa: S301 - frames come only from a load process this module started
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if k < total % parts else 0) for k in range(parts)]
+
+
+def _shards(reqs: Sequence[PreparedRequest], processes: int) -> list[list[int]]:
+    """Request indexes per process: round-robin over the send order (each process's arrivals thin the Poisson
+    process evenly), a conversation's turns kept together in one process."""
+    out: list[list[int]] = [[] for _ in range(processes)]
+    for i, r in enumerate(reqs):
+        out[(r.group if r.group >= 0 else i) % processes].append(i)
+    return out
+
+
+def _local(reqs: Sequence[PreparedRequest], indexes: list[int]) -> list[PreparedRequest]:
+    pos = {g: k for k, g in enumerate(indexes)}
+    return [replace(reqs[g], after=None if reqs[g].after is None else pos[reqs[g].after]) for g in indexes]
+
+
+def _pump(k: int, stream: Any, inbox: queue.SimpleQueue) -> None:
+    try:
+        while (msg := _read_frame(stream)) is not None:
+            inbox.put((k, msg))
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        inbox.put((k, ("error", f"unreadable frame: {exc}")))
+    inbox.put((k, ("eof",)))
+
+
+def _control(proc: subprocess.Popen, msg: tuple) -> None:
+    # A child that has exited already cannot be told; its end is reported through its stdout.
+    with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+        _write_frame(proc.stdin, msg)
+
+
+async def _run_processes(
+    settings: LoadSettings,
+    reqs: Sequence[PreparedRequest],
+    arrivals: Sequence[float],
+    warm: Sequence[PreparedRequest],
+    stop: asyncio.Event,
+    advance: Callable[[int], None],
+) -> _Outcome:
+    """The run spread over `settings.processes` load processes; their records merged back in send order."""
+    n = settings.processes
+    shards, warm_shards = _shards(reqs, n), _shards(warm, n)
+    concurrency = _split(settings.concurrency, n)
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    procs: dict[int, subprocess.Popen] = {}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    env["BUDCLUSTER_LOADGEN_PARENT"] = str(os.getpid())
+    results: dict[int, _Outcome] = {}
+    origin: float | None = None
+    try:
+        for k in range(n):
+            if not shards[k]:
+                continue
+            proc = subprocess.Popen(  # this interpreter, running this module
+                [sys.executable, "-c", _CHILD_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_ROOT,
+                env=env,
+            )  # fmt: skip
+            procs[k] = proc
+            threading.Thread(
+                target=_pump, args=(k, proc.stdout, inbox), name=f"loadgen-{k}", daemon=True
+            ).start()
+            child = replace(settings, processes=1, concurrency=concurrency[k], num_requests=len(shards[k]))
+            job = {
+                "settings": child,
+                "reqs": _local(reqs, shards[k]),
+                "arrivals": [arrivals[i] for i in shards[k]],
+                "warm": _local(warm, warm_shards[k]),
+            }
+            try:
+                _write_frame(proc.stdin, job)
+            except (BrokenPipeError, OSError) as exc:
+                raise RuntimeError(f"load process {k} did not take its job: {exc}") from None
+        ready: set[int] = set()
+        stopping = False
+        while len(results) < len(procs):
+            if stop.is_set() and not stopping:
+                stopping = True
+                for proc in procs.values():
+                    _control(proc, ("stop",))
+            try:
+                k, msg = inbox.get_nowait()
+            except queue.Empty:
+                await asyncio.sleep(0.01)
+                continue
+            kind = msg[0]
+            if kind == "progress":
+                advance(msg[1])
+            elif kind == "ready":
+                ready.add(k)
+                if len(ready) == len(procs) and not stopping:
+                    # A moment ahead, so every process has the message before the first send is due.
+                    origin = time.perf_counter() + 0.05
+                    for proc in procs.values():
+                        _control(proc, ("go", origin))
+            elif kind == "result":
+                results[k] = msg[1]
+            elif kind == "error":
+                raise RuntimeError(f"load process {k} failed: {msg[1]}")
+            elif kind == "eof" and k not in results:
+                code = procs[k].wait(timeout=10)
+                raise RuntimeError(f"load process {k} exited (status {code}) before reporting its requests")
+    finally:
+        for proc in procs.values():
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdin.close()  # EOF: a child still running stops
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    records: list[RequestRecord | None] = [None] * len(reqs)
+    for k, out in results.items():
+        for local, rec in enumerate(out.records):
+            records[shards[k][local]] = rec
+    if origin is None:  # stopped before the measured part began
+        return _Outcome(records, 0.0, 0.0, True)
+    return _Outcome(
+        records,
+        origin,
+        max([out.last_end for out in results.values()] + [origin]),
+        any(out.stopped for out in results.values()),
+        [d for out in results.values() for d in out.loop_delays],
+        [c for out in results.values() for c in out.cpu],
+    )
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: stdin EOF still stops the process when the parent closes it
+    if os.environ.get("BUDCLUSTER_LOADGEN_PARENT") not in (None, str(os.getppid())):
+        os._exit(1)  # the parent died before the death signal was armed
+
+
+def child_main() -> None:
+    """A load process: its job from stdin, frames to stdout ("ready", "progress", "result" or "error")."""
+    _die_with_parent()
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the frames
+    job = _read_frame(inp)
+    if job is None:
+        return
+    code = 0
+    try:
+        _run_loop(_child(job, inp, out))
+    except BaseException as exc:  # reported to the parent, which fails the run with it
+        code = 1
+        with contextlib.suppress(OSError):
+            _write_frame(out, ("error", f"{type(exc).__name__}: {exc}"))
+    # Straight out: the control thread may be blocked reading stdin, which interpreter shutdown cannot join.
+    with contextlib.suppress(OSError):
+        out.flush()
+    os._exit(code)
+
+
+async def _child(job: dict, inp: Any, out: Any) -> None:
+    settings: LoadSettings = job["settings"]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    go: asyncio.Future = loop.create_future()
+
+    def post(callback: Callable[[], Any]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to tell
+            loop.call_soon_threadsafe(callback)
+
+    def control() -> None:
+        while True:
+            msg = _read_frame(inp)
+            if msg is None or msg[0] == "stop":
+                post(stop.set)
+                if msg is None:
+                    return
+            elif msg[0] == "go":
+                post(lambda o=msg[1]: go.done() or go.set_result(o))
+
+    threading.Thread(target=control, name="loadgen-control", daemon=True).start()
+    state = {"done": 0, "sent": 0, "last": 0.0}
+
+    def advance(k: int) -> None:
+        state["done"] += k
+        now = time.monotonic()
+        if now - state["last"] >= 0.1:
+            state["last"] = now
+            _write_frame(out, ("progress", state["done"] - state["sent"]))
+            state["sent"] = state["done"]
+
+    async with _session(settings, settings.concurrency) as session:
+        warm = job["warm"]
+        if warm:
+            arrivals = ramped([0.0] * len(warm), settings.concurrency, settings.ramp_up_s)
+            await _drive(session, replace(settings, request_rate=math.inf), warm, arrivals, stop, None)
+        _write_frame(out, ("ready",))
+        stop_wait = loop.create_task(stop.wait())
+        await asyncio.wait({go, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if not go.done():
+            outcome = _Outcome([None] * len(job["reqs"]), 0.0, 0.0, True)
+        else:
+            outcome = await _drive(
+                session, settings, job["reqs"], job["arrivals"], stop, advance, go.result()
+            )
+    if state["done"] > state["sent"]:
+        _write_frame(out, ("progress", state["done"] - state["sent"]))
+    _write_frame(out, ("result", outcome))
+
+
+# --------------------------------------------------------------------------- series of runs
+def _plan_list(points: Sequence[LoadSettings]) -> Callable[[list[BenchmarkResult]], LoadSettings | None]:
+    return lambda done: points[len(done)] if len(done) < len(points) else None
+
+
+async def run_series(
+    plan: Callable[[list[BenchmarkResult]], LoadSettings | None],
+    total: int,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+) -> list[BenchmarkResult]:
+    """Runs one after another while `plan(results so far)` names the next settings (None: done).
+
+    Sweeps over concurrency or request rate, repetitions and searches ("until goodput drops") are plans.
+    Progress counts requests over the whole series against `total` (the plan's most).  A cancel stops the
+    current run (its partial result is kept, marked partial) and skips the rest.
+    """
+    results: list[BenchmarkResult] = []
+    base = 0
+    while not (cancel is not None and cancel.is_set()):
+        point = plan(results)
+        if point is None:
+            break
+
+        def step(done: int, _total: int, base: int = base) -> None:
+            if progress is not None:
+                progress(base + done, max(total, base + done))
+
+        result = await run_benchmark(point, step, cancel)
+        results.append(result)
+        base += point.num_requests
+        if result.partial:
+            break
+    return results
 
 
 async def run_sweep(
@@ -635,26 +1133,9 @@ async def run_sweep(
     progress: ProgressCallback | None = None,
     cancel: CancelFlag | None = None,
 ) -> list[BenchmarkResult]:
-    """The same settings at each concurrency in turn; progress counts requests over the whole sweep.
-
-    A cancel stops the current run (its partial result is kept, marked partial) and skips the rest.
-    """
-    total = settings.num_requests * len(concurrencies)
-    results: list[BenchmarkResult] = []
-    for c in concurrencies:
-        if cancel is not None and cancel.is_set():
-            break
-        base = sum(r.settings.num_requests for r in results)
-
-        def step(done: int, _total: int, base: int = base) -> None:
-            if progress is not None:
-                progress(base + done, total)
-
-        result = await run_benchmark(replace(settings, concurrency=c), step, cancel)
-        results.append(result)
-        if result.partial:
-            break
-    return results
+    """The same settings at each concurrency in turn (`run_series` over a list)."""
+    points = [replace(settings, concurrency=c) for c in concurrencies]
+    return await run_series(_plan_list(points), settings.num_requests * len(points), progress, cancel)
 
 
 def _run_loop(coro: Any) -> Any:
@@ -742,3 +1223,17 @@ def run_sweep_sync(
         cancel,
         max(0.05, settings.progress_interval_s),
     )
+
+
+def run_series_sync(
+    plan: Callable[[list[BenchmarkResult]], LoadSettings | None],
+    total: int,
+    progress: ProgressCallback | None = None,
+    cancel: CancelFlag | None = None,
+    poll_s: float = 0.25,
+) -> list[BenchmarkResult]:
+    """`run_series` for synchronous callers, with the same threading as `run_benchmark_sync`.
+
+    `plan` runs on the load generator's thread: it must not touch the database.
+    """
+    return _run_in_thread(lambda p, c: run_series(plan, total, p, c), progress, cancel, max(0.05, poll_s))

@@ -188,6 +188,9 @@ class Benchmark(models.Model):
     )
     targets = models.JSONField(default=dict, blank=True, help_text="ttft_ms, e2e_ms, throughput_per_user")
     margin = models.FloatField(default=0.5, help_text="Allowed relative slack on the targets")
+    slo = models.JSONField(
+        default=dict, blank=True, help_text="Per-request targets: ttft_ms, tpot_ms, e2e_ms (ms), min_share"
+    )
     run = models.ForeignKey("core.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     summary = models.JSONField(default=dict, blank=True, help_text="benchstats.summarize() of the main run")
     sweep = models.JSONField(
@@ -203,6 +206,19 @@ class Benchmark(models.Model):
     mean_itl_ms = models.FloatField(null=True, blank=True)
     output_throughput = models.FloatField(null=True, blank=True, help_text="Output tokens/s")
     passed = models.BooleanField(null=True, blank=True)
+    goodput = models.FloatField(null=True, blank=True, help_text="Requests/s that met every SLO target")
+    slo_attainment = models.FloatField(
+        null=True, blank=True, help_text="Share of requests that met every SLO target (0-1)"
+    )
+    capacity_rps = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Capacity at SLO: highest offered rate (req/s) that met it (rate sweeps)",
+    )
+    valid = models.BooleanField(
+        null=True, blank=True, help_text="False when the client was the bottleneck (invalid_reason says how)"
+    )
+    invalid_reason = models.TextField(blank=True)
     created_by = models.ForeignKey(
         django_settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -218,6 +234,9 @@ class Benchmark(models.Model):
         "mean_itl_ms",
         "output_throughput",
         "passed",
+        "goodput",
+        "slo_attainment",
+        "valid",
     )
 
     class Meta:

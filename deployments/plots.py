@@ -7,7 +7,10 @@ renderer for SVG.  Inputs are what the service stores: the compact samples from 
 
 Kinds (`PLOT_KINDS`): ``ttft`` (TTFT histogram), ``itl`` (inter-token latency histogram), ``latency``
 (TTFT and E2E of each request against its start time, failures marked), ``throughput`` (output and request
-throughput against concurrency for a sweep).
+throughput against concurrency for a sweep), and for a request-rate sweep ``latency_vs_rate`` (median and p99
+TTFT and E2E, from the scheduled send, against the offered rate, the SLO's targets as dashed lines) and
+``goodput_vs_rate`` (achieved request throughput and goodput against the offered rate, with the confidence
+interval of repeated runs as error bars and the capacity at SLO marked).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn: it costs ~0.7 
     from matplotlib.figure import Figure
 
 Format = Literal["png", "svg"]
-PLOT_KINDS = ("ttft", "itl", "latency", "throughput")
+PLOT_KINDS = ("ttft", "itl", "latency", "throughput", "latency_vs_rate", "goodput_vs_rate")
+RATE_KINDS = ("latency_vs_rate", "goodput_vs_rate")
 CONTENT_TYPES = {"png": "image/png", "svg": "image/svg+xml"}
 _SIZE = (7.0, 4.0)
 _DPI = 100
@@ -149,15 +153,96 @@ def throughput_vs_concurrency(summaries: Sequence[dict[str, Any]], fmt: Format =
     return _render(fig, fmt)
 
 
+def _rate_points(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted((s for s in summaries if s.get("request_rate")), key=lambda s: s["request_rate"])
+
+
+def latency_vs_rate(summaries: Sequence[dict[str, Any]], fmt: Format = "png") -> bytes:
+    """Median and p99 TTFT and E2E (from the scheduled send) per offered rate; the SLO targets dashed."""
+    points = _rate_points(summaries)
+    fig, ax = _figure("Latency vs offered rate (from the scheduled send)")
+    if points:
+        xs = [p["request_rate"] for p in points]
+        series = (
+            ("median_ttft_from_scheduled_ms", "TTFT median", "#4c72b0", "o", "-"),
+            ("p99_ttft_from_scheduled_ms", "TTFT p99", "#4c72b0", "s", "--"),
+            ("median_e2e_from_scheduled_ms", "E2E median", "#55a868", "o", "-"),
+            ("p99_e2e_from_scheduled_ms", "E2E p99", "#55a868", "s", "--"),
+        )
+        for key, label, colour, marker, style in series:
+            ys = [p.get(key) for p in points]
+            if any(y is not None for y in ys):
+                ax.plot(xs, [float("nan") if y is None else y for y in ys], marker=marker, linestyle=style,
+                        color=colour, label=label)  # fmt: skip
+        targets = ((points[-1].get("slo") or {}).get("targets")) or {}
+        for key, colour in (("ttft_ms", "#4c72b0"), ("e2e_ms", "#55a868")):
+            if key in targets:
+                ax.axhline(targets[key], color=colour, linestyle=":", alpha=0.8,
+                           label=f"SLO {key.removesuffix('_ms').upper()} {targets[key]:g} ms")  # fmt: skip
+        invalid = [p["request_rate"] for p in points if p.get("valid") is False]
+        for x in invalid:
+            ax.axvline(x, color="#c44e52", alpha=0.3, linewidth=6)
+        if invalid:
+            ax.plot([], [], color="#c44e52", alpha=0.3, linewidth=6, label="client-bound (invalid)")
+        ax.set_yscale("log")
+        ax.legend(loc="upper left", fontsize="small")
+    else:
+        _empty(ax, "no rate sweep")
+    ax.set_xlabel("offered rate (requests/s)")
+    ax.set_ylabel("latency (ms)")
+    return _render(fig, fmt)
+
+
+def goodput_vs_rate(
+    summaries: Sequence[dict[str, Any]], capacity: dict[str, Any] | None = None, fmt: Format = "png"
+) -> bytes:
+    """Achieved throughput and goodput per offered rate (confidence intervals as error bars), capacity marked."""
+    points = _rate_points(summaries)
+    fig, ax = _figure("Goodput vs offered rate")
+    if points:
+        xs = [p["request_rate"] for p in points]
+        ax.plot(xs, xs, color="gray", linestyle=":", label="offered")
+
+        def errors(key: str) -> list[float] | None:
+            cis = [(p.get("confidence") or {}).get(key) or {} for p in points]
+            if not any(ci.get("half_width") for ci in cis):
+                return None
+            return [ci.get("half_width") or 0.0 for ci in cis]
+
+        for key, label, colour in (
+            ("request_throughput", "throughput", "#4c72b0"),
+            ("goodput", "goodput", "#55a868"),
+        ):
+            ys = [p.get(key) for p in points]
+            if all(y is None for y in ys):
+                continue
+            ax.errorbar(xs, [y or 0.0 for y in ys], yerr=errors(key), marker="o", capsize=3, color=colour,
+                        label=f"{label} (requests/s)")  # fmt: skip
+        rate = (capacity or {}).get("rate")
+        if rate:
+            ax.axvline(rate, color="#c44e52", linestyle="--", label=f"capacity at SLO {rate:g} req/s")
+        ax.legend(loc="upper left", fontsize="small")
+    else:
+        _empty(ax, "no rate sweep")
+    ax.set_xlabel("offered rate (requests/s)")
+    ax.set_ylabel("requests/s")
+    return _render(fig, fmt)
+
+
 def render(
     kind: str,
     samples: dict[str, Any] | Sequence[RequestRecord] | None = None,
     sweep: Sequence[dict[str, Any]] | None = None,
     fmt: Format = "png",
+    capacity: dict[str, Any] | None = None,
 ) -> bytes:
-    """One plot by name (`PLOT_KINDS`); ``throughput`` needs `sweep`, the others `samples`."""
+    """One plot by name (`PLOT_KINDS`); ``throughput`` and the rate plots need `sweep`, the others `samples`."""
     if kind == "throughput":
         return throughput_vs_concurrency(sweep or [], fmt)
+    if kind == "latency_vs_rate":
+        return latency_vs_rate(sweep or [], fmt)
+    if kind == "goodput_vs_rate":
+        return goodput_vs_rate(sweep or [], capacity, fmt)
     draw = {"ttft": ttft_histogram, "itl": itl_histogram, "latency": latency_over_time}.get(kind)
     if draw is None:
         raise ValueError(f"unknown plot {kind!r}; expected one of {list(PLOT_KINDS)}")

@@ -38,6 +38,7 @@ from django.utils import timezone
 from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.models import Cluster, Release, Revision
 from clusters.releases import install_or_upgrade, rollback, uninstall
+from core import events as core_events
 from core import helm
 from core.choices import RunStatus
 from core.errors import Refused
@@ -747,9 +748,24 @@ def revisions(deployment: Deployment):
 
 
 def record_event(deployment: Deployment, kind: str, message: str, *, old: str = "", new: str = "") -> None:
+    """The deployment's own log row and, for a status change, the outbox event (in the caller's transaction)."""
     DeploymentEvent.objects.create(
         deployment=deployment, kind=kind, message=message[:4000], old_status=old, new_status=new
     )
+    if new and new != old:
+        core_events.emit(
+            "deployment.status.changed",
+            f"deployments/{deployment.pk}",
+            {
+                "deployment": deployment.pk,
+                "name": deployment.name,
+                "cluster": deployment.cluster_id,
+                "old_status": old,
+                "new_status": new,
+                "reason": message[:4000],
+                "kind": kind,
+            },
+        )
 
 
 # The statuses each kind of writer may move a deployment out of (DeploymentStatus's diagram).
@@ -773,21 +789,23 @@ def set_status(
     written over it). Returns True if the row was written; ``deployment`` then holds what was written, else the
     status found."""
     allowed = None if only_from is None else frozenset(only_from)
-    while True:
-        old = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).first()
-        if old is None or (allowed is not None and old not in allowed):
-            if old is not None:
-                deployment.status = old
-            return False
-        if Deployment.objects.filter(pk=deployment.pk, status=old).update(
-            status=status, reason=reason, updated_at=timezone.now(), **fields
-        ):
-            break
-    deployment.status, deployment.reason = status, reason
-    for key, value in fields.items():
-        setattr(deployment, key, value)
-    if old != status:
-        record_event(deployment, kind, reason or f"{old} → {status}", old=old, new=status)
+    # The change, its log row and its outbox event commit together.
+    with transaction.atomic():
+        while True:
+            old = Deployment.objects.filter(pk=deployment.pk).values_list("status", flat=True).first()
+            if old is None or (allowed is not None and old not in allowed):
+                if old is not None:
+                    deployment.status = old
+                return False
+            if Deployment.objects.filter(pk=deployment.pk, status=old).update(
+                status=status, reason=reason, updated_at=timezone.now(), **fields
+            ):
+                break
+        deployment.status, deployment.reason = status, reason
+        for key, value in fields.items():
+            setattr(deployment, key, value)
+        if old != status:
+            record_event(deployment, kind, reason or f"{old} → {status}", old=old, new=status)
     return True
 
 

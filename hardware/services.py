@@ -31,6 +31,7 @@ from django.utils import timezone
 from clusters.choices import ClusterStatus
 from clusters.models import Cluster
 from clusters.services import gateway_for
+from core import events as core_events
 from core.errors import Refused
 from core.gateway import ClusterGateway, GatewayError
 from core.models import Run
@@ -152,7 +153,12 @@ def store_inventory(cluster: Cluster, nodes: list[dict], pods: list[dict]) -> di
         if node_name:
             by_node[node_name].append(pod)
     now = timezone.now()
-    existing = dict(Node.objects.filter(cluster=cluster).values_list("name", "fingerprint"))
+    previous = list(
+        Node.objects.filter(cluster=cluster).values_list(
+            "name", "fingerprint", "accelerator_count", "free_accelerators"
+        )
+    )
+    existing = {name: fingerprint for name, fingerprint, _, _ in previous}
     seen: set[str] = set()
     changed: list[dict] = []
     totals = {"ready": 0, "accelerators": 0, "free_accelerators": 0}
@@ -176,6 +182,31 @@ def store_inventory(cluster: Cluster, nodes: list[dict], pods: list[dict]) -> di
         removed = 0
         if removed_names:
             removed, _ = Node.objects.filter(cluster=cluster, name__in=removed_names).delete()
+        before = {
+            "accelerators": sum(count or 0 for _, _, count, _ in previous),
+            "free_accelerators": sum(free or 0 for _, _, _, free in previous),
+        }
+        added = sorted(seen - existing.keys())
+        if added or removed_names or any(before[k] != totals[k] for k in before):
+            core_events.emit(
+                "cluster.inventory.changed",
+                f"clusters/{cluster.pk}",
+                {
+                    "cluster": cluster.pk,
+                    "name": cluster.name,
+                    "nodes": len(seen),
+                    "added": added[:100],
+                    "removed": sorted(removed_names)[:100],
+                    "changed": len(changed),
+                    "gpus": totals["accelerators"],
+                    "gpus_free": totals["free_accelerators"],
+                    "previous": {
+                        "nodes": len(previous),
+                        "gpus": before["accelerators"],
+                        "gpus_free": before["free_accelerators"],
+                    },
+                },
+            )
     return {"nodes": len(seen), "changed": len(changed), "removed": removed, **totals}
 
 
@@ -281,27 +312,33 @@ def _refresh_one(cluster: Cluster) -> dict:
 
 
 def cluster_summaries(cluster_ids: list[int]) -> dict[int, dict]:
-    """Per cluster: nodes, ready nodes, accelerators by model (total and free). Two queries for any page."""
+    """Per cluster: nodes, ready nodes, accelerators by model (total and free). One query for any page: node
+    counts and accelerator sums grouped by cluster and accelerator model, added up per cluster here."""
     if not cluster_ids:
         return {}
     summary: dict[int, dict[str, Any]] = {
         cid: {"nodes": 0, "ready_nodes": 0, "gpus": {}, "total_gpus": 0, "free_gpus": 0}
         for cid in cluster_ids
     }
-    counts = (
+    with_devices = Q(accelerator_count__gt=0)
+    rows = (
         Node.objects.filter(cluster_id__in=cluster_ids)
-        .values("cluster_id")
-        .annotate(nodes=Count("id"), ready=Count("id", filter=Q(ready=True)))
-    )
-    for row in counts:
-        summary[row["cluster_id"]].update(nodes=row["nodes"], ready_nodes=row["ready"])
-    devices = (
-        Node.objects.filter(cluster_id__in=cluster_ids, accelerator_count__gt=0)
+        .order_by()  # Meta.ordering (cluster, name) would join the clusters table for nothing
         .values("cluster_id", "accelerator_type", "accelerator_model")
-        .annotate(total=Sum("accelerator_count"), free=Sum("free_accelerators"))
+        .annotate(
+            nodes=Count("id"),
+            ready=Count("id", filter=Q(ready=True)),
+            device_nodes=Count("id", filter=with_devices),
+            total=Sum("accelerator_count", filter=with_devices),
+            free=Sum("free_accelerators", filter=with_devices),
+        )
     )
-    for row in devices:
+    for row in rows:
         entry = summary[row["cluster_id"]]
+        entry["nodes"] += row["nodes"]
+        entry["ready_nodes"] += row["ready"]
+        if not row["device_nodes"]:
+            continue
         model = row["accelerator_model"] or f"unknown {row['accelerator_type']}"
         entry["gpus"][model] = {"type": row["accelerator_type"], "total": row["total"], "free": row["free"]}
         entry["total_gpus"] += row["total"]

@@ -1,6 +1,6 @@
 """``FleetCollector``: every /metrics family, computed from the database when Prometheus scrapes.
 
-The number of queries is fixed (six, plus one broker round trip), whatever the number of clusters, nodes,
+The number of queries is fixed (eight, plus one broker round trip), whatever the number of clusters, nodes,
 deployments or runs: each family group is one aggregate query (``GROUP BY``), never a query per row.
 
 Families (all prefixed ``budcluster_``):
@@ -22,6 +22,8 @@ broker_up                                   gauge      -                        
 health_sweep_duration_seconds               summary    sweep                        SweepTiming
 health_sweep_last_duration_seconds          gauge      sweep                        SweepTiming
 health_sweep_last_timestamp_seconds         gauge      sweep                        SweepTiming
+webhook_deliveries                          gauge      status                       Delivery (webhooks)
+webhook_attempts_total                      counter    outcome                      Attempt (webhooks)
 metrics_scrape_duration_seconds             gauge      -                            this collector
 ==========================================  =========  ===========================  ================================
 
@@ -84,6 +86,7 @@ class FleetCollector:
         yield from self._steps()
         yield from self._queues()
         yield from self._sweeps()
+        yield from self._webhooks()
         scrape = GaugeMetricFamily(
             "budcluster_metrics_scrape_duration_seconds", "Time this scrape took to compute every figure."
         )
@@ -288,3 +291,33 @@ class FleetCollector:
         yield summary
         yield last
         yield when
+
+    # --- webhooks -----------------------------------------------------------------------------------------------
+
+    def _webhooks(self) -> Iterator[Metric]:
+        from django.db.models import Count, Q
+
+        from webhooks.models import Attempt, Delivery, DeliveryStatus
+
+        by_status = dict.fromkeys(DeliveryStatus.values, 0)
+        for status, n in Delivery.objects.values_list("status").annotate(n=Count("pk")).order_by():  # query 7
+            by_status[status] = n
+        deliveries = GaugeMetricFamily(
+            "budcluster_webhook_deliveries",
+            "Webhook deliveries by status (pending: waiting or retrying; failed: given up after the retry window).",
+            labels=["status"],
+        )
+        for status, n in sorted(by_status.items()):
+            deliveries.add_metric([status], n)
+        yield deliveries
+        counts = Attempt.objects.aggregate(  # query 8
+            success=Count("pk", filter=Q(status_code__gte=200, status_code__lt=300)), total=Count("pk")
+        )
+        attempts = CounterMetricFamily(
+            "budcluster_webhook_attempts",
+            "Webhook POSTs by outcome (success: a 2xx answer; failure: another status, a timeout or a refusal).",
+            labels=["outcome"],
+        )
+        attempts.add_metric(["success"], counts["success"])
+        attempts.add_metric(["failure"], counts["total"] - counts["success"])
+        yield attempts

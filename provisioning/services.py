@@ -48,6 +48,7 @@ from django.utils import timezone
 from clusters.choices import ClusterStatus
 from clusters.models import Cluster
 from clusters.services import record_event, set_status
+from core import events as core_events
 from core.choices import RunStatus, StepPhase, StepStatus
 from core.errors import Refused
 from core.models import Run, RunEvent, RunStep, recorded_user
@@ -666,9 +667,42 @@ def start_provisioning(
 
 
 def set_provisioning_status(provisioning_id: int, status: str, reason: str = "", **fields: Any) -> None:
-    Provisioning.objects.filter(pk=provisioning_id).update(
-        status=status, reason=reason, updated_at=timezone.now(), **fields
-    )
+    """Write the status; a change is an outbox event in the same transaction (and waiting for approval one more,
+    ``io.bud.provisioning.awaiting_approval``, for whoever approves plans)."""
+    with transaction.atomic():
+        before = (
+            Provisioning.objects.select_for_update()
+            .filter(pk=provisioning_id)
+            .values("status", "cluster_id", "cluster__name", "run_id")
+            .first()
+        )
+        Provisioning.objects.filter(pk=provisioning_id).update(
+            status=status, reason=reason, updated_at=timezone.now(), **fields
+        )
+        if before is None or before["status"] == status:
+            return
+        data = {
+            "provisioning": provisioning_id,
+            "cluster": before["cluster_id"],
+            "name": before["cluster__name"],
+            "run": str(before["run_id"] or ""),
+            "old_status": before["status"],
+            "new_status": status,
+            "reason": reason,
+        }
+        subject = f"provisionings/{provisioning_id}"
+        core_events.emit("provisioning.status.changed", subject, data)
+        if status == ProvisioningStatus.AWAITING_APPROVAL:
+            core_events.emit(
+                "provisioning.awaiting_approval",
+                subject,
+                {
+                    **data,
+                    "plan": Provisioning.objects.filter(pk=provisioning_id).values_list(
+                        "plan_summary", flat=True
+                    )[0],
+                },
+            )
 
 
 APPROVE_STEP = "approve"

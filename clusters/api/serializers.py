@@ -107,7 +107,7 @@ class ClusterRegisterFormSerializer(ClusterRegisterSerializer):
 
 
 class ClusterSerializer(serializers.ModelSerializer):
-    url = serializers.HyperlinkedIdentityField(view_name="cluster-detail")
+    url = strict.IdentityURLField(view_name="cluster-detail")
     credentials = serializers.SerializerMethodField(
         help_text="How the kubeconfig is stored (never the value)"
     )

@@ -25,7 +25,9 @@ class RunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
 
     def get_queryset(self):
         qs = super().get_queryset()
-        if self.action != "list":
+        if self.action == "list":
+            qs = qs.defer("params", "accepted")  # JSON the list does not show
+        else:
             qs = qs.prefetch_related(
                 Prefetch("steps", queryset=RunStep.objects.order_by("order")),
                 Prefetch("events", queryset=RunEvent.objects.order_by("id")),

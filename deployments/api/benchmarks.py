@@ -4,7 +4,10 @@
 cancel through ``POST /runs/{id}/cancel`` keeps what finished, marked partial).  ``GET /benchmarks`` (filter by
 deployment, status, partial, passed), ``GET /benchmarks/{id}`` (settings, the summary with every percentile,
 pass/fail against the targets with the margin used, errors with counts, the sweep) and
-``GET /benchmarks/{id}/plots/<ttft|itl|latency|throughput>.<png|svg>``.
+``GET /benchmarks/{id}/plots/<kind>.<png|svg>``.  Serving to an SLO: the list carries ``goodput``,
+``slo_attainment``, ``capacity_rps`` and ``valid`` (filter ``valid=false`` finds client-bound runs); the detail adds
+``slo_verdict`` (targets, goodput, attainment, share meeting each target), ``client`` (send lag, event-loop delay,
+CPU per load process, and why the run is invalid), ``confidence`` (repetitions) and ``capacity`` (rate sweeps).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.response import Response
 from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
@@ -47,7 +51,8 @@ class BenchmarkSerializer(serializers.ModelSerializer):
         fields = (
             "id", "url", "deployment", "deployment_name", "status", "partial", "run", "run_url",
             "successful_requests", "failed_requests", "mean_ttft_ms", "p95_ttft_ms", "mean_itl_ms",
-            "output_throughput", "passed", "error", "created_at", "started_at", "finished_at",
+            "output_throughput", "passed", "goodput", "slo_attainment", "capacity_rps", "valid", "error",
+            "created_at", "started_at", "finished_at",
         )  # fmt: skip
         read_only_fields = fields
 
@@ -61,13 +66,42 @@ class BenchmarkDetailSerializer(BenchmarkSerializer):
     verdict = serializers.SerializerMethodField(help_text="passed, the margin used and each target's check")
     errors = serializers.SerializerMethodField(help_text="Failed requests by message, most frequent first")
     plots = serializers.SerializerMethodField(help_text="PNG plot URLs (replace .png by .svg for SVG)")
+    slo_verdict = serializers.SerializerMethodField(
+        help_text="Targets, goodput (req/s meeting all), attainment, share meeting each target; null without slo"
+    )
+    client = serializers.SerializerMethodField(
+        help_text="The client's own health: send lag, event-loop delay, CPU per load process, invalid reasons"
+    )
+    confidence = serializers.SerializerMethodField(
+        help_text="Student-t intervals over repetitions (mean, low, high, level, n) per figure; null for one run"
+    )
+    capacity = serializers.SerializerMethodField(
+        help_text="Rate sweeps with an slo: highest rate that met it (rate), its goodput, what limited it"
+    )
 
     class Meta(BenchmarkSerializer.Meta):
         fields = (
             *BenchmarkSerializer.Meta.fields, "options", "settings", "targets", "margin", "verdict", "errors",
-            "summary", "sweep", "plots",
+            "summary", "sweep", "plots", "slo", "slo_verdict", "client", "invalid_reason", "confidence",
+            "capacity",
         )  # fmt: skip
         read_only_fields = fields
+
+    @extend_schema_field({"type": "object", "nullable": True})
+    def get_slo_verdict(self, obj: Benchmark) -> dict | None:
+        return (obj.summary or {}).get("slo")
+
+    @extend_schema_field({"type": "object", "nullable": True})
+    def get_client(self, obj: Benchmark) -> dict | None:
+        return (obj.summary or {}).get("client")
+
+    @extend_schema_field({"type": "object", "nullable": True})
+    def get_confidence(self, obj: Benchmark) -> dict | None:
+        return (obj.summary or {}).get("confidence")
+
+    @extend_schema_field({"type": "object", "nullable": True})
+    def get_capacity(self, obj: Benchmark) -> dict | None:
+        return (obj.summary or {}).get("capacity")
 
     def get_verdict(self, obj: Benchmark) -> dict | None:
         if not obj.summary:
@@ -83,7 +117,7 @@ class BenchmarkDetailSerializer(BenchmarkSerializer):
 
     def get_plots(self, obj: Benchmark) -> dict[str, str]:
         request = self.context.get("request")
-        kinds = [k for k in plots.PLOT_KINDS if k != "throughput" or obj.sweep]
+        kinds = available_plots(obj)
         return {
             kind: reverse(
                 "benchmark-plot", kwargs={"pk": obj.pk, "kind": kind, "fmt": "png"}, request=request
@@ -110,13 +144,33 @@ class SVGRenderer(_ImageRenderer):
     media_type, format = "image/svg+xml", "svg"
 
 
+def _sweep_kind(benchmark: Benchmark) -> str | None:
+    if not benchmark.sweep:
+        return None
+    return benchmarking.sweep_kind(benchmark.options or {}) or "concurrency"
+
+
+def available_plots(benchmark: Benchmark) -> list[str]:
+    """The plot kinds this benchmark has data for (histograms and latency always; sweep plots by sweep kind)."""
+    kind = _sweep_kind(benchmark)
+    extra = {"concurrency": ["throughput"], "rate": list(plots.RATE_KINDS)}.get(kind or "", [])
+    return ["ttft", "itl", "latency", *extra]
+
+
 def plot_response(benchmark: Benchmark, kind: str, fmt: str) -> HttpResponse:
     """The plot as PNG/SVG, or 404 with the reason (unknown kind, nothing measured, no sweep)."""
     if kind not in plots.PLOT_KINDS:
         return error_response(404, f"unknown plot {kind!r}; one of {list(plots.PLOT_KINDS)}", "unknown_plot")
-    if kind == "throughput" and not benchmark.sweep:
+    swept = _sweep_kind(benchmark)
+    if kind == "throughput" and swept != "concurrency":
         return error_response(
-            404, "throughput vs concurrency needs a sweep; this benchmark ran one concurrency", "no_sweep"
+            404, "throughput vs concurrency needs a concurrency sweep; this benchmark ran none", "no_sweep"
+        )
+    if kind in plots.RATE_KINDS and swept != "rate":
+        return error_response(
+            404,
+            f"{kind} needs a request-rate sweep (rates or rate_search); this benchmark ran none",
+            "no_sweep",
         )
     if kind != "throughput" and not benchmark.samples:
         return error_response(
@@ -124,7 +178,8 @@ def plot_response(benchmark: Benchmark, kind: str, fmt: str) -> HttpResponse:
             f"benchmark {benchmark.pk} is {benchmark.status} and has no measured requests yet",
             "no_samples",
         )
-    body = plots.render(kind, samples=benchmark.samples, sweep=benchmark.sweep, fmt=fmt)
+    capacity = (benchmark.summary or {}).get("capacity")
+    body = plots.render(kind, samples=benchmark.samples, sweep=benchmark.sweep, fmt=fmt, capacity=capacity)
     response = HttpResponse(body, content_type=plots.CONTENT_TYPES[fmt])
     if benchmark.status in BenchmarkStatus.terminal():
         response["Cache-Control"] = "private, max-age=3600"  # a finished benchmark's data never changes
@@ -134,8 +189,10 @@ def plot_response(benchmark: Benchmark, kind: str, fmt: str) -> HttpResponse:
 class BenchmarkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = Benchmark.objects.select_related("deployment")
     serializer_class = BenchmarkSerializer
-    filterset_fields = ("deployment", "status", "partial", "passed")
-    ordering_fields = ("created_at", "finished_at", "mean_ttft_ms", "p95_ttft_ms", "output_throughput")
+    filterset_fields = ("deployment", "status", "partial", "passed", "valid")
+    ordering_fields = (
+        "created_at", "finished_at", "mean_ttft_ms", "p95_ttft_ms", "output_throughput", "goodput", "capacity_rps",
+    )  # fmt: skip
 
     def get_queryset(self):
         benchmarking.reconcile()
@@ -146,6 +203,15 @@ class BenchmarkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
 
     def get_serializer_class(self):
         return BenchmarkDetailSerializer if self.action == "retrieve" else BenchmarkSerializer
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        # An error answer (no such benchmark, not allowed) to a request that negotiated an image (an Accept
+        # header, ?format=png) is JSON all the same: an image renderer cannot draw a dict.
+        if isinstance(response, Response) and isinstance(response.accepted_renderer, _ImageRenderer):
+            response.accepted_renderer = JSONRenderer()
+            response.accepted_media_type = JSONRenderer.media_type
+        return response
 
     @extend_schema(
         responses={
@@ -160,12 +226,13 @@ class BenchmarkViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     @action(
         detail=True,
         methods=["get"],
-        url_path=r"plots/(?P<kind>[a-z]+)\.(?P<fmt>png|svg)",
+        url_path=r"plots/(?P<kind>[a-z_]+)\.(?P<fmt>png|svg)",
         url_name="plot",
         renderer_classes=[JSONRenderer, PNGRenderer, SVGRenderer],
     )
     def plot(self, request, pk=None, kind=None, fmt=None):
-        """ttft and itl histograms, latency over the run, throughput vs concurrency (sweeps only)."""
+        """ttft and itl histograms, latency over the run, throughput vs concurrency (concurrency sweeps),
+        latency_vs_rate and goodput_vs_rate (request-rate sweeps)."""
         return plot_response(self.get_object(), kind, fmt)
 
 

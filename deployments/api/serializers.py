@@ -325,7 +325,7 @@ class AutoscalingStateField(serializers.Field):
 
 
 class DeploymentSerializer(serializers.ModelSerializer):
-    url = serializers.HyperlinkedIdentityField(view_name="deployment-detail")
+    url = strict.IdentityURLField(view_name="deployment-detail")
     cluster_name = serializers.CharField(source="cluster.name", read_only=True)
     status = serializers.ChoiceField(choices=DeploymentStatus.choices, read_only=True)
     revision = serializers.SerializerMethodField(help_text="Current revision number of the runtime release")

@@ -178,6 +178,10 @@ class DeploymentViewSet(
         qs = super().get_queryset()
         if self.action == "retrieve":
             qs = qs.prefetch_related(Prefetch("workers", queryset=Worker.objects.order_by("name")))
+        elif self.action == "list":
+            # JSON the list does not show: reading and decoding it for every row of a page was a third of the
+            # list's time (benchmarks/api_load.py).
+            qs = qs.defer("model_spec", "config", "placement", "cluster__labels")
         return qs
 
     def get_serializer_class(self):

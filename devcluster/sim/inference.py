@@ -4,7 +4,10 @@ Serves what a vLLM pod serves: `/v1/models`, `/v1/completions`, `/v1/chat/comple
 `stream: true`; a final usage chunk when `stream_options.include_usage`), `/v1/embeddings`, `/health`,
 `/version` and `/metrics` (Prometheus text).  Inside devcluster one `InferenceServer` exists per Running
 serving pod and is reached through a LoadBalancer address or the API server's service proxy; on its own it
-runs with `python -m devcluster.sim.inference --port 8000 --model NAME [--ttft-ms X --itl-ms Y ...]`.
+runs with `python -m devcluster.sim.inference --port 8000 --model NAME [--ttft-ms X --itl-ms Y ...]`; with
+`--workers N` it forks N serving processes sharing the port (SO_REUSEPORT: the kernel spreads connections), so a
+load test of a thousand streams is not limited by one simulator event loop.  Each worker then has its own
+counters, `--max-num-seqs` slots and `/metrics` (a scrape sees one worker's).
 
 Latency model (all times in milliseconds)
 -----------------------------------------
@@ -789,6 +792,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--kv-cache-tokens", type=int, help="KV cache capacity in tokens (default max-num-seqs x 1024)"
     )
+    p.add_argument("--workers", type=int, default=1, help="serving processes sharing the port (SO_REUSEPORT)")
     p.add_argument(
         "--loop",
         choices=["auto", "uvloop", "asyncio"],
@@ -822,7 +826,30 @@ def main(argv: list[str] | None = None) -> None:
     )
     for line in server.startup_log():
         print(line, flush=True)
-    web.run_app(create_app(server), host=a.host, port=a.port, print=None, loop=_new_loop(a.loop))
+    workers = max(1, a.workers)
+    for _ in range(workers - 1):
+        # Forked before any event loop exists; a worker dies with the first process (PR_SET_PDEATHSIG).
+        if os.fork() == 0:
+            _die_with_parent()
+            break
+    web.run_app(
+        create_app(server),
+        host=a.host,
+        port=a.port,
+        print=None,
+        loop=_new_loop(a.loop),
+        reuse_port=workers > 1,
+    )
+
+
+def _die_with_parent() -> None:
+    import contextlib
+    import ctypes
+    import signal
+
+    # Not Linux: no death signal; stop the workers with their process group.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:

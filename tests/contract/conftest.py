@@ -15,9 +15,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from audit.models import AuditEntry
 from clusters import services as cluster_services
 from clusters.choices import ClusterStatus, ReleaseStatus
 from clusters.models import Cluster, ClusterEvent, Release, Revision
+from core import events
 from core.choices import RunStatus
 from core.models import Run
 from deployments.choices import BenchmarkStatus, DeploymentStatus, WorkerPhase
@@ -26,6 +28,8 @@ from hardware.models import Node
 from provisioning import services as provisioning_services
 from tests.api.conftest import _broker_at, free_port
 from tests.kubeconfig.test_validate import with_server
+from webhooks.models import Delivery, Subscription
+from webhooks.services import new_secret
 
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSEED00SECRET"
 
@@ -38,6 +42,9 @@ class Seeded:
     run: Run
     benchmark: Benchmark
     credential_id: int
+    event_id: str = ""
+    webhook_id: int = 0
+    delivery_id: int = 0
 
     def path_parameters(self, template: str) -> dict[str, str]:
         """Every parameter of ``template`` (an OpenAPI path) filled in with a seeded object's id."""
@@ -48,8 +55,17 @@ class Seeded:
             "benchmarks": self.benchmark.pk,
             "credentials": self.credential_id,
             "runs": self.run.pk,
+            "events": self.event_id,
+            "webhooks": self.webhook_id,
+            "audit": AuditEntry.objects.values_list("pk", flat=True).first(),
         }
-        values = {"id": ids.get(resource), "worker_id": self.worker.pk, "kind": "ttft", "fmt": "png"}
+        values = {
+            "id": ids.get(resource),
+            "worker_id": self.worker.pk,
+            "kind": "ttft",
+            "fmt": "png",
+            "delivery_id": self.delivery_id,
+        }
         return {name: str(values[name]) for name in re.findall(r"{(\w+)}", template)}
 
     def path(self, template: str) -> str:
@@ -122,7 +138,22 @@ def seeded(loopback, admin_user) -> Seeded:
         name="aws-1", provider="aws", region="us-east-1",
         secret={"access_key_id": "AKIAOLDOLDOLDOLD", "secret_access_key": SECRET_KEY},
     )  # fmt: skip
-    return Seeded(cluster, deployment, worker, run, benchmark, credential.pk)
+    AuditEntry.objects.create(
+        source="api", action="cluster.update", actor_name="admin", object_type="clusters.cluster",
+        object_id=str(cluster.pk), object_repr=cluster.name, changes={"labels": [{}, {"team": "ml"}]},
+    )  # fmt: skip
+    event = events.emit("run.succeeded", f"runs/{run.pk}", {"run": str(run.pk)})
+    events.position_pending()
+    event.refresh_from_db()
+    hook = Subscription.objects.create(
+        name="hook-1", url="https://hooks.example.com/in", event_types=["io.bud.run.*"], secret=new_secret()
+    )
+    delivery = Delivery.objects.create(
+        subscription=hook, event=event, position=event.position, subject=event.subject
+    )
+    return Seeded(
+        cluster, deployment, worker, run, benchmark, credential.pk, str(event.id), hook.pk, delivery.pk
+    )
 
 
 @pytest.fixture

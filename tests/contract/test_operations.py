@@ -55,6 +55,13 @@ CALLS = [
     ("GET", "/benchmarks/{id}/plots/{kind}.{fmt}", None, 404),  # nothing measured
     ("GET", "/credentials", None, 200),
     ("GET", "/credentials/{id}", None, 200),
+    ("GET", "/events", None, 200),
+    ("GET", "/events/{id}", None, 200),
+    ("GET", "/webhooks", None, 200),
+    ("GET", "/webhooks/{id}", None, 200),
+    ("GET", "/webhooks/{id}/deliveries", None, 200),
+    ("GET", "/audit", None, 200),
+    ("GET", "/audit/{id}", None, 200),
     ("POST", "/deployments/plan", {"cluster": "c1", "model": "llama-3.1-8b-instruct"}, 200),
     ("POST", "/deployments/deploy", {"cluster": "c1", "name": "d1", "model": "llama-3.1-8b-instruct"}, 409),
     ("POST", "/deployments/{id}/rollback", {"revision": 9}, 409),
@@ -76,7 +83,12 @@ CALLS = [
     ("POST", "/clusters/{id}/collect-node-info", None, 202),
     ("DELETE", "/deployments/{id}", None, 202),
     ("DELETE", "/clusters/{id}", None, 409),  # it has a deployment
+    ("POST", "/webhooks", {"name": "hook-2", "url": "https://hooks.example.com/in2"}, 201),
+    ("PATCH", "/webhooks/{id}", {"event_types": ["io.bud.deployment.*"]}, 200),
+    ("POST", "/webhooks/{id}/rotate-secret", None, 200),
+    ("POST", "/webhooks/{id}/deliveries/{delivery_id}/redeliver", None, 202),
     ("DELETE", "/credentials/{id}", None, 204),
+    ("DELETE", "/webhooks/{id}", None, 204),
 ]  # fmt: skip
 
 
@@ -193,4 +205,4 @@ def test_the_object_a_path_starts_from_is_always_id(openapi):
         names = re.findall(r"{(\w+)}", template)
         if names:
             assert names[0] == "id", template
-            assert set(names) <= {"id", "worker_id", "kind", "fmt"}, template
+            assert set(names) <= {"id", "worker_id", "delivery_id", "kind", "fmt"}, template

@@ -28,13 +28,12 @@ def test_cluster_sweep_keeps_a_status_written_while_it_probed(lifecycle_dc, monk
         reverifying.pk: (ClusterStatus.REGISTERING, "re-verification requested"),
     }
 
-    def probe_while_others_write(cluster, timeout):
-        if cluster.pk in meanwhile:
-            status, reason = meanwhile[cluster.pk]
-            cluster_services.set_status(Cluster.objects.get(pk=cluster.pk), status, reason)
-        return False, "cannot connect: connection refused"
+    def probe_while_others_write(clusters, timeout, workers, deadline):
+        for pk, (status, reason) in meanwhile.items():
+            cluster_services.set_status(Cluster.objects.get(pk=pk), status, reason)
+        return {c.pk: (False, "cannot connect: connection refused") for c in clusters}
 
-    monkeypatch.setattr(cluster_services, "_probe", probe_while_others_write)
+    monkeypatch.setattr(cluster_services, "_probe_all", probe_while_others_write)
     report = cluster_services.sweep(cluster_ids=[deleting.pk, reverifying.pk, idle.pk])
 
     statuses = dict(Cluster.objects.values_list("name", "status"))

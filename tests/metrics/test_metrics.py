@@ -298,7 +298,7 @@ def test_a_scrape_costs_the_same_queries_for_10_and_100_clusters(client, token, 
     at_10 = _scrape_queries(client)
     _grow_fleet(10, 100)
     at_100 = _scrape_queries(client)
-    assert at_10 == at_100 == 6
+    assert at_10 == at_100 == 8
     assert len(Cluster.objects.all()) == 100
 
 
@@ -445,3 +445,49 @@ def test_service_monitor_scrapes_with_the_token_web_checks():
     assert "authorization" not in one(without, "ServiceMonitor")["spec"]["endpoints"][0]
     web = containers(one(without, "Deployment", "bc-budcluster-web"))[0]
     assert "METRICS_TOKEN" not in {e["name"] for e in web["env"]}
+
+
+def test_gzip_when_the_scraper_asks_for_it(client, token, fleet):
+    """Prometheus sends Accept-Encoding: gzip; the compressed answer parses to the same samples."""
+    import gzip
+
+    plain = scrape(client)
+    answer = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_ACCEPT_ENCODING="gzip")
+    assert answer.status_code == 200 and answer["Content-Encoding"] == "gzip"
+    text = gzip.decompress(answer.content).decode()
+    assert len(answer.content) < len(text) / 3
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    varying = {"budcluster_metrics_scrape_duration_seconds"}
+    assert {k: v for k, v in samples.items() if k[0] not in varying} == {
+        k: v for k, v in plain.items() if k[0] not in varying
+    }
+
+
+@pytest.mark.django_db
+def test_webhook_deliveries_and_attempts_are_the_tables(client, token):
+    from core import events
+    from webhooks.models import Attempt, Delivery, Subscription
+
+    sub = Subscription.objects.create(name="m", url="https://hooks.example.com/", secret="whsec_AAAA")
+    rows = []
+    for i, status in enumerate(["delivered", "delivered", "pending", "failed"]):
+        event = events.emit("run.started", f"runs/{i}", {})
+        rows.append(
+            Delivery.objects.create(
+                subscription=sub, event=event, position=i + 1, subject=event.subject, status=status
+            )
+        )
+    for number, code in enumerate([204, 500, None, 200], start=1):
+        Attempt.objects.create(
+            delivery=rows[0], number=number, status_code=code, error="" if code else "timed out"
+        )
+    s = scrape(client)
+    assert value(s, "budcluster_webhook_deliveries", status="delivered") == 2
+    assert value(s, "budcluster_webhook_deliveries", status="pending") == 1
+    assert value(s, "budcluster_webhook_deliveries", status="failed") == 1
+    assert value(s, "budcluster_webhook_attempts_total", outcome="success") == 2
+    assert value(s, "budcluster_webhook_attempts_total", outcome="failure") == 2

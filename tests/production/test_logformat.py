@@ -62,6 +62,9 @@ def test_a_missing_or_unsafe_request_id_is_replaced(client, json_lines, given):
 
 
 def test_tracebacks_and_newlines_stay_on_one_line():
+    # Outside any request or task (an earlier test's WSGI call may have left its id set in this thread).
+    logformat.request_id.set(None)
+    logformat.run_id.set(None)
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "two\nlines", (), None)
     try:
         raise ValueError("boom")

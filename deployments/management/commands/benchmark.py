@@ -2,6 +2,9 @@
 
     manage.py benchmark DEPLOYMENT --requests 500 --concurrency 32 [--sweep 1,8,32,128]
         [--input-tokens N --output-tokens N --rate R --endpoint chat|completions|embeddings --timeout S]
+        [--slo-ttft-ms MS --slo-tpot-ms MS --slo-e2e-ms MS --slo-min-share F]
+        [--rates 1,2,4,8 | --rate-search START [--rate-factor F --rate-points N --max-rate R]]
+        [--repeat N --confidence F --processes N --workload random|shared_prefix|multi_turn --max-client-lag-ms MS]
 
 DEPLOYMENT is an id or a name.  The same service as the API (``benchmarking.run_benchmark``) runs in this
 process (no Celery worker needed) and stores a ``Benchmark`` row like any other, as the ``deployment.benchmark``
@@ -61,6 +64,40 @@ def summary_lines(summary: dict) -> list[str]:
     ]
     for err in summary.get("errors") or []:
         out.append(f"  {err['count']:>6} x {err['message']}")
+    scheduled = summary.get("p99_ttft_from_scheduled_ms")
+    if scheduled is not None:
+        out.append(
+            f"TTFT from scheduled send  mean {_f(summary.get('mean_ttft_from_scheduled_ms'))}, p99 {_f(scheduled)} ms"
+        )
+    slo = summary.get("slo")
+    if slo:
+        targets = ", ".join(f"{k} <= {v:g}" for k, v in slo["targets"].items())
+        out.append(
+            f"SLO ({targets}): {'MET' if slo['passed'] else 'MISSED'}, {slo['attainment']:.1%} of requests met "
+            f"every target (needs {slo['min_share']:.0%}); goodput {_f(slo['goodput'])} req/s"
+        )
+        for key, share in slo["shares"].items():
+            out.append(f"  {key}: {share:.1%} of requests")
+    capacity = summary.get("capacity")
+    if capacity:
+        rate = capacity.get("rate")
+        out.append(
+            f"capacity at SLO: {'none' if rate is None else f'{rate:g} req/s'} (limited by: {capacity['limited_by']})"
+        )
+    for key, ci in (summary.get("confidence") or {}).items():
+        if ci.get("low") is not None:
+            out.append(
+                f"  {key}: {_f(ci['mean'])} [{_f(ci['low'])}, {_f(ci['high'])}] ({ci['level']:.0%}, {ci['n']} runs)"
+            )
+    client = summary.get("client")
+    if client:
+        lag, loop = client["send_lag_ms"], client["loop_delay_ms"]
+        out.append(
+            f"client: {client['processes']} process(es), send lag p99 {_f(lag['p99'])} ms, loop delay p99 "
+            f"{_f(loop['p99'])} ms, CPU {', '.join(f'{c:g} %' for c in client['cpu_percent']) or '-'}"
+        )
+    if summary.get("valid") is False:
+        out.append(f"INVALID (the client was the bottleneck): {summary.get('invalid_reason')}")
     if summary.get("targets"):
         verdict = "PASSED" if summary.get("passed") else "FAILED"
         out.append(f"targets: {verdict} (margin {summary.get('target_margin', 0):.0%})")
@@ -72,18 +109,30 @@ def summary_lines(summary: dict) -> list[str]:
     return out
 
 
-def sweep_lines(sweep: list[dict]) -> list[str]:
+def sweep_lines(sweep: list[dict], by_rate: bool = False) -> list[str]:
+    first = "offered r/s" if by_rate else "concurrency"
     out = [
-        f"{'concurrency':>11} {'ok':>6} {'failed':>6} {'req/s':>9} {'out tok/s':>10} "
-        f"{'TTFT mean':>10} {'TTFT p99':>10} {'ITL mean':>9}"
+        f"{first:>11} {'ok':>6} {'failed':>6} {'req/s':>9} {'out tok/s':>10} "
+        f"{'TTFT mean':>10} {'TTFT p99':>10} {'ITL mean':>9} {'p99 sched':>10} {'goodput':>8} {'met':>7}  valid"
     ]
     for p in sweep:
+        slo = p.get("slo") or {}
+        label = f"{p.get('request_rate'):g}" if by_rate else str(p.get("concurrency"))
         out.append(
-            f"{p.get('concurrency'):>11} {p.get('successful_requests', 0):>6} {p.get('failed_requests', 0):>6} "
+            f"{label:>11} {p.get('successful_requests', 0):>6} {p.get('failed_requests', 0):>6} "
             f"{_f(p.get('request_throughput')):>9} {_f(p.get('output_throughput'), 1):>10} "
-            f"{_f(p.get('mean_ttft_ms')):>10} {_f(p.get('p99_ttft_ms')):>10} {_f(p.get('mean_itl_ms')):>9}"
+            f"{_f(p.get('mean_ttft_ms')):>10} {_f(p.get('p99_ttft_ms')):>10} {_f(p.get('mean_itl_ms')):>9} "
+            f"{_f(p.get('p99_ttft_from_scheduled_ms')):>10} {_f(p.get('goodput')):>8} "
+            f"{(format(slo['attainment'], '.1%') if slo else '-'):>7}  {'yes' if p.get('valid', True) else 'NO'}"
         )
     return out
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CommandError(f"{flag} takes comma-separated numbers, e.g. 1,2,4") from None
 
 
 class Command(BaseCommand):
@@ -92,7 +141,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("deployment", help="deployment id or name")
         parser.add_argument("--requests", type=int, default=100)
-        parser.add_argument("--concurrency", type=int, default=8)
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="default 8; with --rates/--rate-search the most allowed",
+        )
         parser.add_argument("--sweep", default="", help="comma-separated concurrencies, e.g. 1,8,32,128")
         parser.add_argument("--input-tokens", type=int, default=128)
         parser.add_argument("--output-tokens", type=int, default=128)
@@ -111,6 +165,27 @@ class Command(BaseCommand):
         parser.add_argument("--target-e2e-ms", type=float, default=None)
         parser.add_argument("--target-throughput-per-user", type=float, default=None)
         parser.add_argument("--margin", type=float, default=None)
+        parser.add_argument(
+            "--slo-ttft-ms", type=float, default=None, help="SLO: TTFT from the scheduled send"
+        )
+        parser.add_argument("--slo-tpot-ms", type=float, default=None, help="SLO: time per output token")
+        parser.add_argument("--slo-e2e-ms", type=float, default=None, help="SLO: E2E from the scheduled send")
+        parser.add_argument("--slo-min-share", type=float, default=None, help="share that must meet it (0.9)")
+        parser.add_argument("--rates", default="", help="comma-separated request rates, e.g. 1,2,4,8")
+        parser.add_argument(
+            "--rate-search", type=float, default=None, help="climb from this rate until goodput drops"
+        )
+        parser.add_argument("--rate-factor", type=float, default=None)
+        parser.add_argument("--rate-points", type=int, default=None)
+        parser.add_argument("--max-rate", type=float, default=None)
+        parser.add_argument("--repeat", type=int, default=None, help="runs per point (confidence intervals)")
+        parser.add_argument("--confidence", type=float, default=None)
+        parser.add_argument("--processes", type=int, default=None, help="load processes sharing the streams")
+        parser.add_argument("--workload", choices=["random", "shared_prefix", "multi_turn"], default=None)
+        parser.add_argument("--prefix-tokens", type=int, default=None)
+        parser.add_argument("--prefix-groups", type=int, default=None)
+        parser.add_argument("--turns", type=int, default=None)
+        parser.add_argument("--max-client-lag-ms", type=float, default=None)
         parser.add_argument("--force", action="store_true", help="benchmark even if not running")
         parser.add_argument("--no-progress", action="store_true")
 
@@ -128,12 +203,34 @@ class Command(BaseCommand):
 
     def _options(self, o: dict) -> dict:
         options: dict[str, Any] = {
-            "requests": o["requests"], "concurrency": o["concurrency"], "input_tokens": o["input_tokens"],
+            "requests": o["requests"], "input_tokens": o["input_tokens"],
             "output_tokens": o["output_tokens"], "warmup": o["warmup"], "ramp_up": o["ramp_up"],
         }  # fmt: skip
-        for key in ("rate", "endpoint", "timeout", "idle_timeout", "dataset", "margin"):
+        for key in (
+            "concurrency", "rate", "endpoint", "timeout", "idle_timeout", "dataset", "margin", "repeat", "confidence",
+            "processes", "workload", "prefix_tokens", "prefix_groups", "turns", "max_client_lag_ms",
+        ):  # fmt: skip
             if o[key] is not None:
                 options[key] = o[key]
+        slo = {
+            k: o[f"slo_{k}"]
+            for k in ("ttft_ms", "tpot_ms", "e2e_ms", "min_share")
+            if o[f"slo_{k}"] is not None
+        }
+        if slo:
+            options["slo"] = slo
+        if o["rates"]:
+            options["rates"] = _floats(o["rates"], "--rates")
+        if o["rate_search"] is not None:
+            search = {"start": o["rate_search"]}
+            for key, flag in (
+                ("factor", "rate_factor"),
+                ("max_points", "rate_points"),
+                ("max_rate", "max_rate"),
+            ):
+                if o[flag] is not None:
+                    search[key] = o[flag]
+            options["rate_search"] = search
         if o["sweep"]:
             try:
                 options["sweep"] = [int(c) for c in o["sweep"].split(",") if c.strip()]
@@ -151,13 +248,15 @@ class Command(BaseCommand):
     def _start(self, deployment: Deployment, opts: dict) -> tuple[Benchmark, Any]:
         """The row and the run this process carries out, stored together (``benchmarking.start_benchmark``'s
         shape, without a worker)."""
-        what = f"{opts['requests']} requests at concurrency " + (
-            ",".join(map(str, opts["sweep"])) if opts.get("sweep") else str(opts["concurrency"])
-        )
+        what = benchmarking.describe_options(opts)
         owner = f"manage.py benchmark (pid {os.getpid()} on {socket.gethostname()})"
         with transaction.atomic():
             row = Benchmark.objects.create(
-                deployment=deployment, options=opts, targets=opts["targets"], margin=opts["margin"]
+                deployment=deployment,
+                options=opts,
+                targets=opts["targets"],
+                margin=opts["margin"],
+                slo=opts["slo"],
             )
             run = workflow.start_in_process(
                 "deployment.benchmark",
@@ -238,8 +337,14 @@ class Command(BaseCommand):
             + f", concurrency {result.get('concurrency')}"
         )
         if row.sweep:
-            self.stdout.write("\n".join(sweep_lines(row.sweep)) + "\n")
-            self.stdout.write(f"Last point (concurrency {result.get('concurrency')}):")
+            by_rate = benchmarking.sweep_kind(row.options or {}) == "rate"
+            self.stdout.write("\n".join(sweep_lines(row.sweep, by_rate)) + "\n")
+            last = (
+                f"{result.get('request_rate'):g} req/s"
+                if by_rate
+                else f"concurrency {result.get('concurrency')}"
+            )
+            self.stdout.write(f"Last point ({last}):")
         self.stdout.write("\n".join(summary_lines(result)))
         if received:
             raise SystemExit(128 + received[0])
