@@ -407,6 +407,15 @@ def pinned_client(
     )
 
 
+def answer_detail(data: bytes) -> str:
+    """What an API server's error answer says: its Status ``message``, else the start of the body."""
+    text = data.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text).get("message") or text[:300]
+    except (ValueError, AttributeError):
+        return text[:300]
+
+
 class ClusterGateway:
     """A connection to one cluster. Cheap to build; use as a context manager (or call ``close()``)."""
 
@@ -689,11 +698,7 @@ class ClusterGateway:
         )
 
     def _error(self, status: int, data: bytes, where: str) -> GatewayError:
-        text = data.decode("utf-8", errors="replace")
-        try:
-            detail = json.loads(text).get("message") or text[:300]
-        except (ValueError, AttributeError):
-            detail = text[:300]
+        detail = answer_detail(data)
         if status == 401:
             return Unauthorized(
                 f"unauthorized: the API server at {self.server} rejected the credentials (401)", status=status

@@ -480,11 +480,9 @@ def _too_large(target: ProbeTarget, cap: int, size: int, *, declared: bool = Fal
 
 
 def _status_error(target: ProbeTarget, status: int, data: bytes) -> str:
-    text = data.decode("utf-8", errors="replace")
-    try:
-        detail = json.loads(text).get("message") or text[:300]
-    except (ValueError, AttributeError):
-        detail = text[:300]
+    from core.gateway import answer_detail
+
+    detail = answer_detail(data)
     if status == 401:
         return f"unauthorized: the API server at {target.server} rejected the credentials (401)"
     if status == 403:
