@@ -127,3 +127,17 @@ def test_anonymous_and_wrong_tokens_still_get_401(admin_user):
     client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
     assert client.get("/runs").status_code == 401
     assert api_client(admin_user).get("/runs").status_code == 200
+
+
+def test_a_deactivated_users_token_is_refused_and_a_wrong_key_with_a_real_prefix_too(make_user):
+    """The token query reads the token, its user and the user's permissions in one statement: a deactivated user
+    is refused with the next request, as is a key that shares a real token's lookup prefix but not its digest."""
+    user = make_user("reader", "core.view_run")
+    _token, key = create_token(user)
+    assert _authenticates(key)
+    forged = key[:15] + ("0" if key[15] != "0" else "1") + key[16:]
+    assert not _authenticates(forged)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert not _authenticates(key)
+    assert AuthToken.objects.filter(user=user).exists()  # refused, not deleted: reactivating the user restores it
