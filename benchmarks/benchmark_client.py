@@ -5,7 +5,7 @@ Starts the devcluster inference simulator in its own process with a known truth 
 mean TTFT and ITL, the error, and the client's CPU use; then the highest concurrency at which the measured mean
 TTFT stays within 5 % of the truth.
 
-    .venv/bin/python benchmarks/benchmark_client.py [--concurrency 1,64,256,512,1024] [--processes 1,4]
+    .venv/bin/python benchmarks/benchmark_client.py [--concurrency 1,64,256,512,1024] [--processes 1,2]
         [--waves 3] [--server-loop uvloop|asyncio] [--client-loop uvloop|asyncio] [--endpoint completions|chat]
 
 Each concurrency runs once per entry of `--processes`: the load generator's streams spread over that many load
@@ -152,7 +152,11 @@ def measure(url: str, concurrency: int, processes: int, args: argparse.Namespace
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--concurrency", default="1,64,256,512,1024")
-    p.add_argument("--processes", default="1,4", help="load processes to try at each concurrency")
+    p.add_argument(
+        "--processes",
+        default=f"1,{max(2, os.cpu_count() or 1)}",
+        help="load processes to try at each concurrency (default: 1 and one per CPU)",
+    )
     p.add_argument("--ttft-ms", type=float, default=200.0)
     p.add_argument("--itl-ms", type=float, default=20.0)
     p.add_argument("--input-tokens", type=int, default=32)
