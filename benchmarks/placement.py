@@ -11,10 +11,11 @@ Building the NodeCapacity rows, which happens once per inventory refresh, is tim
 Fleet case: the same nodes split into `--clusters` clusters (2,000 x 10 by default; 1 % of the clusters not
 available), planned with `plan_fleet` (one best candidate per cluster, ranked, and every refused cluster's reason)
 and turned into the answer the plan endpoint shows (top 20 candidates, 200 refused clusters with 5 node reasons
-each). Its p95 is printed beside the single-cluster p95 of the same request measured in the same run. Target:
-<= 50 ms. With `--db`, the fleet is also stored in PostgreSQL (DATABASE_URL, default budcluster_bench_placement)
-and the whole service call is timed: the inventory read (two queries) + the fleet plan (without the chart
-rendering of the best cluster, which does not depend on the fleet's size).
+each; when nothing fits, also the first 200 node reasons over all clusters and their total). Its p95 is printed
+beside the single-cluster p95 of the same request measured in the same run. Target: <= 50 ms. With `--db`, the
+fleet is also stored in PostgreSQL (DATABASE_URL, default budcluster_bench_placement) and the whole service call
+is timed: the inventory read (two queries) + the fleet plan (without the chart rendering of the best cluster,
+which does not depend on the fleet's size).
 """
 
 from __future__ import annotations
@@ -183,6 +184,9 @@ def time_fleet(fleet: list[ClusterInventory], request: dict, runs: int) -> tuple
         start = time.perf_counter()
         result = plan_fleet(model, clusters=fleet, **kwargs)
         answer = result.as_dict()  # what the endpoint shows: top candidates, refused clusters with reasons
+        if not result.feasible:  # nothing fits: also the first node reasons of all clusters
+            answer["refusals"] = result.node_refusals(200)
+            answer["refusals_total"] = result.node_refusals_total
         samples.append((time.perf_counter() - start) * 1000)
         if result.feasible:
             best = result.best

@@ -995,7 +995,13 @@ def classify_nodes(
 
 def node_refusals(refused: list[NodeCapacity], classes: dict[str, _Class], plan: _Plan) -> RefusalList:
     """The refused nodes with their reasons, written when read."""
-    return RefusalList(refused, lambda node: _refusal_reason(node, classes, plan))
+    return RefusalList(refused, refusal_reason(classes, plan))
+
+
+def refusal_reason(classes: dict[str, _Class], plan: _Plan) -> Callable[[NodeCapacity], str]:
+    """Why a node refused by ``classify_nodes`` cannot take a replica: one function for every node of the plan (the
+    fleet planner shares it over all its clusters' ``RefusalList``)."""
+    return lambda node: _refusal_reason(node, classes, plan)
 
 
 def class_candidates(ev: _Class, replicas: int, *, first_only: bool = False) -> tuple[list[Candidate], str]:
