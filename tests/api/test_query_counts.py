@@ -44,7 +44,12 @@ def viewer(django_user_model) -> tuple[APIClient, object]:
 
 
 def _grow(start: int, count: int) -> Cluster:
-    """``count`` clusters, each with 3 nodes (2 with GPUs), a deployment and 2 runs; returns the first."""
+    """``count`` clusters, each with 3 nodes (2 with GPUs), a deployment (with its release and an autoscaling
+    policy) and 2 runs started by a user; returns the first. Every column a list shows is set, so a list that
+    reads fewer columns than it shows pays a query per row here."""
+    from django.contrib.auth import get_user_model
+
+    starter, _ = get_user_model().objects.get_or_create(username="starter")
     first = None
     for i in range(start, start + count):
         cluster = Cluster.objects.create(
@@ -54,8 +59,17 @@ def _grow(start: int, count: int) -> Cluster:
             gpu_node(cluster, f"n{n}", ready=n != 2, free=n)
         cluster.nodes.filter(name="n2").update(accelerator_count=0, accelerator_type="cpu")
         deployment = running_deployment(cluster, f"d{i}")
+        deployment.autoscaling = {
+            "min_replicas": 1,
+            "max_replicas": 3,
+            "metric": "waiting_requests",
+            "target": 4,
+        }
+        deployment.save(update_fields=["autoscaling"])
         for subject, kind in ((cluster, "cluster.register"), (deployment, "deployment.deploy")):
-            Run.objects.create(id=uuid.uuid4(), kind=kind, subject=subject, status=RunStatus.SUCCEEDED)
+            Run.objects.create(
+                id=uuid.uuid4(), kind=kind, subject=subject, status=RunStatus.SUCCEEDED, created_by=starter
+            )
         first = first or cluster
     return first
 
@@ -118,3 +132,17 @@ def test_a_permission_given_or_taken_away_applies_to_the_next_request(viewer):
     )
     assert client.get("/clusters").status_code == 200
     assert client.get("/runs").status_code == 403
+
+
+def test_the_lists_show_what_their_rows_hold(viewer):
+    """The lists read only the columns they show: what they show is still all there (creator, subject, revision,
+    cluster name, autoscaling policy)."""
+    client, _user = viewer
+    _grow(0, 2)
+    runs = client.get("/runs?limit=50").json()["results"]
+    assert {r["created_by"] for r in runs} == {"starter"}
+    assert {r["subject_type"] for r in runs} == {"clusters.cluster", "deployments.deployment"}
+    deployments = client.get("/deployments?limit=50").json()["results"]
+    assert sorted(d["cluster_name"] for d in deployments) == ["c0", "c1"]
+    assert {d["revision"] for d in deployments} == {1}
+    assert {d["autoscaling"]["policy"]["max_replicas"] for d in deployments} == {3}
