@@ -140,4 +140,6 @@ def test_a_deactivated_users_token_is_refused_and_a_wrong_key_with_a_real_prefix
     user.is_active = False
     user.save(update_fields=["is_active"])
     assert not _authenticates(key)
-    assert AuthToken.objects.filter(user=user).exists()  # refused, not deleted: reactivating the user restores it
+    assert AuthToken.objects.filter(
+        user=user
+    ).exists()  # refused, not deleted: reactivating the user restores it
