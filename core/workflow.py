@@ -407,8 +407,10 @@ def _outbox_type(step: str, status: str) -> str | None:
 # statement each, a data-modifying CTE: the compare-and-set UPDATE, then the RunEvent row, the outbox row and the
 # run's progress, each ``SELECT ... FROM`` the rows the UPDATE changed, so they are written exactly when the
 # compare-and-set won. A single statement in autocommit mode is its own transaction: still one commit per
-# transition, all or nothing, with no BEGIN/COMMIT round trips. Anything unusual (a resume, a cancel, the first
-# step of a message, a failure, SQLite) takes the ORM path below, which writes the same rows.
+# transition, all or nothing, with no BEGIN/COMMIT round trips. The first step of a pending run is one statement
+# too (its claim, the run's start and both log rows: ``_claim_first``), after the read that every message's first
+# step makes. Anything unusual (a resume, a cancel, a poll's first check, a failure, SQLite) takes the ORM path
+# below, which writes the same rows. A run's last step ends in one transaction with the run's own end.
 
 
 def _one_statement() -> bool:
@@ -497,6 +499,84 @@ def _claim_next(run: Run, step_name: str) -> RunStep | None:
     step = RunStep.from_db(connection.alias, _STEP_COLUMNS, row)
     step.run = run
     return step
+
+
+# The first step of a pending run, as the ORM path below writes it: the step's compare-and-set (pending, the attempt
+# read), the run's start (pending -> running) only if the claim won, and their log rows in that order (the run's,
+# then the step's), with the run's outbox event. Only names from the models' own metadata are formatted in.
+_CLAIM_FIRST_SQL = f"""
+WITH {{no_flush}}claimed AS (
+    UPDATE {RunStep._meta.db_table} SET status = %(running)s, attempt = attempt + 1, heartbeat_at = %(now)s,
+           started_at = COALESCE(started_at, %(now)s)
+    WHERE id = %(step)s AND status = %(pending)s AND attempt = %(attempt)s
+    RETURNING id
+), started AS (
+    UPDATE {Run._meta.db_table} SET status = %(running)s, started_at = %(now)s, heartbeat_at = %(now)s,
+           wake_at = NULL
+    WHERE id = %(run)s AND status = %(pending)s AND EXISTS (SELECT 1 FROM claimed)
+    RETURNING id
+), logged AS (
+    {{runevent_insert}}
+    SELECT run_id, step, status, message, data, created_at FROM (
+        SELECT 0 AS n, %(run)s AS run_id, '' AS step, %(running)s AS status, %(run_message)s AS message,
+               %(no_data)s AS data, %(now)s AS created_at FROM started
+        UNION ALL
+        SELECT 1, %(run)s, %(name)s, %(running)s, %(step_message)s, %(no_data)s, %(now)s FROM claimed
+    ) rows ORDER BY n
+), published AS (
+    {{outbox}} FROM started
+)
+SELECT (SELECT COUNT(*) FROM claimed), (SELECT COUNT(*) FROM started){{no_flush_where}}
+"""  # noqa: S608
+
+
+def _claim_first(run: Run, step: RunStep, now: datetime) -> bool | None:
+    """Claim the first step of a PENDING run and start the run, in one statement. None: the claim lost (someone
+    else has the step); True: claimed and the run started; False: claimed, but the run was no longer pending. The
+    objects in hand are updated as the ORM path updates them."""
+    run_message = f"{run.title}: started"
+    payload = {
+        **_run_meta(run.pk),
+        "status": RunStatus.RUNNING.value,
+        "step": "",
+        "message": run_message[:4000],
+    }
+    outbox, outbox_params = events.insert_sql(_RUN_EVENT_TYPES[RunStatus.RUNNING], f"runs/{run.pk}", payload)
+    cte, where = _no_flush()
+    sql = _CLAIM_FIRST_SQL.format(
+        no_flush=cte,
+        no_flush_where=where,
+        runevent_insert=_RUNEVENT_INSERT,
+        outbox=outbox.replace("%s", "%%s"),
+    )
+    # The outbox's own placeholders are positional; name them so the statement takes one mapping.
+    for i in range(len(outbox_params)):
+        sql = sql.replace("%%s", f"%(outbox{i})s", 1)
+    params = {
+        "running": StepStatus.RUNNING.value,
+        "pending": StepStatus.PENDING.value,
+        "now": now,
+        "step": step.pk,
+        "attempt": step.attempt,
+        "run": _uuid(run.pk),
+        "name": step.name,
+        "run_message": run_message[:4000],
+        "step_message": f"{step.title}: started"[:4000],
+        "no_data": RunEvent._meta.get_field("data").get_db_prep_value({}, connection),
+        **{f"outbox{i}": value for i, value in enumerate(outbox_params)},
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        claimed, started = cursor.fetchone()
+    if not claimed:
+        return None
+    step.status, step.attempt, step.heartbeat_at = StepStatus.RUNNING, step.attempt + 1, now
+    step.started_at = step.started_at or now
+    if not started:
+        return False
+    events.wake_on_commit()
+    run.status, run.started_at, run.heartbeat_at, run.wake_at = RunStatus.RUNNING, now, now, None
+    return True
 
 
 def _finish_main_step(run: Run, step: RunStep, output: Any) -> bool:
@@ -903,6 +983,28 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
     deadline = None
     if spec.poll and step.deadline is None:
         deadline = now + timedelta(seconds=_duration(spec.poll.timeout, ctx))
+    if (
+        _one_statement()
+        and step.phase == StepPhase.MAIN
+        and previous_status == StepStatus.PENDING
+        and run.status == RunStatus.PENDING
+        and not run.cancel_requested
+        and deadline is None
+    ):
+        claimed = _claim_first(run, step, now)
+        if claimed is None:
+            _drop_chain(task)
+            return None
+        if claimed:
+            return _run_claimed(task, run, step, now)
+        # Claimed, but the run was no longer pending: read it and decide as below (a cancel, most likely).
+        run.refresh_from_db()
+        if run.cancel_requested:
+            with transaction.atomic():
+                _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
+                _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
+            return None
+        return _run_claimed(task, run, step, now)
     # Claim, run status and the start event commit together (one commit instead of several fsyncs).
     with transaction.atomic():
         if not _claim(step, now, deadline):
@@ -1144,9 +1246,12 @@ def _step_succeeded_in_transaction(task: Task, run: Run, step: RunStep, result: 
         _drop_chain(task)
         return None
     if step.phase == StepPhase.MAIN:
-        if not _refresh_run_progress(run.pk, step.order, 1.0, heartbeat_at=timezone.now()):
-            _finish_run(run, succeeded=True)
+        if not _main_steps_after(run.pk, step.order):
+            _finish_run(
+                run, succeeded=True
+            )  # writes progress 100 %, the ETA and the heartbeat with the status
             return None
+        _refresh_run_progress(run.pk, step.order, 1.0, heartbeat_at=timezone.now())
     else:
         Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
         _maybe_finish_cleanup(run)

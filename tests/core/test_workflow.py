@@ -50,7 +50,11 @@ def test_chain_completes_with_events_and_progress(worker):
     starts = [m for m in messages if m.endswith(": started") and m != "Demo chain: started"]
     assert starts == ["First step: started", "Second step: started", "Third step: started"]
     assert messages[-1] == "Demo chain: succeeded"
+    # The run's start is logged once, before its first step's (one statement writes both: core.workflow._claim_first).
+    assert messages.count("Demo chain: started") == messages.count("First step: started") == 1
+    assert messages.index("Demo chain: started") < messages.index("First step: started")
     assert run.started_at and run.finished_at and run.finished_at >= run.started_at
+    assert run.eta is not None and run.eta <= run.finished_at
     # The short steps ran one after the other in the first step's message, not once each through the queue.
     carried_by = {e.step: e.data["task_id"] for e in run.events.filter(message="body executed")}
     assert set(carried_by) == {"first", "second", "third"}
