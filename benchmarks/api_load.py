@@ -19,8 +19,11 @@ Printed, measured in the same run against the same gunicorn and the same clients
   * the baseline: ``GET /health`` (no database, no authentication): requests/s, p50, p99;
   * per concurrency (``--clients 50,200``): requests/s, p50/p99 of all requests and per endpoint, errors
     (status other than 200, or no answer), and the ratio to the baseline;
-  * for both, the CPU seconds gunicorn (master and workers, from /proc) and the client spent per request: the
+  * for both, the CPU seconds gunicorn (master and workers, from /proc), the client and the rest of the machine
+    (PostgreSQL, mostly: ``/proc/stat`` less the other two) spent per request, and how busy the cores were: the
     figure a busy machine moves least, and the rate the server could reach with the cores to itself;
+  * each endpoint's own time split by layer (``LAYERS``: database round trips, ORM, authentication, permissions,
+    filters and pagination, serializers, rendering, and the framework's rest), in process;
   * queries per request of each endpoint at page sizes 10, 50 and 200 (Django's test client in this process,
     the same settings): a count that grows with the page size is an N+1; and each endpoint's cost in process;
   * with ``--profile N``: the functions where N requests spend their time (cProfile, in-process WSGI handler).
@@ -292,14 +295,25 @@ def stop(proc: subprocess.Popen) -> None:
 
 def server_cpu(proc: subprocess.Popen) -> float:
     """CPU seconds (user + system) used so far by gunicorn's master and its workers, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
     pids = [proc.pid]
     for task in Path(f"/proc/{proc.pid}/task").glob("*"):
         children = task / "children"
         if children.exists():
             pids += [int(p) for p in children.read_text().split()]
-    for pid in set(pids):
+    return _cpu_seconds(set(pids))
+
+
+def machine_cpu() -> float:
+    """CPU seconds every process on this machine has used so far (``/proc/stat``: all but idle and I/O wait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: set[int]) -> float:
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -369,10 +383,11 @@ def load(server: subprocess.Popen, base: str, keys: list[str], clients: int, dur
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    server_before, client_before = server_cpu(server), time.process_time()
+    server_before, client_before, machine_before = server_cpu(server), time.process_time(), machine_cpu()
     result = run(_load(base, keys, clients, duration, plan))
     result["server_cpu"] = server_cpu(server) - server_before
     result["client_cpu"] = time.process_time() - client_before
+    result["machine_cpu"] = machine_cpu() - machine_before
     return result
 
 
@@ -394,10 +409,16 @@ def report(title: str, result: dict, baseline_rate: float | None) -> float:
         # CPU per request is what a busy machine moves least; 2 cores / server CPU is the rate this server could
         # reach with the cores to itself (no client, no PostgreSQL, no other load).
         server, client = result["server_cpu"] / done * 1000, result["client_cpu"] / done * 1000
+        # The rest of the machine's CPU in the same time: PostgreSQL's backends, mostly, on an otherwise quiet
+        # machine (measured machine-wide: a backend's own counters vanish with it when it exits).
+        rest = max(0.0, result["machine_cpu"] - result["server_cpu"] - result["client_cpu"]) / done * 1000
         cores = os.cpu_count() or 1
+        busy = result["machine_cpu"] / (cores * result["wall"])
         print(
-            f"    CPU per request: gunicorn {server:.2f} ms, client {client:.2f} ms "
-            f"(gunicorn alone on {cores} cores: {cores / (server / 1000):.0f} requests/s at most)"
+            f"    CPU per request: gunicorn {server:.2f} ms, client {client:.2f} ms, the rest of the machine "
+            f"(PostgreSQL, Redis, the kernel) {rest:.2f} ms; the {cores} cores {busy:.0%} busy "
+            f"(gunicorn alone on {cores} cores: {cores / (server / 1000):.0f} requests/s at most; "
+            f"all of it: {cores / ((server + client + rest) / 1000):.0f})"
         )
     if len(result["samples"]) > 1 or result["errors"]:
         for label in sorted(set(result["samples"]) | set(result["errors"])):
@@ -637,7 +658,8 @@ def main() -> int:
     ids = seed(args.clusters, args.nodes_per_cluster, args.runs, args.reseed)
     keys = tokens(max(concurrencies, default=1))
     query_counts(ids, keys[0])
-    layers(ids, keys, args.layers)
+    if args.layers:
+        layers(ids, keys, args.layers)
     if args.profile:
         profile(ids, keys, args.profile)
     if args.no_load:
