@@ -43,7 +43,6 @@ import asyncio
 import os
 import random
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -55,6 +54,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import group_cpu_seconds, stop_group  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "budcluster_site.settings")
 os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/budcluster_bench_api")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
@@ -279,28 +281,8 @@ def start_gunicorn(workers: int, extra: list[str]) -> tuple[subprocess.Popen, st
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    stop(proc)
+    stop_group(proc)
     raise SystemExit("gunicorn did not answer /health/db within 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def server_cpu(proc: subprocess.Popen) -> float:
-    """CPU seconds (user + system) used so far by gunicorn's master and its workers, from /proc."""
-    pids = [proc.pid]
-    for task in Path(f"/proc/{proc.pid}/task").glob("*"):
-        children = task / "children"
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
-    return _cpu_seconds(set(pids))
 
 
 def machine_cpu() -> float:
@@ -308,18 +290,6 @@ def machine_cpu() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pids: set[int]) -> float:
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
 
 
 # --- the clients ----------------------------------------------------------------------------------------------
@@ -383,9 +353,13 @@ def load(server: subprocess.Popen, base: str, keys: list[str], clients: int, dur
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    server_before, client_before, machine_before = server_cpu(server), time.process_time(), machine_cpu()
+    server_before, client_before, machine_before = (
+        group_cpu_seconds(server.pid),
+        time.process_time(),
+        machine_cpu(),
+    )
     result = run(_load(base, keys, clients, duration, plan))
-    result["server_cpu"] = server_cpu(server) - server_before
+    result["server_cpu"] = group_cpu_seconds(server.pid) - server_before
     result["client_cpu"] = time.process_time() - client_before
     result["machine_cpu"] = machine_cpu() - machine_before
     return result
@@ -688,7 +662,7 @@ def main() -> int:
             report(f"endpoints, {clients:3d} clients for {args.duration:.0f}s", result, baseline)
             failed |= bool(sum(result["errors"].values()))
     finally:
-        stop(proc)
+        stop_group(proc)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 1 if failed else 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import group_cpu_seconds, stop_group  # noqa: E402
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "budcluster_site.settings")
 os.environ.setdefault("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/budcluster_bench_deploy")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/13")
@@ -98,31 +100,6 @@ def _start_worker(concurrency: int) -> subprocess.Popen:
     else:
         raise SystemExit("the benchmark worker did not start; see var/bench-deploy-worker.log")
     return proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of every live process in a process group (a worker and its pool children)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ..., utime (12), stime (13)
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 def _host_probe() -> float:
@@ -200,7 +177,7 @@ def main() -> None:
 
             def batch(tag: str, count: int) -> dict:
                 """Submit ``count`` deploys at once and wait for them; CPU and wall time of this batch only."""
-                cpu_before = _cpu_seconds(worker.pid), _cpu_seconds(proc.pid)
+                cpu_before = group_cpu_seconds(worker.pid), group_cpu_seconds(proc.pid)
                 t0 = time.monotonic()
                 runs = []
                 for i in range(count):
@@ -222,8 +199,8 @@ def main() -> None:
                     "runs": runs,
                     "submit": submit,
                     "makespan": time.monotonic() - t0,
-                    "worker_cpu": _cpu_seconds(worker.pid) - cpu_before[0],
-                    "cluster_cpu": _cpu_seconds(proc.pid) - cpu_before[1],
+                    "worker_cpu": group_cpu_seconds(worker.pid) - cpu_before[0],
+                    "cluster_cpu": group_cpu_seconds(proc.pid) - cpu_before[1],
                 }
 
             # Warm every pool process (Helm engine, charts, connections) first, as a worker that has served
@@ -234,8 +211,8 @@ def main() -> None:
             many = batch("bench", args.deploys)
             probe = (probe_before + _host_probe()) / 2
         finally:
-            _stop(worker)
-            _stop(proc)
+            stop_group(worker, timeout=20)
+            stop_group(proc, timeout=20)
 
     def per_run(run_ids: list) -> tuple[list, list[float], list[float]]:
         done = list(Run.objects.filter(pk__in=run_ids).prefetch_related("steps"))
