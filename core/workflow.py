@@ -501,82 +501,66 @@ def _claim_next(run: Run, step_name: str) -> RunStep | None:
     return step
 
 
-# The first step of a pending run, as the ORM path below writes it: the step's compare-and-set (pending, the attempt
-# read), the run's start (pending -> running) only if the claim won, and their log rows in that order (the run's,
-# then the step's), with the run's outbox event. Only names from the models' own metadata are formatted in.
-_CLAIM_FIRST_SQL = f"""
-WITH {{no_flush}}claimed AS (
-    UPDATE {RunStep._meta.db_table} SET status = %(running)s, attempt = attempt + 1, heartbeat_at = %(now)s,
-           started_at = COALESCE(started_at, %(now)s)
-    WHERE id = %(step)s AND status = %(pending)s AND attempt = %(attempt)s
-    RETURNING id
-), started AS (
-    UPDATE {Run._meta.db_table} SET status = %(running)s, started_at = %(now)s, heartbeat_at = %(now)s,
-           wake_at = NULL
-    WHERE id = %(run)s AND status = %(pending)s AND EXISTS (SELECT 1 FROM claimed)
-    RETURNING id
-), logged AS (
-    {{runevent_insert}}
-    SELECT run_id, step, status, message, data, created_at FROM (
-        SELECT 0 AS n, %(run)s AS run_id, '' AS step, %(running)s AS status, %(run_message)s AS message,
-               %(no_data)s AS data, %(now)s AS created_at FROM started
-        UNION ALL
-        SELECT 1, %(run)s, %(name)s, %(running)s, %(step_message)s, %(no_data)s, %(now)s FROM claimed
-    ) rows ORDER BY n
-), published AS (
-    {{outbox}} FROM started
-)
-SELECT (SELECT COUNT(*) FROM claimed), (SELECT COUNT(*) FROM started){{no_flush_where}}
-"""  # noqa: S608
-
-
 def _claim_first(run: Run, step: RunStep, now: datetime) -> bool | None:
-    """Claim the first step of a PENDING run and start the run, in one statement. None: the claim lost (someone
-    else has the step); True: claimed and the run started; False: claimed, but the run was no longer pending. The
-    objects in hand are updated as the ORM path updates them."""
+    """Claim the first step of a PENDING run and start the run, in one statement: the step's compare-and-set
+    (pending, the attempt read), the run's start (pending -> running) only if the claim won, their log rows in that
+    order (the run's, then the step's) and the run's outbox event. None: the claim lost (someone else has the
+    step); True: claimed and the run started; False: claimed, but the run was no longer pending. The objects in
+    hand are updated as the ORM path updates them."""
+    running, pending, run_id = StepStatus.RUNNING.value, StepStatus.PENDING.value, _uuid(run.pk)
     run_message = f"{run.title}: started"
-    payload = {
-        **_run_meta(run.pk),
-        "status": RunStatus.RUNNING.value,
-        "step": "",
-        "message": run_message[:4000],
-    }
+    payload = {**_run_meta(run.pk), "status": running, "step": "", "message": run_message[:4000]}
     outbox, outbox_params = events.insert_sql(_RUN_EVENT_TYPES[RunStatus.RUNNING], f"runs/{run.pk}", payload)
     cte, where = _no_flush()
-    sql = _CLAIM_FIRST_SQL.format(
-        no_flush=cte,
-        no_flush_where=where,
-        runevent_insert=_RUNEVENT_INSERT,
-        outbox=outbox.replace("%s", "%%s"),
-    )
-    # The outbox's own placeholders are positional; name them so the statement takes one mapping.
-    for i in range(len(outbox_params)):
-        sql = sql.replace("%%s", f"%(outbox{i})s", 1)
-    params = {
-        "running": StepStatus.RUNNING.value,
-        "pending": StepStatus.PENDING.value,
-        "now": now,
-        "step": step.pk,
-        "attempt": step.attempt,
-        "run": _uuid(run.pk),
-        "name": step.name,
-        "run_message": run_message[:4000],
-        "step_message": f"{step.title}: started"[:4000],
-        "no_data": RunEvent._meta.get_field("data").get_db_prep_value({}, connection),
-        **{f"outbox{i}": value for i, value in enumerate(outbox_params)},
-    }
+    # Only names from the models' own metadata are formatted in; every value is a parameter.
+    sql = f"""
+WITH {cte}claimed AS (
+    UPDATE {RunStep._meta.db_table} SET status = %s, attempt = attempt + 1, heartbeat_at = %s,
+           started_at = COALESCE(started_at, %s)
+    WHERE id = %s AND status = %s AND attempt = %s RETURNING id
+), started AS (
+    UPDATE {Run._meta.db_table} SET status = %s, started_at = %s, heartbeat_at = %s, wake_at = NULL
+    WHERE id = %s AND status = %s AND EXISTS (SELECT 1 FROM claimed) RETURNING id
+), logged AS (
+    {_RUNEVENT_INSERT}
+    SELECT run_id, step, status, message, data, created_at FROM (
+        SELECT 0, %s, %s, %s, %s, %s, %s FROM started UNION ALL SELECT 1, %s, %s, %s, %s, %s, %s FROM claimed
+    ) AS row (n, run_id, step, status, message, data, created_at) ORDER BY n
+), published AS (
+    {outbox} FROM started
+)
+SELECT (SELECT COUNT(*) FROM claimed), (SELECT COUNT(*) FROM started){where}
+"""  # noqa: S608
+    params = [running, now, now, step.pk, pending, step.attempt]
+    params += [running, now, now, run_id, pending]
+    params += _runevent_params(run.pk, "", running, run_message, None)
+    params += _runevent_params(run.pk, step.name, running, f"{step.title}: started", None)
+    params += outbox_params
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         claimed, started = cursor.fetchone()
     if not claimed:
         return None
-    step.status, step.attempt, step.heartbeat_at = StepStatus.RUNNING, step.attempt + 1, now
-    step.started_at = step.started_at or now
+    _mark_claimed(step, now)
     if not started:
         return False
     events.wake_on_commit()
     run.status, run.started_at, run.heartbeat_at, run.wake_at = RunStatus.RUNNING, now, now, None
     return True
+
+
+def _mark_claimed(step: RunStep, now: datetime, deadline: datetime | None = None) -> None:
+    """What a won claim wrote, on the object in hand (without reading the row back)."""
+    step.status, step.attempt, step.heartbeat_at = StepStatus.RUNNING, step.attempt + 1, now
+    step.started_at = step.started_at or now
+    step.deadline = step.deadline or deadline
+
+
+@transaction.atomic
+def _cancel_before_start(task: Task, run: Run, step: RunStep) -> None:
+    """The run was asked to cancel before this claimed main step's body ran: end it cancelled, start cleanup."""
+    _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
+    _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
 
 
 def _finish_main_step(run: Run, step: RunStep, output: Any) -> bool:
@@ -995,24 +979,20 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
         if claimed is None:
             _drop_chain(task)
             return None
-        if claimed:
-            return _run_claimed(task, run, step, now)
-        # Claimed, but the run was no longer pending: read it and decide as below (a cancel, most likely).
-        run.refresh_from_db()
-        if run.cancel_requested:
-            with transaction.atomic():
-                _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
-                _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
-            return None
+        if (
+            not claimed
+        ):  # claimed, but the run was no longer pending: read it and decide (a cancel, most likely)
+            run.refresh_from_db()
+            if run.cancel_requested:
+                _cancel_before_start(task, run, step)
+                return None
         return _run_claimed(task, run, step, now)
     # Claim, run status and the start event commit together (one commit instead of several fsyncs).
     with transaction.atomic():
         if not _claim(step, now, deadline):
             _drop_chain(task)
             return None
-        step.status, step.attempt, step.heartbeat_at = StepStatus.RUNNING, step.attempt + 1, now
-        step.started_at = step.started_at or now
-        step.deadline = step.deadline or deadline
+        _mark_claimed(step, now, deadline)
         if run.status == RunStatus.PENDING:
             if Run.objects.filter(pk=run.pk, status=RunStatus.PENDING).update(
                 status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, wake_at=None
@@ -1029,8 +1009,7 @@ def _execute_one(task: Task, run_id: str, step_name: str) -> Any:
         # stamped the run recently; the body's heartbeat thread stamps it again long before the reaper would
         # call it silent (a past wake_at counts as none).
         if step.phase == StepPhase.MAIN and run.cancel_requested:
-            _finish_step(step, StepStatus.CANCELLED, "cancelled before it started")
-            _begin_cleanup(task, run, cancelled=True, reason="cancelled by request")
+            _cancel_before_start(task, run, step)
             return None
         if previous_status == StepStatus.PENDING:
             _event(run.pk, step.name, StepStatus.RUNNING, f"{step.title}: started")
