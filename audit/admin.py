@@ -8,6 +8,8 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from core.admin import RecordAdmin
+
 from .models import AuditEntry
 
 
@@ -16,10 +18,12 @@ def _value(value) -> str:
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(RecordAdmin):
     """Who did what: filter by source, action and object type; search by actor, object, request id. Nothing here
     is added, edited or deleted by hand (``audit.view_auditentry`` lets one read it); ``AUDIT_RETENTION_DAYS``
     and its beat task remove old entries."""
+
+    # An audit log an administrator can prune by hand proves nothing: retention is the only way out.
 
     list_display = (
         "time",
@@ -53,16 +57,6 @@ class AuditEntryAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
     actions = None
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        # An audit log an administrator can prune by hand proves nothing; retention is the only way out.
-        return False
 
     @admin.display(description="changes")
     def changes_table(self, obj: AuditEntry) -> str:

@@ -195,6 +195,20 @@ class DeleteThroughRun:
         return HttpResponseRedirect(f"{reverse('admin:core_run_changelist')}?id__in={ids}")
 
 
+class RecordAdmin(admin.ModelAdmin):
+    """A record nobody writes by hand: no add, no change (the page shows it without a Save button), no delete
+    (records are removed by their retention, or with what they belong to). Viewing takes the view permission."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
 class ReadOnlyInline(admin.TabularInline):
     extra = 0
     can_delete = False
@@ -316,7 +330,7 @@ def run_link(run: Run | None, *, with_progress: bool = True) -> str:
 
 
 @admin.register(Run)
-class RunAdmin(CheckedActions, admin.ModelAdmin):
+class RunAdmin(CheckedActions, RecordAdmin):
     """Runs, read-only. A run's page opens with its live section (``#run-live``: status, progress bar, ETA, the
     steps with their durations, the newest events, a Cancel button), served on its own at ``<id>/live/`` and
     fetched again every two seconds by ``core/js/refresh.js`` (a same-origin script: the Content-Security-Policy
@@ -324,6 +338,9 @@ class RunAdmin(CheckedActions, admin.ModelAdmin):
     the script stops. Cancel is a POST to ``<id>/cancel/`` with the API's permission (``core.cancel_run``) and
     ``workflow.request_cancel``, as ``POST /runs/{id}/cancel``. Below: what the run is about (kind, subject with a
     link to its page, parameters, who started it)."""
+
+    # Nothing on a run is edited by hand, and not even a superuser removes one here: runs are the audit trail of
+    # what was done to clusters and deployments, and by whom (their subjects' rows may go; the runs stay).
 
     change_form_template = "admin/core/run/change_form.html"
     list_display = (
@@ -346,18 +363,6 @@ class RunAdmin(CheckedActions, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("created_by", "subject_type")
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        # Viewing is allowed through the view permission; nothing on a run is edited by hand.
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        # Runs are the audit trail of what was done to clusters and deployments, and by whom: not even a
-        # superuser removes one here (their subjects' rows may go; the runs stay).
-        return False
 
     def has_cancel_permission(self, request) -> bool:
         return request.user.has_perm("core.cancel_run")
@@ -534,7 +539,7 @@ class TokenAdmin(CheckedActions, admin.ModelAdmin):
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(RecordAdmin):
     """The event outbox, read-only: what ``GET /events`` and the webhooks deliver."""
 
     list_display = ("position", "time", "type", "subject")
@@ -543,12 +548,3 @@ class EventAdmin(admin.ModelAdmin):
     ordering = ("-seq",)
     fields = ("id", "position", "time", "type", "source", "subject", "data")
     readonly_fields = fields
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
